@@ -1,0 +1,106 @@
+"""The Python API: `encode`, `decode`, `info`. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .codecs.base import Codec
+from .container import Bitstream, pack
+from .errors import CorruptStreamError, FeatcodecError
+from .io import from_nchw, to_nchw
+from .registry import codec_from_config, get_codec
+
+Progress = Callable[[int, int], None]
+
+
+def encode(array: np.ndarray, method: str | Codec = "raw", *, layer: str | None = None,
+           layout: str = "nchw", dataset: str | None = None, progress: Progress | None = None,
+           **params: Any) -> bytes:
+    """Compress an activation tensor (N,C,H,W) or (C,H,W) into a self-describing ``.fcb`` bytestring.
+
+    `method` is a codec id (with its parameters as keywords) or a `Codec` instance.
+
+    >>> import numpy as np, featcodec
+    >>> x = np.random.default_rng(0).random((2, 8, 16, 16), np.float32)
+    >>> blob = featcodec.encode(x, "uniform", levels=4, layer="conv1")
+    >>> featcodec.decode(blob).shape
+    (2, 8, 16, 16)
+    """
+    codec = method if isinstance(method, Codec) else get_codec(method, **params)
+    original_dtype = np.asarray(array).dtype.name
+    nchw = to_nchw(array, layout)
+    batched = nchw.ndim == 4
+    samples = nchw if batched else nchw[None]
+    payloads, infos = [], []
+    for i, sample in enumerate(samples):
+        payload, info = codec.encode(np.ascontiguousarray(sample, dtype=np.float32))
+        payloads.append(payload)
+        infos.append(info)
+        if progress:
+            progress(i + 1, len(samples))
+    payload_bytes = sum(len(p) for p in payloads)
+    elements = int(nchw.size)
+    header = {
+        "featcodec": __version__,
+        "codec": codec.get_config(),
+        "layer": layer,
+        "dataset": dataset,
+        "shape": list(nchw.shape),
+        "batched": batched,
+        "dtype": original_dtype,
+        "layout": layout,
+        "samples": infos,
+        "models": codec.models(),
+        "payload_bytes": payload_bytes,
+        "bits_per_element": 8 * payload_bytes / elements,
+        "compression_ratio": (4 * elements / payload_bytes) if payload_bytes else None,
+    }
+    return pack(header, payloads)
+
+
+def decode(data, *, sample: int | None = None) -> np.ndarray:
+    """Decompress a ``.fcb`` bytestring to an array of its original shape, dtype and layout.
+
+    With `sample`, decode only that sample of a batch, as (C,H,W) (or (H,W,C) for nhwc).
+    """
+    stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)
+    codec = codec_from_config(stream.header["codec"])
+    dtype = np.dtype(stream.header["dtype"])
+    indices = range(stream.n_samples) if sample is None else [sample]
+    out = np.empty((len(indices), *stream.sample_shape), dtype)
+    for row, i in enumerate(indices):
+        out[row] = decode_sample(stream, codec, i)
+    if sample is not None or not stream.header["batched"]:
+        out = out[0]
+    return from_nchw(out, stream.header["layout"])
+
+
+def decode_sample(stream: Bitstream, codec: Codec, index: int) -> np.ndarray:
+    """Decode sample `index` of a parsed stream to float32 (C,H,W)."""
+    payload = stream.payload(index)
+    info = stream.header["samples"][index % stream.n_samples]
+    try:
+        decoded = codec.decode(payload, stream.sample_shape, info)
+    except FeatcodecError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise CorruptStreamError(f"sample {index} cannot be decoded: {type(err).__name__}: {err}") from err
+    if decoded.shape != stream.sample_shape:
+        raise CorruptStreamError(f"sample {index} decoded to shape {decoded.shape}, expected {stream.sample_shape}")
+    return decoded
+
+
+def info(data) -> dict[str, Any]:
+    """The header of a ``.fcb`` bytestring plus its file-level sizes, without decoding samples."""
+    stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)
+    header = dict(stream.header)
+    elements = int(np.prod(header["shape"]))
+    header["file_bytes"] = len(stream.data)
+    header["n_samples"] = stream.n_samples
+    header["file_bits_per_element"] = 8 * len(stream.data) / elements if elements else None
+    header["sample_bytes"] = list(stream.lengths)
+    return header

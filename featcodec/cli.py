@@ -1,0 +1,284 @@
+"""The ``featcodec`` command line. It only parses options and prints; `featcodec.api` does the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, api
+from .codecs.base import Codec
+from .container import Bitstream
+from .errors import FeatcodecError, InvalidInputError
+from .io import read_tensor, split_hdf5_spec, write_array, write_bytes
+from .registry import codec_class, codec_ids, get_codec
+
+
+def _parse_clip(value: str | None):
+    if value is None or value == "auto":
+        return value
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI (two numbers) or auto, got {value!r}") from None
+    return [lo, hi]
+
+
+# Codec options shared by `encode` (and later `bench`/`convert`): flag → codec parameter.
+# Each codec accepts the subset its __init__ names; another one given is an error.
+CODEC_OPTIONS = [
+    click.option("--dtype", "dtype", type=click.Choice(["float32", "float16"]), help="raw: storage dtype."),
+    click.option("--zstd", "zstd", type=click.IntRange(0, 22), help="zstd level for the payload (0 = off)."),
+    click.option("--levels", "levels", type=int, help="Number of quantization levels."),
+    click.option("--clip", "clip", help="Clip range LO,HI (or auto where the codec supports it)."),
+]
+CODEC_OPTION_NAMES = {"dtype": "--dtype", "zstd": "--zstd", "levels": "--levels", "clip": "--clip"}
+
+
+def codec_options(func):
+    for option in reversed(CODEC_OPTIONS):
+        func = option(func)
+    return click.option(
+        "-p", "--param", "extra_params", multiple=True, metavar="KEY=VALUE",
+        help="Any codec parameter by name (VALUE parsed as JSON when it can be).",
+    )(func)
+
+
+def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, ...]) -> Codec:
+    """The codec named `method` with the options the user set (None means: not given)."""
+    params = {k: v for k, v in options.items() if v is not None}
+    if "clip" in params:
+        params["clip"] = _parse_clip(params["clip"])
+    for item in extra_params:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"-p expects KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    allowed = set(codec_class(method).param_names())
+    for name in params:
+        if name not in allowed and name in CODEC_OPTION_NAMES:
+            options_list = ", ".join(CODEC_OPTION_NAMES.get(p, f"-p {p}=…") for p in sorted(allowed)) or "none"
+            raise InvalidInputError(
+                f"codec {method!r} takes no {CODEC_OPTION_NAMES[name]} option (its options: {options_list})"
+            )
+    return get_codec(method, **params)
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def _default_output(input_spec: str, suffix: str) -> str:
+    if input_spec == "-":
+        return "-"
+    path, dataset = split_hdf5_spec(input_spec)
+    stem = Path(path).with_suffix("")
+    if dataset:
+        stem = stem.with_name(stem.name + "." + re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.strip("/")))
+    return str(stem) + suffix
+
+
+def _refuse_binary_to_terminal(output: str) -> None:
+    if output == "-" and sys.stdout.isatty():
+        raise InvalidInputError("refusing to write binary data to a terminal; pass -o FILE or redirect stdout")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="featcodec")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
+    """Compress the intermediate activations of split neural networks.
+
+    \b
+    featcodec encode acts.npy -m uniform --levels 8      # -> acts.fcb
+    featcodec decode acts.fcb -o restored.npy
+    featcodec info acts.fcb
+    cat a.npy | featcodec encode - -m raw --zstd 3 | featcodec decode - > b.npy
+    """
+
+
+@cli.command()
+@click.argument("input_spec", metavar="INPUT")
+@click.option("-o", "--output", help="Output .fcb file, or - for stdout (default: INPUT with .fcb).")
+@click.option("-m", "--method", required=True, help="Codec id (see `featcodec codecs`).")
+@click.option("--layer", help="Layer name to record (default: the HDF5 dataset's 'layer' attribute).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="Axis order of the input; nhwc for channel-last dumps.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@codec_options
+def encode(input_spec, output, method, layer, layout, force, quiet, extra_params, **options):
+    """Compress INPUT (.npy, FILE.h5[:/DATASET], or - for stdin) into a .fcb bitstream."""
+    codec = build_codec(method, options, extra_params)
+    output = output or _default_output(input_spec, ".fcb")
+    _refuse_binary_to_terminal(output)
+    if output != "-" and os.path.exists(output) and not force:
+        raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
+    tensor = read_tensor(input_spec)
+    layer = layer or tensor.attrs.get("layer")
+    n_samples = tensor.array.shape[0] if tensor.array.ndim == 4 else 1
+    progress_bar = None
+    if n_samples > 1 and _stderr_is_tty() and not quiet:
+        from rich.progress import Progress
+
+        progress_bar = Progress(console=_console(), transient=True)
+        task = progress_bar.add_task(f"encoding {tensor.name}", total=n_samples)
+        progress_bar.start()
+    try:
+        blob = api.encode(
+            tensor.array, codec, layer=layer, layout=layout, dataset=tensor.name,
+            progress=(lambda done, total: progress_bar.update(task, completed=done)) if progress_bar else None,
+        )
+    finally:
+        if progress_bar:
+            progress_bar.stop()
+    write_bytes(output, blob, force)
+    summary = api.info(blob)
+    _say(
+        f"{output if output != '-' else '<stdout>'}: {summary['n_samples']} sample(s) {summary['shape']}, "
+        f"{_human_bytes(tensor.array.nbytes)} -> {_human_bytes(len(blob))}, "
+        f"{summary['file_bits_per_element']:.4g} bits/element, codec {codec!r}",
+        quiet or output == "-",
+    )
+
+
+@cli.command()
+@click.argument("input_spec", metavar="INPUT")
+@click.option("-o", "--output", help="Output .npy or .h5 (by suffix), or - for stdout (default: INPUT with .npy).")
+@click.option("--sample", type=int, help="Decode only this sample of a batch.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def decode(input_spec, output, sample, force, quiet):
+    """Decompress a .fcb bitstream (or - for stdin) to .npy or HDF5."""
+    output = output or _default_output(input_spec, ".npy")
+    _refuse_binary_to_terminal(output)
+    if output != "-" and os.path.exists(split_hdf5_spec(output)[0]) and not force:
+        raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
+    data = _read_bitstream(input_spec)
+    stream = Bitstream.parse(data)
+    if sample is not None and not -stream.n_samples <= sample < stream.n_samples:
+        raise InvalidInputError(f"--sample {sample} is out of range: the file holds {stream.n_samples} sample(s)")
+    array = api.decode(stream, sample=sample)
+    header = stream.header
+    attrs = {k: header[k] for k in ("layer",) if header.get(k)}
+    attrs["codec"] = json.dumps(header["codec"], sort_keys=True)
+    dataset = header.get("dataset") or "features"
+    if dataset in ("stdin",):
+        dataset = "features"
+    write_array(output, array, force, dataset=dataset, attrs=attrs)
+    _say(f"{output}: {array.dtype} {tuple(array.shape)}", quiet or output == "-")
+
+
+def _read_bitstream(input_spec: str) -> bytes:
+    if input_spec == "-":
+        return sys.stdin.buffer.read()
+    if not os.path.exists(input_spec):
+        raise InvalidInputError(f"no such file: {input_spec}")
+    if os.path.isdir(input_spec):
+        raise InvalidInputError(f"{input_spec} is a directory, not a .fcb file")
+    with open(input_spec, "rb") as f:
+        return f.read()
+
+
+@cli.command()
+@click.argument("input_spec", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+def info(input_spec, as_json):
+    """Show the header of a .fcb file: codec, layer, shape, sizes, rate."""
+    summary = api.info(_read_bitstream(input_spec))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    rows = [
+        ("codec", json.dumps(summary["codec"], sort_keys=True)),
+        ("layer", summary.get("layer") or "-"),
+        ("dataset", summary.get("dataset") or "-"),
+        ("shape", f"{tuple(summary['shape'])} ({summary['layout']}, stored as NCHW)"),
+        ("dtype", summary["dtype"]),
+        ("samples", str(summary["n_samples"])),
+        ("file size", f"{summary['file_bytes']} bytes"),
+        ("payload", f"{summary['payload_bytes']} bytes"),
+        ("bits/element", f"{summary['bits_per_element']:.4f} (file: {summary['file_bits_per_element']:.4f})"),
+        ("compression ratio", f"{summary['compression_ratio']:.2f} vs float32" if summary["compression_ratio"]
+         else "-"),
+        ("models", ", ".join(f"{m['name']} ({m['sha256'][:12]}…)" for m in summary["models"]) or "-"),
+        ("written by", f"featcodec {summary.get('featcodec')}"),
+    ]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=input_spec, show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)
+        Console().print(table)
+    else:
+        for key, value in rows:
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
+def codecs():
+    """List the registered codecs and their parameters."""
+    for codec_id in codec_ids():
+        cls = codec_class(codec_id)
+        defaults = cls.__init__.__defaults__ or ()
+        names = cls.param_names()
+        params = ", ".join(f"{n}={d!r}" for n, d in zip(names, (None,) * (len(names) - len(defaults)) + defaults))
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{codec_id}: {summary}\n    {params}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure becomes one ``Error: …`` line and a non-zero exit."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="featcodec", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Error: aborted", err=True)
+        code = 130
+    except click.ClickException as err:
+        click.echo(f"Error: {err.format_message()}", err=True)
+        code = err.exit_code
+    except BrokenPipeError:
+        code = 1
+    except (FeatcodecError, OSError) as err:
+        if debug:
+            raise
+        message = str(err).replace("\n", " ").strip() or type(err).__name__
+        click.echo(f"Error: {message}", err=True)
+        code = 1
+    except Exception as err:  # a bug: still one line, the traceback behind --debug
+        if debug:
+            raise
+        click.echo(f"Error: internal error ({type(err).__name__}: {err}); rerun with --debug for details", err=True)
+        code = 1
+    sys.exit(code or 0)

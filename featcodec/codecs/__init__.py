@@ -1,0 +1,7 @@
+"""The codecs featcodec ships, one module each, all behind `featcodec.codecs.base.Codec`."""
+
+from .base import Codec
+from .raw import Raw
+from .uniform import Uniform
+
+__all__ = ["Codec", "Raw", "Uniform"]

@@ -1,0 +1,164 @@
+"""The ``.fcb`` container: magic, version, a JSON header and one section per sample.
+
+Byte layout (all integers little-endian; see docs/FORMAT.md)::
+
+    offset      size     field
+    0           8        magic  89 46 43 42 0D 0A 1A 0A  ("\\x89FCB\\r\\n\\x1a\\n")
+    8           2        format version (uint16) = 1
+    10          2        flags (uint16), reserved, 0
+    12          4        header length H (uint32), at most MAX_HEADER_BYTES
+    16          4        section count N (uint32), at most MAX_SAMPLES
+    20          H        header: UTF-8 JSON object
+    20+H        12*N     index: per section, payload length (uint64) and payload CRC32 (uint32)
+    20+H+12N    4        CRC32 of every byte before it
+    24+H+12N    …        the N payloads back to back; the file ends with the last one
+
+Every length is checked against what is left of the file before it is used, and the
+declared tensor shape is bounded, so a corrupted or hostile file cannot make the
+reader allocate more than the file's own size plus one decoded sample.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptStreamError, UnsupportedFormatError
+
+MAGIC = b"\x89FCB\r\n\x1a\n"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 << 20
+MAX_SAMPLES = 1 << 24
+MAX_ELEMENTS_PER_SAMPLE = 1 << 31
+DTYPES = ("float16", "float32", "float64")
+LAYOUTS = ("nchw", "nhwc")
+
+_PREAMBLE = struct.Struct("<8sHHII")
+_INDEX_ENTRY = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+_REQUIRED = {"codec": dict, "shape": list, "dtype": str, "layout": str, "batched": bool, "samples": list}
+
+
+def crc32(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def pack(header: dict[str, Any], payloads: list[bytes]) -> bytes:
+    """Serialise a header and its per-sample payloads into one ``.fcb`` bytestring."""
+    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    parts = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), len(payloads)), header_bytes]
+    parts += [_INDEX_ENTRY.pack(len(p), crc32(p)) for p in payloads]
+    head = b"".join(parts)
+    return b"".join([head, _CRC.pack(crc32(head)), *payloads])
+
+
+@dataclass
+class Bitstream:
+    """A parsed ``.fcb`` file: its header and random access to each sample's payload.
+
+    >>> import featcodec, numpy as np
+    >>> stream = Bitstream.parse(featcodec.encode(np.zeros((2, 3, 4, 4), np.float32), "raw"))
+    >>> stream.n_samples, stream.header["codec"]["id"], len(stream.payload(1))
+    (2, 'raw', 192)
+    """
+
+    header: dict[str, Any]
+    data: memoryview = field(repr=False)
+    offsets: list[int] = field(repr=False)
+    lengths: list[int] = field(repr=False)
+    crcs: list[int] = field(repr=False)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.header["shape"][-3:])
+
+    def payload(self, index: int) -> bytes:
+        """The payload of sample `index`, CRC-checked; the others are not read."""
+        if not -self.n_samples <= index < self.n_samples:
+            raise IndexError(f"sample {index} out of range: the file holds {self.n_samples}")
+        index %= self.n_samples
+        start = self.offsets[index]
+        chunk = bytes(self.data[start : start + self.lengths[index]])
+        if crc32(chunk) != self.crcs[index]:
+            raise CorruptStreamError(
+                f"CRC mismatch in sample {index}: stored {self.crcs[index]:08x}, computed {crc32(chunk):08x}"
+            )
+        return chunk
+
+    @classmethod
+    def parse(cls, data) -> Bitstream:
+        """Parse and validate the preamble, header and index of `data` (bytes-like)."""
+        data = memoryview(data).cast("B")
+        if len(data) < _PREAMBLE.size:
+            if bytes(data) != MAGIC[: len(data)]:
+                raise CorruptStreamError("not a featcodec file (bad magic)")
+            raise CorruptStreamError(f"truncated file: {len(data)} bytes, the preamble alone is {_PREAMBLE.size}")
+        magic, version, flags, header_len, n_sections = _PREAMBLE.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptStreamError("not a featcodec file (bad magic)")
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"format version {version} is not supported (this featcodec reads version {FORMAT_VERSION})"
+            )
+        if header_len > MAX_HEADER_BYTES or n_sections > MAX_SAMPLES:
+            raise CorruptStreamError(f"implausible header length {header_len} or section count {n_sections}")
+        index_start = _PREAMBLE.size + header_len
+        head_end = index_start + n_sections * _INDEX_ENTRY.size
+        if len(data) < head_end + _CRC.size:
+            raise CorruptStreamError(f"truncated file: {len(data)} bytes, its header needs {head_end + _CRC.size}")
+        (stored_crc,) = _CRC.unpack_from(data, head_end)
+        computed_crc = crc32(data[:head_end])
+        if stored_crc != computed_crc:
+            raise CorruptStreamError(f"header CRC mismatch: stored {stored_crc:08x}, computed {computed_crc:08x}")
+        if flags != 0:
+            raise UnsupportedFormatError(f"unknown flags {flags:#06x}: written by a newer featcodec?")
+        try:
+            header = json.loads(bytes(data[_PREAMBLE.size : index_start]))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptStreamError(f"header is not valid JSON: {err}") from err
+        lengths, crcs, offsets = [], [], []
+        position = head_end + _CRC.size
+        for i in range(n_sections):
+            length, crc = _INDEX_ENTRY.unpack_from(data, index_start + i * _INDEX_ENTRY.size)
+            offsets.append(position)
+            lengths.append(length)
+            crcs.append(crc)
+            position += length
+        if position != len(data):
+            what = "truncated" if position > len(data) else "trailing bytes in"
+            raise CorruptStreamError(f"{what} file: sections end at byte {position}, file has {len(data)}")
+        stream = cls(header, data, offsets, lengths, crcs)
+        stream._validate_header()
+        return stream
+
+    def _validate_header(self) -> None:
+        h = self.header
+        if not isinstance(h, dict):
+            raise CorruptStreamError("header is not a JSON object")
+        for key, kind in _REQUIRED.items():
+            if not isinstance(h.get(key), kind):
+                raise CorruptStreamError(f"header field {key!r} missing or not a {kind.__name__}")
+        shape = h["shape"]
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise CorruptStreamError(f"header shape {shape} is not a list of non-negative integers")
+        if len(shape) != (4 if h["batched"] else 3):
+            raise CorruptStreamError(f"header shape {shape} does not match batched={h['batched']}")
+        n = shape[0] if h["batched"] else 1
+        if n != self.n_samples or len(h["samples"]) != n:
+            raise CorruptStreamError(f"header declares {n} samples, the file indexes {self.n_samples}")
+        # Python ints do not overflow, so a hostile shape is caught here before any allocation.
+        if int(np.prod(shape[-3:], dtype=object)) > MAX_ELEMENTS_PER_SAMPLE:
+            raise CorruptStreamError(f"declared sample shape {shape[-3:]} exceeds {MAX_ELEMENTS_PER_SAMPLE} elements")
+        if h["dtype"] not in DTYPES or h["layout"] not in LAYOUTS:
+            raise CorruptStreamError(f"unknown dtype {h['dtype']!r} or layout {h['layout']!r} in header")

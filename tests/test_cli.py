@@ -1,0 +1,134 @@
+"""The command line, through a real subprocess."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.common import relu_activations
+
+
+@pytest.fixture
+def acts(tmp_path):
+    x = relu_activations((2, 8, 12, 12))
+    np.save(tmp_path / "acts.npy", x)
+    return tmp_path / "acts.npy", x
+
+
+def test_version_and_help(cli):
+    out = cli("--version", check=True).stdout.decode()
+    assert "featcodec" in out and "0." in out
+    for command in ("encode", "decode", "info", "codecs"):
+        assert "Usage:" in cli(command, "--help", check=True).stdout.decode()
+
+
+def test_encode_decode_default_names(cli, acts, tmp_path):
+    path, x = acts
+    result = cli("encode", path, "-m", "raw", check=True)
+    assert b"bits/element" in result.stderr
+    assert (tmp_path / "acts.fcb").exists()
+    cli("decode", tmp_path / "acts.fcb", "-o", tmp_path / "back.npy", check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), x)
+
+
+def test_pipe(cli, acts):
+    path, x = acts
+    encoded = cli("encode", "-", "-m", "raw", "--zstd", "3", input=path.read_bytes(), check=True).stdout
+    decoded = cli("decode", "-", input=encoded, check=True).stdout
+    import io
+
+    np.testing.assert_array_equal(np.load(io.BytesIO(decoded)), x)
+
+
+def test_force(cli, acts, tmp_path):
+    path, _ = acts
+    cli("encode", path, "-m", "raw", check=True)
+    before = (tmp_path / "acts.fcb").read_bytes()
+    result = cli("encode", path, "-m", "uniform")
+    assert result.returncode != 0 and b"--force" in result.stderr
+    assert (tmp_path / "acts.fcb").read_bytes() == before
+    cli("encode", path, "-m", "uniform", "--force", check=True)
+    assert (tmp_path / "acts.fcb").read_bytes() != before
+
+
+def test_hdf5_in_and_out(cli, tmp_path):
+    x = relu_activations((3, 4, 6, 6))
+    with h5py.File(tmp_path / "dump.h5", "w") as f:
+        f.create_dataset("/layers/s4", data=x).attrs["layer"] = "tower_0/CenternetHead/mul:0"
+        f.create_dataset("/layers/s2", data=x[:, :2])
+    cli("encode", f"{tmp_path}/dump.h5:/layers/s4", "-m", "uniform", "--levels", "8", check=True)
+    fcb = tmp_path / "dump.layers_s4.fcb"
+    header = json.loads(cli("info", fcb, "--json", check=True).stdout)
+    assert header["layer"] == "tower_0/CenternetHead/mul:0"
+    assert header["codec"]["levels"] == 8
+    cli("decode", fcb, "-o", tmp_path / "out.h5", check=True)
+    with h5py.File(tmp_path / "out.h5") as f:
+        restored = f["/layers/s4"]
+        assert restored.shape == x.shape and restored.attrs["layer"] == "tower_0/CenternetHead/mul:0"
+
+
+def test_info_plain(cli, acts, tmp_path):
+    path, _ = acts
+    cli("encode", path, "-m", "uniform", "--layer", "conv:0", check=True)
+    out = cli("info", tmp_path / "acts.fcb", check=True).stdout.decode()
+    assert "layer: conv:0" in out and "bits/element" in out and '"id": "uniform"' in out
+
+
+def _assert_error(result, fragment):
+    err = result.stderr.decode()
+    assert result.returncode != 0
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert fragment in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "array,fragment",
+    [
+        (np.zeros(7, np.float32), "expected (N,C,H,W)"),
+        (np.array([[[np.nan, 1.0]]], np.float32), "NaN or Inf"),
+        (np.array([[[np.inf, 1.0]]], np.float32), "NaN or Inf"),
+        (np.zeros((1, 2, 2, 2), np.int8), "dtype int8"),
+    ],
+)
+def test_bad_arrays(cli, tmp_path, array, fragment):
+    np.save(tmp_path / "bad.npy", array)
+    _assert_error(cli("encode", tmp_path / "bad.npy", "-m", "raw"), fragment)
+    assert not (tmp_path / "bad.fcb").exists()
+
+
+def test_bad_inputs(cli, acts, tmp_path):
+    path, _ = acts
+    _assert_error(cli("encode", tmp_path / "missing.npy", "-m", "raw"), "no such file")
+    _assert_error(cli("encode", path, "-m", "nope"), "unknown codec 'nope'")
+    _assert_error(cli("encode", path, "-m", "raw", "--levels", "3"), "takes no --levels")
+    _assert_error(cli("decode", tmp_path / "missing.fcb"), "no such file")
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = np.zeros((1, 1, 2, 2), np.float32)
+    _assert_error(cli("encode", f"{tmp_path}/d.h5:/y", "-m", "raw"), "no dataset '/y'")
+    _assert_error(cli("encode", path, "-m", "uniform", "--clip", "a,b"), "LO,HI")
+
+
+def test_corrupt_and_truncated_bitstreams(cli, acts, tmp_path):
+    path, _ = acts
+    cli("encode", path, "-m", "raw", check=True)
+    data = (tmp_path / "acts.fcb").read_bytes()
+    (tmp_path / "cut.fcb").write_bytes(data[: len(data) // 2])
+    _assert_error(cli("decode", tmp_path / "cut.fcb"), "truncated")
+    flipped = bytearray(data)
+    flipped[-10] ^= 4
+    (tmp_path / "flip.fcb").write_bytes(bytes(flipped))
+    _assert_error(cli("decode", tmp_path / "flip.fcb"), "CRC mismatch")
+    _assert_error(cli("info", path), "bad magic")
+    assert not (tmp_path / "cut.npy").exists() and not (tmp_path / "flip.npy").exists()
+
+
+def test_nhwc_cli(cli, tmp_path):
+    x = relu_activations((1, 6, 7, 5))
+    np.save(tmp_path / "nhwc.npy", x)
+    cli("encode", tmp_path / "nhwc.npy", "-m", "raw", "--layout", "nhwc", check=True)
+    _assert_error(cli("decode", tmp_path / "nhwc.fcb"), "exists; pass --force")
+    np.testing.assert_array_equal(np.load(tmp_path / "nhwc.npy"), x)  # input untouched
+    cli("decode", tmp_path / "nhwc.fcb", "-o", tmp_path / "back.npy", check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), x)
