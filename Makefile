@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FEATCODEC := $(VENV)/bin/featcodec
 DEMO := examples/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench data clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -13,15 +13,20 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 
+# Real activations of the reference detector (2 held-out photos, split points S1, S2, S4).
+DEMO_DUMP := examples/reference_demo.h5
+
 demo: $(PY)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
-	@$(PY) examples/make_demo_input.py $(DEMO)/acts.npy
-	$(FEATCODEC) encode $(DEMO)/acts.npy -o $(DEMO)/raw.fcb -m raw
-	$(FEATCODEC) encode $(DEMO)/acts.npy -o $(DEMO)/raw16z.fcb -m raw --dtype float16 --zstd 19
-	$(FEATCODEC) encode $(DEMO)/acts.npy -o $(DEMO)/uniform8.fcb -m uniform --levels 8 --clip 0,1.5
-	$(FEATCODEC) decode $(DEMO)/uniform8.fcb -o $(DEMO)/uniform8.npy
-	$(FEATCODEC) info $(DEMO)/uniform8.fcb
-	@ls -l $(DEMO)
+	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_raw16.fcb -m raw --dtype float16
+	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_uniform8.fcb -m uniform --levels 8 --clip 0,1.5
+	$(FEATCODEC) decode $(DEMO)/s4_uniform8.fcb -o $(DEMO)/s4_uniform8.npy
+	$(FEATCODEC) info $(DEMO)/s4_uniform8.fcb
+	$(PY) examples/demo_report.py $(DEMO_DUMP) $(DEMO)/*.fcb
+
+# All dumps of the reference split layers, rebuilt from examples/images (about 500 MB, not committed).
+data: $(PY)
+	$(PY) examples/make_data.py data/
 
 test: $(PY)
 	$(PY) -m pytest -q

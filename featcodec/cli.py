@@ -143,22 +143,12 @@ def encode(input_spec, output, method, layer, layout, force, quiet, extra_params
         raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
     tensor = read_tensor(input_spec)
     layer = layer or tensor.attrs.get("layer")
-    n_samples = tensor.array.shape[0] if tensor.array.ndim == 4 else 1
-    progress_bar = None
-    if n_samples > 1 and _stderr_is_tty() and not quiet:
-        from rich.progress import Progress
-
-        progress_bar = Progress(console=_console(), transient=True)
-        task = progress_bar.add_task(f"encoding {tensor.name}", total=n_samples)
-        progress_bar.start()
+    progress = _progress_callback(f"encoding {tensor.name}")
     try:
-        blob = api.encode(
-            tensor.array, codec, layer=layer, layout=layout, dataset=tensor.name,
-            progress=(lambda done, total: progress_bar.update(task, completed=done)) if progress_bar else None,
-        )
+        blob = api.encode(tensor.array, codec, layer=layer, layout=layout, dataset=tensor.name,
+                          progress=None if quiet else progress)
     finally:
-        if progress_bar:
-            progress_bar.stop()
+        progress.stop()
     write_bytes(output, blob, force)
     summary = api.info(blob)
     _say(
@@ -254,6 +244,82 @@ def codecs():
         params = ", ".join(f"{n}={d!r}" for n, d in zip(names, (None,) * (len(names) - len(defaults)) + defaults))
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         click.echo(f"{codec_id}: {summary}\n    {params}")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.onnx")
+@click.option("--at", "tensor", required=True, help="Tensor to cut at (or a split-point alias from the manifest).")
+@click.option("-o", "--output", "outputs", nargs=2, required=True, metavar="HEAD.onnx TAIL.onnx",
+              help="Where to write the head and the tail.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--tolerance", default=1e-4, show_default=True,
+              help="Largest relative difference allowed between tail(head(x)) and the full model.")
+def split(model_path, tensor, outputs, force, tolerance):
+    """Cut an ONNX model at a tensor into a head (input → tensor) and a tail (tensor → outputs).
+
+    The cut is verified: tail(head(x)) must match the full model on a random input.
+    """
+    from .onnxmodel import Manifest, load_model, split_model, verify_split
+
+    tensor = Manifest.for_model(model_path).resolve_layer(tensor)
+    model = load_model(model_path)
+    head, tail = split_model(model, tensor)
+    error = verify_split(model, head, tail)
+    if error > tolerance:
+        raise InvalidInputError(f"tail(head(x)) differs from the model by {error:.3g} (relative) > {tolerance}")
+    for proto, path in zip((head, tail), outputs):
+        write_bytes(path, proto.SerializeToString(), force)
+    click.echo(f"{outputs[0]} + {outputs[1]}: cut at {tensor}, verified (max relative difference {error:.2g})",
+               err=True)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.onnx")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--layer", "layers", multiple=True, required=True,
+              help="Tensor to store (repeatable); split-point aliases like S4 come from the model manifest.")
+@click.option("-o", "--output", required=True, help="HDF5 file to write.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True,
+              help="HDF5 compression of the stored activations (lzf and none are faster).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+def dump(model_path, images, layers, output, batch_size, compression, force):
+    """Run MODEL.onnx on IMAGES (files, folders, globs) and store layer activations in HDF5."""
+    from .dump import dump as run_dump
+
+    if os.path.exists(output) and not force:
+        raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
+    progress = _progress_callback("dumping")
+    try:
+        summary = run_dump(model_path, list(layers), list(images), output, batch_size=batch_size, force=force,
+                           compression=compression, progress=progress)
+    finally:
+        progress.stop()
+    shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary.layers.items())
+    click.echo(f"{output}: {summary.images} images, {shapes}; {summary.images / summary.seconds:.1f} images/s",
+               err=True)
+
+
+class _progress_callback:
+    """A rich progress bar on a terminal, nothing otherwise; call it with (done, total)."""
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.task = label, None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not _stderr_is_tty():
+            return
+        if self.bar is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=_console(), transient=True)
+            self.task = self.bar.add_task(self.label, total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -116,7 +116,9 @@ def _read_hdf5(source, dataset: str | None, label: str) -> list[Tensor]:
                     available = ", ".join(_dataset_names(f)[:8]) or "none"
                     raise InvalidInputError(f"{label} has no dataset {dataset!r} (datasets: {available})")
                 return [_tensor_from_dataset(node)]
-            tensors = [_tensor_from_dataset(f[name]) for name in _dataset_names(f)]
+            # Reference outputs and metadata stored by `featcodec dump` are not activations.
+            names = [n for n in _dataset_names(f) if "featcodec_role" not in f[n].attrs]
+            tensors = [_tensor_from_dataset(f[name]) for name in names]
     except OSError as err:
         raise InvalidInputError(f"{label}: cannot read HDF5: {err}") from err
     if not tensors:
@@ -183,6 +185,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], force: b
         raise InvalidInputError(f"cannot write {path}: folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".featcodec-", suffix=".tmp", dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

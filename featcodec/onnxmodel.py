@@ -1,0 +1,274 @@
+"""ONNX models: manifests, image preprocessing, splitting at a tensor, running to a layer.
+
+Works for any ONNX model and tensor name. A model may have a ``manifest.json`` (or
+``<model>.json``) beside it describing its preprocessing, task and named split points
+(see ``models/reference/manifest.json``); without one, preprocessing is inferred from the
+input shape (stretch to the input size, RGB scaled to 0..1).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, InvalidInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _onnx():
+    import onnx
+
+    return onnx
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+@dataclass
+class Manifest:
+    """What featcodec knows about a model beyond its graph."""
+
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    detections_output: str | None = None
+    score_threshold: float = 0.3
+    split_points: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+
+    @classmethod
+    def for_model(cls, model_path: str | os.PathLike) -> Manifest:
+        path = Path(model_path)
+        for candidate in (path.with_suffix(".json"), path.parent / "manifest.json"):
+            if candidate.exists():
+                data = json.loads(candidate.read_text())
+                if data.get("file", path.name) == path.name:
+                    known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+                    return cls(**known)
+        return cls()
+
+    def resolve_layer(self, name: str) -> str:
+        """A split-point alias (``S4``) to its tensor name; other names pass through."""
+        return self.split_points.get(name, name)
+
+
+def load_model(model_path: str | os.PathLike):
+    if not os.path.exists(model_path):
+        raise InvalidInputError(f"no such model: {model_path}")
+    try:
+        return _onnx().load(str(model_path))
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise InvalidInputError(f"{model_path}: not a readable ONNX model ({err})") from err
+
+
+def tensor_names(model) -> set[str]:
+    names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        names.update(node.output)
+    return names
+
+
+def _producers(model) -> dict[str, Any]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _upstream_inputs(model, outputs: list[str], stop: set[str]) -> set[str]:
+    """Graph inputs (not initializers) that `outputs` depend on without passing through `stop`."""
+    producers = _producers(model)
+    graph_inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
+    reached, stack, seen = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        if name in seen or name in stop:
+            continue
+        seen.add(name)
+        if name in graph_inputs:
+            reached.add(name)
+        node = producers.get(name)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) may read outer-scope values
+                for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    for inner in graph.node:
+                        stack.extend(i for i in inner.input if i)
+    return reached
+
+
+def check_cut(model, tensor: str) -> None:
+    """Refuse `tensor` unless every path from the inputs to the outputs passes through it."""
+    if tensor not in tensor_names(model):
+        raise InvalidInputError(f"model has no tensor {tensor!r}")
+    outputs = [o.name for o in model.graph.output]
+    if tensor in outputs or tensor in {i.name for i in model.graph.input}:
+        raise InvalidInputError(f"{tensor!r} is a model input or output, not an inner cut")
+    leaking = _upstream_inputs(model, outputs, stop={tensor})
+    if leaking:
+        raise InvalidInputError(
+            f"{tensor!r} does not cut the graph in two: the outputs still depend on {sorted(leaking)} "
+            "by another path (a skip connection?)"
+        )
+    if not _upstream_inputs(model, [tensor], stop=set()):
+        raise InvalidInputError(f"{tensor!r} does not depend on the model input")
+
+
+def extract(model, inputs: list[str], outputs: list[str]):
+    """The sub-model from `inputs` to `outputs`, in memory."""
+    from onnx.utils import Extractor
+
+    try:
+        # The extractor needs the type of every boundary tensor, which only shape inference records.
+        inferred = _onnx().shape_inference.infer_shapes(model)
+        return Extractor(inferred).extract_model(inputs, outputs)
+    except Exception as err:
+        raise InvalidInputError(f"cannot extract {inputs} -> {outputs}: {err}") from err
+
+
+def split_model(model, tensor: str):
+    """(head, tail) ModelProtos of `model` cut at `tensor`."""
+    check_cut(model, tensor)
+    graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    head = extract(model, graph_inputs, [tensor])
+    tail = extract(model, [tensor], [o.name for o in model.graph.output])
+    return head, tail
+
+
+def session(model, threads: int | None = None):
+    """An onnxruntime CPU session for a ModelProto or a path."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(str(source) if isinstance(source, os.PathLike) else source, options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise BackendError(f"onnxruntime cannot load the model: {err}") from err
+
+
+def with_outputs(model, names: list[str]):
+    """A copy of `model` that also outputs the tensors `names` (float32 assumed for inner tensors)."""
+    onnx = _onnx()
+    known = tensor_names(model)
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise InvalidInputError(f"model has no tensor {missing[0]!r}")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    types = {v.name: v for v in list(copy.graph.value_info) + list(copy.graph.input)}
+    for name in names:
+        if name not in existing:
+            value_info = types.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            copy.graph.output.append(value_info)
+    return copy
+
+
+def verify_split(model, head, tail, seed: int = 0) -> float:
+    """Largest difference between tail(head(x)) and model(x) on a random input, relative to each output's range."""
+    full = session(model)
+    feeds = random_input(full, seed)
+    expected = dict(zip([o.name for o in full.get_outputs()], full.run(None, feeds)))
+    middle = session(head).run(None, feeds)[0]
+    tail_session = session(tail)
+    got = dict(zip([o.name for o in tail_session.get_outputs()],
+                   tail_session.run(None, {tail_session.get_inputs()[0].name: middle})))
+    worst = 0.0
+    for name, value in expected.items():
+        scale = max(float(np.abs(value).max()), 1e-12)
+        worst = max(worst, float(np.abs(got[name].astype(np.float64) - value).max()) / scale)
+    return worst
+
+
+def random_input(sess, seed: int = 0, high: float = 255.0) -> dict[str, np.ndarray]:
+    """Random feeds for every input of a session (dynamic dimensions set to 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        feeds[inp.name] = (rng.random(shape) * high).astype(np.float32)
+    return feeds
+
+
+# --- images -----------------------------------------------------------------------------------
+
+def expand_images(specs: list[str]) -> list[str]:
+    """Files, directories (their images, sorted) and globs, in the order given."""
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            paths += sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(c in spec for c in "*?["):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise InvalidInputError(f"no image matches {spec!r}")
+            paths += matches
+        elif os.path.exists(spec):
+            paths.append(spec)
+        else:
+            raise InvalidInputError(f"no such image: {spec}")
+    if not paths:
+        raise InvalidInputError("no images given")
+    return paths
+
+
+def load_image(path: str) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InvalidInputError(f"cannot read image {path}: {err}") from err
+
+
+def default_preprocessing(sess) -> dict[str, Any]:
+    inp = sess.get_inputs()[0]
+    shape = inp.shape
+    nchw = len(shape) == 4 and shape[1] == 3
+    h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+    if not all(isinstance(d, int) for d in (h, w)):
+        raise InvalidInputError(f"input {inp.name} has a dynamic size {shape}: describe it in a manifest.json")
+    return {"input": inp.name, "layout": "nchw" if nchw else "nhwc", "size": [h, w], "resize": "stretch",
+            "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def preprocess(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """uint8 RGB (H, W, 3) → the model's float32 input for one image (no batch axis)."""
+    from PIL import Image
+
+    height, width = spec["size"]
+    h, w = rgb.shape[:2]
+    if spec.get("resize", "stretch") == "letterbox":
+        s = min(height / h, width / w)
+        nh, nw = round(h * s), round(w * s)
+        canvas = np.zeros((height, width, 3), np.uint8)
+        dy, dx = (height - nh) // 2, (width - nw) // 2
+        canvas[dy : dy + nh, dx : dx + nw] = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    else:
+        canvas = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+    if spec.get("color", "rgb") == "bgr":
+        canvas = canvas[..., ::-1]
+    x = canvas.astype(np.float32) * float(spec.get("scale", 1.0))
+    x = (x - np.asarray(spec.get("mean", 0.0), np.float32)) / np.asarray(spec.get("std", 1.0), np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1) if spec.get("layout") == "nchw" else x)

@@ -1,0 +1,129 @@
+"""Task metrics: what compressing a split layer costs the network's own task.
+
+The tail of the network (split layer → outputs) runs on the original activations and on
+the decoded ones; the two results are compared, so no human labels are needed:
+
+* detectors: **agreement mAP@0.5**: the detections on original activations with score ≥
+  the manifest's threshold (0.3 by default) are the ground truth; all detections on decoded
+  activations are the predictions; COCO-style 101-point interpolated AP at IoU 0.5 per class,
+  averaged over the classes present in the ground truth.
+* classifiers: **top-1 agreement**: the share of samples whose arg-max class is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .onnxmodel import Manifest, extract, load_model, session
+
+
+class TaskModel:
+    """The tail of `model_path` from `layer` to the outputs, with the metric that fits the task.
+
+    `layer` may be a tensor name or a split-point alias from the model's manifest.
+    """
+
+    def __init__(self, model_path: str, layer: str, threads: int | None = None):
+        self.manifest = Manifest.for_model(model_path)
+        self.layer = self.manifest.resolve_layer(layer)
+        model = load_model(model_path)
+        outputs = [o.name for o in model.graph.output]
+        self.task = self.manifest.task or _guess_task(model)
+        self.output = self.manifest.detections_output or outputs[0]
+        if self.output not in outputs:
+            outputs.append(self.output)
+        self.session = session(extract(model, [self.layer], [self.output]), threads)
+
+    def run(self, activations: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """The task output for (N, C, H, W) activations."""
+        activations = np.asarray(activations, np.float32)
+        if activations.ndim == 3:
+            activations = activations[None]
+        parts = [self.session.run([self.output], {self.layer: activations[i : i + batch_size]})[0]
+                 for i in range(0, len(activations), batch_size)]
+        return np.concatenate(parts)
+
+    def agreement(self, original: np.ndarray, decoded: np.ndarray, reference: np.ndarray | None = None) -> float:
+        """The task metric of `decoded` against `original` activations (1.0 = no change)."""
+        reference = self.run(original) if reference is None else reference
+        result = self.run(decoded)
+        if self.task == "detection":
+            return detection_agreement(reference, result, self.manifest.score_threshold)
+        return top1_agreement(reference, result)
+
+    @property
+    def metric_name(self) -> str:
+        return "mAP@0.5 agreement" if self.task == "detection" else "top-1 agreement"
+
+
+def _guess_task(model) -> str:
+    output = model.graph.output[0]
+    dims = output.type.tensor_type.shape.dim
+    if len(dims) == 3 and dims[2].dim_value == 6:
+        return "detection"
+    if len(dims) == 2:
+        return "classification"
+    raise InvalidInputError(f"cannot tell the task of output {output.name}: add a manifest.json with 'task'")
+
+
+def top1_agreement(reference: np.ndarray, result: np.ndarray) -> float:
+    reference = reference.reshape(len(reference), -1)
+    result = result.reshape(len(result), -1)
+    return float(np.mean(reference.argmax(1) == result.argmax(1)))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between boxes (x1, y1, x2, y2): a (n, 4) × b (m, 4) → (n, m)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:4] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:4] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def average_precision(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> float:
+    """COCO-style 101-point interpolated AP from per-prediction scores and true-positive flags."""
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(matched[order])
+    fp = np.cumsum(~matched[order])
+    recall = tp / n_truth
+    precision = tp / np.maximum(tp + fp, 1e-12)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at recall >= r
+    thresholds = np.linspace(0, 1, 101)
+    at = np.searchsorted(recall, thresholds, side="left")
+    return float(np.mean(np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0)))
+
+
+def detection_agreement(reference: np.ndarray, result: np.ndarray, score_threshold: float = 0.3,
+                        iou_threshold: float = 0.5) -> float:
+    """Agreement mAP@`iou_threshold` of detections `result` against `reference` (both (N, K, 6)).
+
+    Returns 1.0 when the reference has no detection above the threshold and neither does the
+    result (nothing to find, nothing invented), and 0.0 when only the result has some.
+    """
+    classes = sorted({int(c) for dets in reference for c in dets[dets[:, 4] >= score_threshold, 5]})
+    if not classes:
+        return 1.0 if not (result[..., 4] >= score_threshold).any() else 0.0
+    aps = []
+    for cls in classes:
+        scores, matched, n_truth = [], [], 0
+        for ref, res in zip(reference, result):
+            truth = ref[(ref[:, 4] >= score_threshold) & (ref[:, 5] == cls), :4]
+            preds = res[res[:, 5] == cls]
+            preds = preds[np.argsort(-preds[:, 4], kind="stable")]
+            n_truth += len(truth)
+            taken = np.zeros(len(truth), bool)
+            ious = box_iou(preds[:, :4], truth) if len(truth) else np.zeros((len(preds), 0))
+            for row in range(len(preds)):
+                candidates = np.where(~taken & (ious[row] >= iou_threshold), ious[row], -1.0)
+                best = int(candidates.argmax()) if len(truth) else -1
+                hit = best >= 0 and candidates[best] >= 0
+                if hit:
+                    taken[best] = True
+                matched.append(hit)
+            scores.extend(preds[:, 4])
+        aps.append(average_precision(np.asarray(scores), np.asarray(matched, bool), n_truth) if scores else 0.0)
+    return float(np.mean(aps))
