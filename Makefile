@@ -34,8 +34,16 @@ test: $(PY)
 lint: $(PY)
 	$(PY) -m ruff check featcodec tests examples
 
-bench: $(PY)
-	$(FEATCODEC) --help >/dev/null
+# The reference sweep: held-out photos, quantizers calibrated on the training photos.
+BENCH_OUT := bench/results
+bench: $(PY) data/reference_heldout.h5
+	@mkdir -p $(BENCH_OUT)
+	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc --rates paper \
+		--calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
+		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
+
+data/reference_heldout.h5 data/reference_train.h5:
+	$(MAKE) data
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

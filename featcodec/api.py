@@ -10,7 +10,7 @@ import numpy as np
 from . import __version__
 from .codecs.base import Codec
 from .container import Bitstream, pack
-from .errors import CorruptStreamError, FeatcodecError
+from .errors import CorruptStreamError, FeatcodecError, InvalidInputError
 from .io import from_nchw, to_nchw
 from .registry import codec_from_config, get_codec
 
@@ -62,13 +62,17 @@ def encode(array: np.ndarray, method: str | Codec = "raw", *, layer: str | None 
     return pack(header, payloads)
 
 
-def decode(data, *, sample: int | None = None) -> np.ndarray:
+def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np.ndarray:
     """Decompress a ``.fcb`` bytestring to an array of its original shape, dtype and layout.
 
     With `sample`, decode only that sample of a batch, as (C,H,W) (or (H,W,C) for nhwc).
+    `codec` reuses a codec object (e.g. to read its stage timings); it must match the header.
     """
     stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)
-    codec = codec_from_config(stream.header["codec"])
+    if codec is None:
+        codec = codec_from_config(stream.header["codec"])
+    elif codec.get_config() != stream.header["codec"]:
+        raise InvalidInputError("the codec given does not match the one recorded in the file")
     dtype = np.dtype(stream.header["dtype"])
     indices = range(stream.n_samples) if sample is None else [sample]
     out = np.empty((len(indices), *stream.sample_shape), dtype)

@@ -10,39 +10,53 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from . import __version__, api
 from .codecs.base import Codec
 from .container import Bitstream
 from .errors import FeatcodecError, InvalidInputError
-from .io import read_tensor, split_hdf5_spec, write_array, write_bytes
-from .registry import codec_class, codec_ids, get_codec
+from .io import read_tensor, split_hdf5_spec, to_nchw, write_array, write_bytes
+from .registry import codec_class, codec_from_config, codec_ids, get_codec
 
 
 def _parse_clip(value: str | None):
-    if value is None or value == "auto":
+    if value is None or value in ("auto", "model"):
         return value
     try:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected LO,HI (two numbers) or auto, got {value!r}") from None
+        raise InvalidInputError(f"--clip expects LO,HI (two numbers), auto or model, got {value!r}") from None
     return [lo, hi]
 
 
-# Codec options shared by `encode` (and later `bench`/`convert`): flag → codec parameter.
+# Codec options shared by `encode`, `calibrate` and `bench`: flag, codec parameter, click settings.
 # Each codec accepts the subset its __init__ names; another one given is an error.
 CODEC_OPTIONS = [
-    click.option("--dtype", "dtype", type=click.Choice(["float32", "float16"]), help="raw: storage dtype."),
-    click.option("--zstd", "zstd", type=click.IntRange(0, 22), help="zstd level for the payload (0 = off)."),
-    click.option("--levels", "levels", type=int, help="Number of quantization levels."),
-    click.option("--clip", "clip", help="Clip range LO,HI (or auto where the codec supports it)."),
+    ("--dtype", "dtype", {"type": click.Choice(["float32", "float16"]), "help": "raw: storage dtype."}),
+    ("--zstd", "zstd", {"type": click.IntRange(0, 22), "help": "zstd level for the payload (0 = off)."}),
+    ("--levels", "levels", {"type": int, "help": "Number of quantization levels."}),
+    ("--clip", "clip", {"help": "Clip range LO,HI; lightweight also: auto (measured) or model (Gaussian)."}),
+    ("--bpe", "bpe", {"type": float, "help": "lightweight: target bits per element (searches the levels)."}),
+    ("--snr", "snr", {"type": float, "help": "lightweight: target signal-to-noise ratio in dB (default 15)."}),
+    ("--activation", "activation", {"help": "lightweight: auto, relu, leaky:SLOPE or none."}),
+    ("--quantizer", "quantizer", {"type": click.Choice(["uniform", "ecsq"]),
+                                  "help": "lightweight: uniform or entropy-constrained scalar quantizer."}),
+    ("--lam", "lam", {"type": float, "help": "lightweight: ECSQ Lagrangian λ (rate weight)."}),
+    ("--qp", "qp", {"type": click.IntRange(0, 51), "help": "HEVC codecs: constant QP."}),
+    ("--kbpi", "kbpi", {"type": float, "help": "HEVC codecs: target kilobits per tensor (QP search)."}),
+    ("--lossless", "lossless", {"is_flag": True, "default": None, "help": "HEVC codecs: lossless HEVC."}),
+    ("--bitdepth", "bitdepth", {"type": click.Choice(["8", "10"]), "help": "HEVC codecs: frame bit depth."}),
+    ("--norm", "norm", {"type": click.Choice(["tensor", "channel"]),
+                        "help": "HEVC codecs: min/max normalisation per tensor or per channel."}),
+    ("--preset", "preset", {"help": "HEVC codecs: x265 preset (ultrafast … veryslow)."}),
 ]
-CODEC_OPTION_NAMES = {"dtype": "--dtype", "zstd": "--zstd", "levels": "--levels", "clip": "--clip"}
+CODEC_OPTION_NAMES = {param: flag for flag, param, _ in CODEC_OPTIONS}
 
 
 def codec_options(func):
-    for option in reversed(CODEC_OPTIONS):
-        func = option(func)
+    for flag, param, settings in reversed(CODEC_OPTIONS):
+        func = click.option(flag, param, **settings)(func)
     return click.option(
         "-p", "--param", "extra_params", multiple=True, metavar="KEY=VALUE",
         help="Any codec parameter by name (VALUE parsed as JSON when it can be).",
@@ -54,6 +68,8 @@ def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, .
     params = {k: v for k, v in options.items() if v is not None}
     if "clip" in params:
         params["clip"] = _parse_clip(params["clip"])
+    if "bitdepth" in params:
+        params["bitdepth"] = int(params["bitdepth"])
     for item in extra_params:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -70,6 +86,37 @@ def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, .
                 f"codec {method!r} takes no {CODEC_OPTION_NAMES[name]} option (its options: {options_list})"
             )
     return get_codec(method, **params)
+
+
+def _codec_from_cli(method, config_path, options, extra_params) -> Codec:
+    if config_path:
+        if method or any(v is not None for v in options.values()) or extra_params:
+            raise InvalidInputError("--config already fixes the codec: drop -m and the codec options")
+        try:
+            with open(config_path) as f:
+                return codec_from_config(json.load(f))
+        except OSError as err:
+            raise InvalidInputError(f"cannot read codec config {config_path}: {err.strerror}") from err
+        except json.JSONDecodeError as err:
+            raise InvalidInputError(f"{config_path} is not valid JSON: {err}") from err
+    if not method:
+        raise InvalidInputError("missing -m METHOD (or --config FILE); see `featcodec codecs`")
+    return build_codec(method, options, extra_params)
+
+
+def _calibrated(codec: Codec, array) -> Codec:
+    if not hasattr(codec, "calibrate"):
+        raise InvalidInputError(f"codec {codec.codec_id!r} has no calibration step")
+    return codec.calibrate(array if array.ndim == 4 else array[None])
+
+
+def _describe(codec: Codec) -> str:
+    """Codec id and the parameters that were set, in one short phrase (a calibrated table is not spelled out)."""
+    config = codec.get_config()
+    parts = [f"{k}={v}" for k, v in config.items() if k not in ("id", "table") and v not in (None, False)]
+    if config.get("table"):
+        parts.append(f"calibrated {len(config['table']['levels'])}-level quantizer")
+    return f"codec {config['id']}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _stderr_is_tty() -> bool:
@@ -127,22 +174,28 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-o", "--output", help="Output .fcb file, or - for stdout (default: INPUT with .fcb).")
-@click.option("-m", "--method", required=True, help="Codec id (see `featcodec codecs`).")
+@click.option("-m", "--method", help="Codec id (see `featcodec codecs`).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Codec configuration JSON (from `featcodec calibrate`), instead of -m and options.")
+@click.option("--calibrate", is_flag=True, help="Design the quantizer once from the whole input, then code every "
+              "sample with it (lightweight).")
 @click.option("--layer", help="Layer name to record (default: the HDF5 dataset's 'layer' attribute).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="Axis order of the input; nhwc for channel-last dumps.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @codec_options
-def encode(input_spec, output, method, layer, layout, force, quiet, extra_params, **options):
+def encode(input_spec, output, method, config_path, calibrate, layer, layout, force, quiet, extra_params, **options):
     """Compress INPUT (.npy, FILE.h5[:/DATASET], or - for stdin) into a .fcb bitstream."""
-    codec = build_codec(method, options, extra_params)
+    codec = _codec_from_cli(method, config_path, options, extra_params)
     output = output or _default_output(input_spec, ".fcb")
     _refuse_binary_to_terminal(output)
     if output != "-" and os.path.exists(output) and not force:
         raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
     tensor = read_tensor(input_spec)
     layer = layer or tensor.attrs.get("layer")
+    if calibrate:
+        codec = _calibrated(codec, to_nchw(tensor.array, layout))
     progress = _progress_callback(f"encoding {tensor.name}")
     try:
         blob = api.encode(tensor.array, codec, layer=layer, layout=layout, dataset=tensor.name,
@@ -154,7 +207,7 @@ def encode(input_spec, output, method, layer, layout, force, quiet, extra_params
     _say(
         f"{output if output != '-' else '<stdout>'}: {summary['n_samples']} sample(s) {summary['shape']}, "
         f"{_human_bytes(tensor.array.nbytes)} -> {_human_bytes(len(blob))}, "
-        f"{summary['file_bits_per_element']:.4g} bits/element, codec {codec!r}",
+        f"{summary['file_bits_per_element']:.4g} bits/element, {_describe(codec)}",
         quiet or output == "-",
     )
 
@@ -232,6 +285,121 @@ def info(input_spec, as_json):
     else:
         for key, value in rows:
             click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("input_spec", metavar="INPUT")
+@click.option("-m", "--method", required=True, help="Codec id.")
+@click.option("-o", "--output", required=True, help="Where to write the codec configuration (JSON).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@codec_options
+def calibrate(input_spec, method, output, layout, force, extra_params, **options):
+    """Design a codec's quantizer once from the samples of INPUT; write its configuration.
+
+    \b
+    featcodec calibrate train.h5:/S4 -m lightweight --levels 16 -o s4.json
+    featcodec encode new.h5:/S4 --config s4.json      # one fast pass per sample
+    """
+    codec = _calibrated(build_codec(method, options, extra_params), to_nchw(read_tensor(input_spec).array, layout))
+    text = json.dumps(codec.get_config(), indent=1, sort_keys=True) + "\n"
+    write_bytes(output, text.encode(), force)
+    click.echo(f"{output}: {_describe(codec)}", err=True)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-m", "--methods", default="raw,uniform,lightweight,tiling,fpc", show_default=True,
+              help="Comma-separated codec ids.")
+@click.option("--rates", default="paper", show_default=True,
+              help="Rate points: paper (Kbpi bases 15-240 + lossless, levels 2-16, bpe 0.6/0.8) or quick.")
+@click.option("--task", "task_model", help="ONNX model whose tail measures task agreement (default: the model "
+              "a featcodec dump recorded, when it can be found).")
+@click.option("--calibrate-on", help="HDF5 dump to calibrate quantizers on (same dataset names), e.g. the "
+              "training split; default: the input itself.")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Timed runs per point (median), after one warm-up.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(0, 256),
+              help="Threads for x265 and onnxruntime (0: their defaults).")
+@click.option("--json", "json_path", help="Write the full report as JSON.")
+@click.option("--csv", "csv_path", help="Write one row per point as CSV.")
+@click.option("--plot", "plot_path", help="Write rate-PSNR / rate-accuracy curves (PNG, needs matplotlib).")
+@click.option("--check", "checks", multiple=True, metavar="EXPR",
+              help="Gate, e.g. 'lightweight.bpe<=0.8' or 'tiling@kbpi=60.agreement>=0.5'; exit 1 if one fails.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, json_path, csv_path, plot_path, checks,
+          force):
+    """Sweep codecs over rate points on INPUT tensors; report rate, distortion, accuracy and latency."""
+    from .bench import evaluate_checks, plot, run_bench, write_csv
+
+    for path in (json_path, csv_path, plot_path):
+        if path and os.path.exists(path) and not force:
+            raise InvalidInputError(f"{path} exists; pass --force to overwrite it")
+    progress = _progress_callback("benchmarking")
+    try:
+        report = run_bench(list(inputs), [m.strip() for m in methods.split(",") if m.strip()], rates=rates,
+                           task_model=task_model, calibrate_on=calibrate_on, repeat=repeat, threads=threads,
+                           progress=progress)
+    finally:
+        progress.stop()
+    report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]])
+    _print_bench(report)
+    if json_path:
+        write_bytes(json_path, (json.dumps(report, indent=1, default=_json_default) + "\n").encode(), force)
+    if csv_path:
+        write_bytes(csv_path, write_csv(csv_path, report).encode(), force)
+    if plot_path:
+        plot(plot_path, report)
+    failed = [c for c in report["checks"] if not c["passed"]]
+    if failed:
+        raise click.ClickException("check failed: " + "; ".join(f"{c['check']} (got {c['values']})" for c in failed))
+
+
+def _point(row):
+    from .bench import PointResult
+
+    return PointResult(**row)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_bench(report) -> None:
+    columns = ["tensor", "method", "point", "bits/elt", "Kbpi", "CR", "PSNR", "SSIM", "agreement", "enc ms", "dec ms"]
+    rows = [[r["tensor"], r["method"], r["point"], _fmt(r["bits_per_element"], ".4f"), _fmt(r["kbpi"], ".1f"),
+             _fmt(r["compression_ratio"], ".1f"), _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+             _fmt(r["agreement"], ".3f"), _fmt(r["encode_ms"], ".1f"), _fmt(r["decode_ms"], ".1f")]
+            for r in report["results"]]
+    summary = [[s["tensor"], s["method"], str(s.get("effective_cr") and tuple(round(v, 1) for v in s["effective_cr"])),
+                _fmt(s.get("bpe_at_agreement_0.95"), ".3f"), _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f")]
+               for s in report["summary"]]
+    summary_columns = ["tensor", "method", "effective CR", "bpe @ agreement 0.95", "BD-rate vs tiling %"]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        for title, cols, body in (("featcodec bench", columns, rows), ("summary", summary_columns, summary)):
+            table = Table(title=title)
+            for c in cols:
+                table.add_column(c, justify="left" if c in ("tensor", "method", "point") else "right")
+            for row in body:
+                table.add_row(*row)
+            console.print(table)
+    else:
+        for cols, body in ((columns, rows), (summary_columns, summary)):
+            click.echo("\t".join(cols))
+            for row in body:
+                click.echo("\t".join(row))
+    for check in report["checks"]:
+        click.echo(f"check {'passed' if check['passed'] else 'FAILED'}: {check['check']} {check['values']}", err=True)
 
 
 @cli.command()

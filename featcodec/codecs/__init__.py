@@ -1,8 +1,10 @@
 """The codecs featcodec ships, one module each, all behind `featcodec.codecs.base.Codec`."""
 
 from .base import Codec
+from .fpc import FramePerChannel
 from .lightweight import Lightweight
 from .raw import Raw
+from .tiling import Tiling
 from .uniform import Uniform
 
-__all__ = ["Codec", "Lightweight", "Raw", "Uniform"]
+__all__ = ["Codec", "FramePerChannel", "Lightweight", "Raw", "Tiling", "Uniform"]

@@ -13,7 +13,10 @@ rebuilds an equal codec from it, so a file header fully describes its codec.
 from __future__ import annotations
 
 import inspect
+import time
 from abc import ABC, abstractmethod
+from collections import Counter
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +40,26 @@ class Codec(ABC):
         """Rebuild a float32 array of `shape` from a payload and its side info."""
 
     @property
-    def lossless(self) -> bool:
+    def timings(self) -> Counter:
+        """Seconds spent per named stage since the last `reset_timings` (for the benchmark)."""
+        if "_timings" not in self.__dict__:
+            self._timings = Counter()
+        return self._timings
+
+    def reset_timings(self) -> None:
+        self.timings.clear()
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a block of work under `name` in `timings`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] += time.perf_counter() - start
+
+    @property
+    def is_lossless(self) -> bool:
         """True when decode(encode(x)) reproduces float32 input exactly."""
         return False
 

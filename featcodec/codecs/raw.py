@@ -35,7 +35,7 @@ class Raw(Codec):
         self.zstd = check_zstd_level(zstd)
 
     @property
-    def lossless(self) -> bool:
+    def is_lossless(self) -> bool:
         return self.dtype == "float32"
 
     def _storage(self) -> np.dtype:

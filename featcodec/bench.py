@@ -1,0 +1,302 @@
+"""``featcodec bench``: rate / distortion / task-accuracy / latency sweeps of every codec.
+
+For each input tensor and each codec, every rate point of the chosen set is coded and decoded;
+each point reports bits per element, Kbpi, compression ratio, MSE, PSNR, SNR, SSIM, task
+agreement (when the network is known) and encode / decode latency with the per-stage
+breakdown. Timing: one warm-up run is excluded, then the median of ``repeat`` runs. Summaries:
+the paper's effective CR range, the rate needed to reach an agreement level, and BD-rate
+against tiling. ``checks`` turn figures into pass/fail gates for CI.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, metrics
+from .api import decode, encode, info
+from .errors import InvalidInputError
+from .io import Tensor, read_tensors, to_nchw
+from .registry import codec_ids, get_codec
+
+KBPI_BASES = (15, 30, 60, 120, 240)  # the auto-tiler paper's bitrate bases (kilobits per tensor)
+VIDEO_POINTS = [("default", {})] + [(f"kbpi={k}", {"kbpi": k}) for k in KBPI_BASES] + [("lossless", {"lossless": True})]
+RATE_SETS: dict[str, dict[str, list[tuple[str, dict]]]] = {
+    "paper": {
+        "raw": [("default", {}), ("float16", {"dtype": "float16"}), ("float16+zstd", {"dtype": "float16", "zstd": 19})],
+        "uniform": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (4, 8, 16)],
+        "lightweight": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
+        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
+        "tiling": VIDEO_POINTS,
+        "fpc": VIDEO_POINTS,
+    },
+    "quick": {
+        "raw": [("default", {}), ("float16", {"dtype": "float16"})],
+        "uniform": [("default", {}), ("levels=8", {"levels": 8})],
+        "lightweight": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
+        "tiling": [("default", {}), ("kbpi=60", {"kbpi": 60})],
+        "fpc": [("default", {}), ("kbpi=60", {"kbpi": 60})],
+    },
+}
+CALIBRATED = {"lightweight"}  # codecs whose quantizer is calibrated once per layer before timing
+
+
+@dataclass
+class PointResult:
+    tensor: str
+    layer: str | None
+    shape: list[int]
+    method: str
+    point: str
+    params: dict[str, Any]
+    bits_per_element: float
+    kbpi: float
+    compression_ratio: float
+    mse: float
+    psnr: float
+    snr: float
+    ssim: float
+    agreement: float | None
+    encode_ms: float
+    decode_ms: float
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+def points_for(method: str, rates: str) -> list[tuple[str, dict]]:
+    if rates not in RATE_SETS:
+        raise InvalidInputError(f"unknown rate set {rates!r}: use {', '.join(RATE_SETS)}")
+    table = RATE_SETS[rates]
+    return table.get(method) or [("default", {})]
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import constriction
+    import onnxruntime
+
+    from .video import ffmpeg_exe
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        ffmpeg = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    except Exception:  # the bench still runs without video codecs
+        ffmpeg = None
+    return {"featcodec": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "constriction": getattr(constriction, "__version__", "?"),
+            "ffmpeg": ffmpeg, "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "platform": platform.platform()}
+
+
+def find_task_model(tensor: Tensor, search: list[Path]) -> str | None:
+    """The model a dump recorded (file name + sha256), looked for in `search` folders."""
+    from .onnxmodel import sha256_file
+
+    name, digest = tensor.attrs.get("model"), tensor.attrs.get("model_sha256")
+    if not name:
+        return None
+    for folder in search:
+        for candidate in [folder / name, *folder.glob(f"**/{name}")]:
+            if candidate.is_file() and (not digest or sha256_file(candidate) == digest):
+                return str(candidate)
+    return None
+
+
+def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, params: dict, *,
+              calibration: np.ndarray | None, task, reference, repeat: int) -> PointResult:
+    codec = get_codec(method, **params)
+    if method in CALIBRATED:
+        codec = codec.calibrate(calibration if calibration is not None else original)
+    encode(original[:1], codec)  # warm-up, excluded: caches, lazy imports, first ffmpeg start
+    encode_times, decode_times = [], []
+    for run in range(repeat):
+        if run == repeat - 1:
+            codec.reset_timings()
+        start = time.perf_counter()
+        blob = encode(original, codec, layer=tensor.attrs.get("layer"))
+        middle = time.perf_counter()
+        decoded = decode(blob, codec=codec)
+        encode_times.append(middle - start)
+        decode_times.append(time.perf_counter() - middle)
+    n = original.shape[0]
+    header = info(blob)
+    bpe = header["bits_per_element"]
+    agreement = task.agreement(original, decoded, reference) if task is not None else None
+    return PointResult(
+        tensor=tensor.name, layer=tensor.attrs.get("layer"), shape=list(original.shape), method=method,
+        point=label, params=codec.get_config() if method not in CALIBRATED else params,
+        bits_per_element=bpe, kbpi=header["payload_bytes"] * 8 / 1000 / n,
+        compression_ratio=32 / bpe if bpe else float("inf"),
+        mse=metrics.mse(original, decoded), psnr=metrics.psnr(original, decoded),
+        snr=metrics.snr(original, decoded), ssim=metrics.ssim(original, decoded), agreement=agreement,
+        encode_ms=1000 * statistics.median(encode_times) / n, decode_ms=1000 * statistics.median(decode_times) / n,
+        stages_ms={k: 1000 * v / n for k, v in sorted(codec.timings.items())},
+    )
+
+
+def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list[dict[str, Any]]:
+    rows = []
+    for tensor in dict.fromkeys(r.tensor for r in results):
+        of_tensor = [r for r in results if r.tensor == tensor]
+        tiling = [r for r in of_tensor if r.method == "tiling" and r.point != "lossless"]
+        for method in dict.fromkeys(r.method for r in of_tensor):
+            points = [r for r in of_tensor if r.method == method]
+            has_task = all(r.agreement is not None for r in points)
+            row = {"tensor": tensor, "method": method}
+            if has_task:
+                row["effective_cr"] = metrics.effective_cr_range([r.compression_ratio for r in points],
+                                                                 [r.agreement for r in points])
+                row[f"bpe_at_agreement_{agreement_level}"] = metrics.rate_at(
+                    [r.bits_per_element for r in points], [r.agreement for r in points], agreement_level)
+            if tiling and method != "tiling":
+                lossy = [r for r in points if np.isfinite(r.psnr)]
+                row["bd_rate_vs_tiling_psnr"] = metrics.bd_rate(
+                    [r.bits_per_element for r in tiling], [r.psnr for r in tiling],
+                    [r.bits_per_element for r in lossy], [r.psnr for r in lossy])
+            rows.append(row)
+    return rows
+
+
+_CHECK = re.compile(r"^\s*([\w-]+)(?:@([^.\s]+(?:\.\d+)?))?\.(\w+)\s*(<=|>=|==|<|>)\s*([-+\d.eE]+)\s*$")
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+
+
+def evaluate_checks(checks: list[str], results: list[PointResult]) -> list[dict[str, Any]]:
+    """``METHOD[@POINT].METRIC OP VALUE``, e.g. ``lightweight.bits_per_element<=0.8`` or
+    ``tiling@kbpi=60.agreement>=0.5``; POINT defaults to ``default``; every tensor must pass.
+    ``bpe`` is accepted for bits_per_element."""
+    outcome = []
+    fields = set(PointResult.__dataclass_fields__)
+    for check in checks:
+        match = _CHECK.match(check)
+        if not match:
+            raise InvalidInputError(f"cannot parse check {check!r}: expected METHOD[@POINT].METRIC OP VALUE")
+        method, point, metric, op, value = match.groups()
+        metric = {"bpe": "bits_per_element", "cr": "compression_ratio"}.get(metric, metric)
+        if metric not in fields:
+            raise InvalidInputError(f"check {check!r}: unknown metric {metric!r}")
+        point = point or "default"
+        selected = [r for r in results if r.method == method and r.point == point]
+        if not selected:
+            raise InvalidInputError(f"check {check!r}: no result for {method}@{point}")
+        values = [getattr(r, metric) for r in selected]
+        passed = all(v is not None and _OPS[op](v, float(value)) for v in values)
+        outcome.append({"check": check, "passed": passed, "values": values})
+    return outcome
+
+
+def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", task_model: str | None = None,
+              calibrate_on: str | None = None, repeat: int = 1, threads: int = 1,
+              progress=None) -> dict[str, Any]:
+    """Run the sweep; returns the JSON-ready report (environment, settings, results, summary)."""
+    from .task import TaskModel
+
+    unknown = [m for m in methods if m not in codec_ids()]
+    if unknown:
+        raise InvalidInputError(f"unknown codec {unknown[0]!r}; available: {', '.join(codec_ids())}")
+    os.environ["FEATCODEC_THREADS"] = str(threads)
+    tensors = [t for spec in inputs for t in read_tensors(spec)]
+    calibration_file = None
+    if calibrate_on:
+        import h5py
+
+        calibration_file = h5py.File(calibrate_on, "r")
+    results: list[PointResult] = []
+    jobs = [(t, m, p) for t in tensors for m in methods for p in points_for(m, rates)]
+    done = 0
+    try:
+        for tensor in tensors:
+            original = np.ascontiguousarray(to_nchw(tensor.array, label=tensor.name), np.float32)
+            if original.ndim == 3:
+                original = original[None]
+            layer = tensor.attrs.get("layer")
+            model = task_model or find_task_model(tensor, [Path(p) for p in inputs if os.path.isdir(p)]
+                                                  + [Path(inputs[0]).parent, Path("models")])
+            task = TaskModel(model, layer, threads=threads) if model and layer else None
+            reference = task.run(original) if task else None
+            calibration = None
+            if calibration_file is not None and tensor.name in calibration_file:
+                calibration = calibration_file[tensor.name][()]
+            for method in methods:
+                for label, params in points_for(method, rates):
+                    results.append(run_point(original, tensor, method, label, params, calibration=calibration,
+                                             task=task, reference=reference, repeat=repeat))
+                    done += 1
+                    if progress:
+                        progress(done, len(jobs))
+    finally:
+        if calibration_file is not None:
+            calibration_file.close()
+    return {
+        "environment": environment(threads),
+        "settings": {"inputs": inputs, "methods": methods, "rates": rates, "repeat": repeat,
+                     "task_model": task_model, "calibrate_on": calibrate_on,
+                     "timing": "median of repeat runs after one warm-up, per sample, ms"},
+        "results": [asdict(r) for r in results],
+        "summary": summarise(results),
+    }
+
+
+CSV_COLUMNS = ["tensor", "layer", "method", "point", "bits_per_element", "kbpi", "compression_ratio", "mse", "psnr",
+               "snr", "ssim", "agreement", "encode_ms", "decode_ms"]
+
+
+def write_csv(path: str, report: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS + ["stages_ms"], extrasaction="ignore")
+    writer.writeheader()
+    for row in report["results"]:
+        writer.writerow({**row, "stages_ms": json.dumps(row["stages_ms"], sort_keys=True)})
+    return buffer.getvalue()
+
+
+def plot(path: str, report: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        from .errors import MissingBackendError
+
+        raise MissingBackendError("--plot needs matplotlib: pip install 'featcodec[plot]'") from err
+    results = report["results"]
+    tensors = list(dict.fromkeys(r["tensor"] for r in results))
+    has_task = any(r["agreement"] is not None for r in results)
+    columns = 2 if has_task else 1
+    figure, axes = plt.subplots(len(tensors), columns, figsize=(6 * columns, 4 * len(tensors)), squeeze=False)
+    for row, tensor in enumerate(tensors):
+        for method in dict.fromkeys(r["method"] for r in results):
+            points = sorted((r for r in results if r["tensor"] == tensor and r["method"] == method
+                             and np.isfinite(r["psnr"])), key=lambda r: r["bits_per_element"])
+            if not points:
+                continue
+            rates = [r["bits_per_element"] for r in points]
+            axes[row][0].plot(rates, [r["psnr"] for r in points], "o-", label=method)
+            if has_task:
+                axes[row][1].plot(rates, [r["agreement"] for r in points], "o-", label=method)
+        axes[row][0].set(xscale="log", xlabel="bits per element", ylabel="PSNR (dB)", title=tensor)
+        axes[row][0].legend()
+        if has_task:
+            axes[row][1].set(xscale="log", xlabel="bits per element", ylabel="agreement mAP@0.5", title=tensor)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
