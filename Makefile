@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FEATCODEC := $(VENV)/bin/featcodec
 DEMO := examples/demo
 
-.PHONY: install demo test lint bench data clean
+.PHONY: install demo test lint bench data models clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +41,12 @@ bench: $(PY) data/reference_heldout.h5
 	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc --rates paper \
 		--calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
 		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
+
+# Auto-tilers for the reference detector, trained on the training photos only (needs torch).
+models: $(PY) data/reference_train.h5
+	$(PY) -m pip install --quiet -e '.[train]'
+	time $(FEATCODEC) train data/reference_train.h5 --layer S1 --layer S2 --layer S4 \
+		-o models/autotiler/centernet_mbv3 --steps 600
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data

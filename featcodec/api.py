@@ -33,25 +33,38 @@ def encode(array: np.ndarray, method: str | Codec = "raw", *, layer: str | None 
     codec = method if isinstance(method, Codec) else get_codec(method, **params)
     original_dtype = np.asarray(array).dtype.name
     nchw = to_nchw(array, layout)
-    batched = nchw.ndim == 4
-    samples = nchw if batched else nchw[None]
+    samples = nchw if nchw.ndim == 4 else nchw[None]
+    return encode_samples(iter(samples), codec, shape=nchw.shape, dtype=original_dtype, layout=layout,
+                          layer=layer, dataset=dataset, progress=progress)
+
+
+def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[int, ...], dtype: str,
+                   layout: str = "nchw", layer: str | None = None, dataset: str | None = None,
+                   progress: Progress | None = None) -> bytes:
+    """Encode samples given one at a time (NCHW, already checked), so a caller can stream a
+    large HDF5 dataset instead of loading it whole. `shape` is the whole tensor's NCHW shape
+    ((C,H,W) for an unbatched tensor)."""
+    batched = len(shape) == 4
+    total = shape[0] if batched else 1
     payloads, infos = [], []
     for i, sample in enumerate(samples):
         payload, info = codec.encode(np.ascontiguousarray(sample, dtype=np.float32))
         payloads.append(payload)
         infos.append(info)
         if progress:
-            progress(i + 1, len(samples))
+            progress(i + 1, total)
+    if len(payloads) != total:
+        raise InvalidInputError(f"expected {total} samples, got {len(payloads)}")
     payload_bytes = sum(len(p) for p in payloads)
-    elements = int(nchw.size)
+    elements = int(np.prod(shape))
     header = {
         "featcodec": __version__,
         "codec": codec.get_config(),
         "layer": layer,
         "dataset": dataset,
-        "shape": list(nchw.shape),
+        "shape": [int(d) for d in shape],
         "batched": batched,
-        "dtype": original_dtype,
+        "dtype": dtype,
         "layout": layout,
         "samples": infos,
         "models": codec.models(),

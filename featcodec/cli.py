@@ -403,6 +403,95 @@ def _print_bench(report) -> None:
 
 
 @cli.command()
+@click.argument("dump_path", metavar="DUMP.h5")
+@click.option("--layer", "layers", multiple=True, required=True,
+              help="Dataset of the dump to train on (repeatable); the smallest gets the core auto-tiler.")
+@click.option("-o", "--output", required=True, help="Folder for the ONNX files and manifest.json.")
+@click.option("--name", help="Model name (default: the output folder's name).")
+@click.option("--steps", default=600, show_default=True, help="Maximum training steps per phase.")
+@click.option("--batch", default=12, show_default=True, help="Crops per step.")
+@click.option("--crop", default=64, show_default=True, help="Crop size (the networks are fully convolutional).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--minutes-per-phase", type=float, help="Stop a phase after this long, keeping its best state.")
+def train(dump_path, layers, output, name, steps, batch, crop, lr, seed, minutes_per_phase):
+    """Train an auto-tiler on activation dumps and export it to ONNX (needs featcodec[train])."""
+    from .train import require_torch
+
+    require_torch()
+    from .train.autotiler import train_autotiler
+
+    manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name, steps=steps,
+                               batch=batch, crop=crop, lr=lr, seed=seed, minutes_per_phase=minutes_per_phase,
+                               log=lambda line: click.echo(line, err=True))
+    sizes = sum(f["bytes"] for f in manifest["files"].values())
+    click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, core on "
+               f"{manifest['core_layer']}", err=True)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("-m", "--method", help="Codec id: encode arrays / transcode .fcb. Without it: decode or repack.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Codec configuration JSON.")
+@click.option("-j", "--jobs", "workers", type=click.IntRange(1, 1024), help="Worker processes (default: cores).")
+@click.option("--verify", is_flag=True, help="Decode every output and check shape, dtype (and values if lossless).")
+@click.option("--resume", is_flag=True, help="Skip outputs that exist and pass their CRC; finish the rest.")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True)
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786): run on a cluster (featcodec[dask]).")
+@click.option("--json", "json_path", help="Write the summary as JSON.")
+@click.option("-f", "--force", is_flag=True, help="Redo and overwrite existing outputs.")
+@codec_options
+def convert(src, dst, method, config_path, workers, verify, resume, layout, scheduler, json_path, force,
+            extra_params, **options):
+    """Convert a whole dumped feature set: a folder tree / glob of .npy or .fcb, or an HDF5 file.
+
+    \b
+    featcodec convert dumps/ compressed/ -m lightweight --levels 8 -j 2   # .npy tree -> .fcb tree
+    featcodec convert compressed/ restored.h5                            # .fcb tree -> one HDF5
+    featcodec convert acts.h5 npys/                                      # repack HDF5 -> .npy tree
+    """
+    from .convert import convert as run_convert
+
+    codec = None
+    if method or config_path:
+        codec = _codec_from_cli(method, config_path, options, extra_params).get_config()
+    elif any(v is not None for v in options.values()) or extra_params:
+        raise InvalidInputError("codec options need -m METHOD")
+    progress = _progress_callback("converting")
+    try:
+        summary = run_convert(src, dst, codec, workers=workers, verify=verify, resume=resume, layout=layout,
+                              scheduler=scheduler, force=force, progress=progress)
+    finally:
+        progress.stop()
+    report = summary.to_json()
+    totals = report["totals"]
+    rows = [("action", summary.action), ("files", f"{totals['converted']} converted, {totals['skipped']} skipped, "
+                                                   f"{totals['failed']} failed of {totals['files']}"),
+            ("bytes in / out", f"{_human_bytes(totals['bytes_in'])} / {_human_bytes(totals['bytes_out'])}"),
+            ("compression ratio", _fmt(totals["compression_ratio"], ".2f")),
+            ("bits/element", _fmt(totals["bits_per_element"], ".4f")),
+            ("time", f"{totals['seconds']:.2f} s, {_fmt(totals['mb_per_s'], '.1f')} MB/s, "
+                     f"{_fmt(totals['files_per_s'], '.1f')} files/s with {totals['workers']} worker(s)")]
+    rows += [(f"FAILED {item.relative}", item.error or "?") for item in summary.failed]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"featcodec convert → {dst}", show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)
+        Console().print(table)
+    else:
+        for key, value in rows:
+            click.echo(f"{key}: {value}")
+    if json_path:
+        write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode(), force=True)
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} of {len(summary.items)} input(s) failed (see above)")
+
+
+@cli.command()
 def codecs():
     """List the registered codecs and their parameters."""
     for codec_id in codec_ids():

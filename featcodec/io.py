@@ -65,7 +65,7 @@ def read_tensors(spec: str, stdin=None) -> list[Tensor]:
         if data.startswith(HDF5_MAGIC):
             return _read_hdf5(io.BytesIO(data), None, "<stdin>")
         if data.startswith(NPY_MAGIC):
-            return [Tensor("stdin", _load_npy(io.BytesIO(data), "<stdin>"))]
+            return [Tensor("stdin", load_npy(io.BytesIO(data), "<stdin>"))]
         raise InvalidInputError("standard input is neither .npy nor HDF5 data")
     path, dataset = split_hdf5_spec(spec)
     if not os.path.exists(path):
@@ -79,7 +79,7 @@ def read_tensors(spec: str, stdin=None) -> list[Tensor]:
     if dataset is not None:
         raise InvalidInputError(f"{path} is not an HDF5 file, so it has no dataset {dataset!r}")
     if magic.startswith(NPY_MAGIC):
-        return [Tensor(Path(path).stem, _load_npy(path, path))]
+        return [Tensor(Path(path).stem, load_npy(path, path))]
     raise InvalidInputError(f"{path}: unrecognised format (expected .npy or HDF5)")
 
 
@@ -95,7 +95,7 @@ def read_tensor(spec: str, stdin=None) -> Tensor:
     return tensors[0]
 
 
-def _load_npy(source, label: str) -> np.ndarray:
+def load_npy(source, label: str) -> np.ndarray:
     try:
         return np.load(source, allow_pickle=False, mmap_mode="r" if isinstance(source, str) else None)
     except ValueError as err:

@@ -1,0 +1,387 @@
+"""``featcodec convert``: batch conversion of dumped feature sets; parallel, resumable, loses nothing.
+
+Sources: a directory tree of ``.npy`` or ``.fcb`` files, a glob, or an HDF5 file (every
+activation dataset, groups kept). Destination: a directory that mirrors the source tree, or an
+HDF5 file. What happens follows from the two:
+
+=============================  ===========  ============================================
+source items                   ``-m`` given  destination
+=============================  ===========  ============================================
+arrays (.npy, HDF5 datasets)   yes          directory of ``.fcb`` (encode)
+``.fcb``                       yes          directory of ``.fcb`` (transcode)
+``.fcb``                       no           directory of ``.npy`` or one HDF5 (decode)
+arrays                         no           directory of ``.npy`` or one HDF5 (repack)
+=============================  ===========  ============================================
+
+Every output is written atomically; one failing input is reported and the others go on.
+HDF5 inputs are streamed sample by sample; an HDF5 destination is assembled from per-item
+parts once every item is done, so workers never share a file handle.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .api import decode, encode_samples
+from .container import Bitstream
+from .errors import FeatcodecError, InvalidInputError
+from .io import HDF5_MAGIC, atomic_write, is_hdf5_path, load_npy, npy_bytes, to_nchw, write_bytes
+from .registry import codec_from_config
+
+TEMP_GLOB = ".featcodec-*.tmp"
+
+
+@dataclass
+class Job:
+    """One item to convert: a file, or a dataset of an HDF5 file."""
+
+    source: str  # a path
+    dataset: str | None  # HDF5 dataset inside `source`
+    relative: str  # where it goes, relative to the destination, without suffix
+    kind: str  # 'array' or 'fcb'
+    output: str  # the output path (for an HDF5 destination: the part file)
+    action: str  # encode | transcode | decode | repack
+    codec: dict | None  # codec config for encode / transcode
+    verify: bool = False
+    layout: str = "nchw"
+
+
+@dataclass
+class ItemResult:
+    relative: str
+    status: str  # ok | skipped | failed
+    bytes_in: int = 0
+    bytes_out: int = 0
+    elements: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    action: str
+    destination: str
+    items: list[ItemResult] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 1
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [i for i in self.items if i.status == "failed"]
+
+    def totals(self) -> dict[str, Any]:
+        done = [i for i in self.items if i.status == "ok"]
+        bytes_in = sum(i.bytes_in for i in done)
+        bytes_out = sum(i.bytes_out for i in done)
+        elements = sum(i.elements for i in done)
+        return {
+            "files": len(self.items), "converted": len(done),
+            "skipped": sum(i.status == "skipped" for i in self.items), "failed": len(self.failed),
+            "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "compression_ratio": bytes_in / bytes_out if bytes_out else None,
+            "bits_per_element": 8 * bytes_out / elements if elements and self.action in ("encode", "transcode")
+            else None,
+            "seconds": self.seconds, "mb_per_s": bytes_in / 1e6 / self.seconds if self.seconds else None,
+            "files_per_s": len(done) / self.seconds if self.seconds else None, "workers": self.workers,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "destination": self.destination, "totals": self.totals(),
+                "items": [asdict(i) for i in self.items]}
+
+
+# --- planning -----------------------------------------------------------------------------
+
+def _sources(src: str) -> tuple[list[tuple[str, str | None, str]], str]:
+    """(path, dataset, relative name) for every item of `src`, and their kind."""
+    if os.path.isfile(src):
+        with open(src, "rb") as f:
+            is_hdf5 = f.read(8) == HDF5_MAGIC
+        if not is_hdf5:
+            raise InvalidInputError(f"{src} is a single file: use `featcodec encode` / `decode` for one file")
+        import h5py
+
+        with h5py.File(src, "r") as f:
+            names = []
+            f.visititems(lambda n, node: names.append(n) if isinstance(node, h5py.Dataset)
+                         and "featcodec_role" not in node.attrs else None)
+        return [(src, "/" + n, n) for n in sorted(names)], "array"
+    if os.path.isdir(src):
+        base = Path(src)
+        files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix in (".npy", ".fcb"))
+    else:
+        matches = sorted(glob.glob(src, recursive=True))
+        if not matches:
+            raise InvalidInputError(f"nothing matches {src!r}")
+        files = [Path(m) for m in matches if Path(m).suffix in (".npy", ".fcb") and Path(m).is_file()]
+        base = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
+    if not files:
+        raise InvalidInputError(f"no .npy or .fcb files under {src}")
+    kinds = {p.suffix for p in files}
+    if len(kinds) > 1:
+        raise InvalidInputError(f"{src} mixes .npy and .fcb files: convert them separately")
+    kind = "fcb" if kinds == {".fcb"} else "array"
+    return [(str(p), None, str(p.relative_to(base).with_suffix(""))) for p in files], kind
+
+
+def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False, layout: str = "nchw") -> tuple[list[Job], str]:
+    """The jobs that turn `src` into `dst`, and the action's name."""
+    items, kind = _sources(src)
+    to_hdf5 = is_hdf5_path(dst)
+    if codec is not None:
+        if to_hdf5:
+            raise InvalidInputError("encoding writes .fcb files: the destination must be a directory")
+        action, suffix = ("transcode" if kind == "fcb" else "encode"), ".fcb"
+    else:
+        action, suffix = ("decode" if kind == "fcb" else "repack"), ".npy"
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise InvalidInputError("source and destination are the same")
+    parts = Path(dst + ".parts") if to_hdf5 else Path(dst)
+    jobs = [Job(path, dataset, rel, kind, str(parts / (rel + suffix)), action, codec, verify, layout)
+            for path, dataset, rel in items]
+    return jobs, action
+
+
+# --- one item (runs in a worker process) ----------------------------------------------------
+
+def _output_is_valid(path: str) -> bool:
+    """A finished output: a .fcb whose every CRC passes, or a loadable .npy of the full size."""
+    try:
+        if path.endswith(".fcb"):
+            with open(path, "rb") as f:
+                stream = Bitstream.parse(f.read())
+            for i in range(stream.n_samples):
+                stream.payload(i)
+            return True
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return array.size > 0
+    except (OSError, ValueError, FeatcodecError):
+        return False
+
+
+def _samples(job: Job):
+    """(iterator over NCHW samples, NCHW shape, dtype name, attrs), streaming HDF5 datasets."""
+    if job.dataset is not None:
+        import h5py
+
+        handle = h5py.File(job.source, "r")
+        node = handle[job.dataset]
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
+        probe = to_nchw(node[:1] if node.ndim == 4 else node[()], job.layout, job.dataset)
+        shape = (node.shape[0], *probe.shape[1:]) if node.ndim == 4 else probe.shape
+        dtype = node.dtype.name
+
+        def gen():
+            try:
+                if node.ndim == 4:
+                    for i in range(node.shape[0]):
+                        yield to_nchw(node[i : i + 1], job.layout, f"{job.dataset}[{i}]")[0]
+                else:
+                    yield probe
+            finally:
+                handle.close()
+
+        return gen(), shape, dtype, attrs
+    raw = load_npy(job.source, job.source)
+    array = to_nchw(raw, job.layout, job.source)
+    samples = array if array.ndim == 4 else array[None]
+    return iter(samples), array.shape, raw.dtype.name, {}
+
+
+def convert_item(job: Job, resume: bool = False) -> ItemResult:
+    """Convert one item; never raises: a failure comes back as a result with its reason."""
+    start = time.perf_counter()
+    result = ItemResult(job.relative, "ok")
+    try:
+        if resume and os.path.exists(job.output) and _output_is_valid(job.output):
+            result.status = "skipped"
+            return result
+        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        if job.kind == "fcb":
+            with open(job.source, "rb") as f:
+                data = f.read()
+            stream = Bitstream.parse(data)
+            array = decode(stream)
+            header = stream.header
+            result.bytes_in = len(data)
+            result.elements = int(array.size)
+            if job.action == "transcode":
+                nchw = to_nchw(array, header["layout"])
+                samples = nchw if nchw.ndim == 4 else nchw[None]
+                blob = encode_samples(iter(samples), codec_from_config(job.codec), shape=nchw.shape,
+                                      dtype=header["dtype"], layout=header["layout"], layer=header.get("layer"),
+                                      dataset=header.get("dataset"))
+                write_bytes(job.output, blob, force=True)
+                result.bytes_out = len(blob)
+            else:
+                blob = npy_bytes(array)
+                write_bytes(job.output, blob, force=True)
+                result.bytes_out = len(blob)
+        else:
+            samples, shape, dtype, attrs = _samples(job)
+            result.elements = int(np.prod(shape))
+            result.bytes_in = result.elements * np.dtype(dtype).itemsize
+            if job.action == "encode":
+                blob = encode_samples(samples, codec_from_config(job.codec), shape=shape, dtype=dtype,
+                                      layout=job.layout, layer=attrs.get("layer"), dataset=job.dataset or job.relative)
+                write_bytes(job.output, blob, force=True)
+                result.bytes_out = len(blob)
+            else:  # repack: stream samples into a .npy
+                result.bytes_out = _write_npy_stream(job.output, samples, shape, dtype)
+        if job.verify:
+            _verify(job)
+    except Exception as err:  # reported per item; the batch goes on
+        result.status = "failed"
+        result.error = str(err).replace("\n", " ") or type(err).__name__
+        if not isinstance(err, (FeatcodecError, OSError)):
+            result.error = f"{type(err).__name__}: {result.error} ({traceback.format_exc(limit=1).splitlines()[-1]})"
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _write_npy_stream(path: str, samples, shape, dtype) -> int:
+    def write(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        if len(shape) == 4:
+            for i, sample in enumerate(samples):
+                out[i] = sample
+        else:
+            out[...] = next(samples)
+        out.flush()
+        del out
+
+    atomic_write(path, write, force=True)
+    return os.path.getsize(path)
+
+
+def _verify(job: Job) -> None:
+    """Decode / reload the output and check shape, dtype and, for lossless codecs, the values."""
+    if job.output.endswith(".fcb"):
+        with open(job.output, "rb") as f:
+            stream = Bitstream.parse(f.read())
+        decoded = decode(stream)
+        codec = codec_from_config(stream.header["codec"])
+    else:
+        decoded, codec = np.load(job.output, allow_pickle=False), None
+    if job.kind == "fcb":
+        with open(job.source, "rb") as f:
+            original = decode(f.read())
+    elif job.dataset is not None:
+        import h5py
+
+        with h5py.File(job.source, "r") as f:
+            original = f[job.dataset][()]
+    else:
+        original = load_npy(job.source, job.source)
+    if decoded.shape != original.shape or decoded.dtype != original.dtype:
+        raise FeatcodecError(f"verify: output is {decoded.dtype}{decoded.shape}, input {original.dtype}{original.shape}")
+    exact = codec is None or (codec.is_lossless and original.dtype != np.float64)
+    if exact and not np.array_equal(decoded, original):
+        raise FeatcodecError("verify: a lossless output differs from its input")
+
+
+# --- the batch ------------------------------------------------------------------------------
+
+def _clean_temporaries(folder: str) -> None:
+    """Remove temporary files a killed run left behind (never a finished output)."""
+    if os.path.isdir(folder):
+        for leftover in Path(folder).rglob(TEMP_GLOB):
+            leftover.unlink(missing_ok=True)
+
+
+def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | None = None, verify: bool = False,
+            resume: bool = False, layout: str = "nchw", scheduler: str | None = None, force: bool = False,
+            progress=None) -> Summary:
+    """Convert every item of `src` into `dst` (see the module docstring); returns the summary."""
+    jobs, action = plan(src, dst, codec, verify=verify, layout=layout)
+    to_hdf5 = is_hdf5_path(dst)
+    if to_hdf5 and os.path.exists(dst) and not force:
+        raise InvalidInputError(f"{dst} exists; pass --force to overwrite it")
+    if not to_hdf5 and os.path.isfile(dst):
+        raise InvalidInputError(f"{dst} is a file; the destination must be a directory or an .h5 file")
+    if not to_hdf5 and not resume and not force:
+        clashes = [j.output for j in jobs if os.path.exists(j.output)]
+        if clashes:
+            raise InvalidInputError(f"{clashes[0]} exists ({len(clashes)} outputs do): pass --resume to keep "
+                                    "finished outputs or --force to redo them")
+    workers = workers or os.cpu_count() or 1
+    parts_root = dst + ".parts" if to_hdf5 else dst
+    Path(parts_root).mkdir(parents=True, exist_ok=True)
+    _clean_temporaries(parts_root)
+    summary = Summary(action, dst, workers=workers)
+    start = time.perf_counter()
+    if scheduler:
+        summary.items = _run_dask(jobs, scheduler, resume)
+    elif workers == 1:
+        for i, job in enumerate(jobs):
+            summary.items.append(convert_item(job, resume))
+            if progress:
+                progress(i + 1, len(jobs))
+    else:
+        summary.items = _run_pool(jobs, workers, resume, progress)
+    if to_hdf5 and not summary.failed:
+        _assemble_hdf5(jobs, dst, force)
+        shutil.rmtree(parts_root, ignore_errors=True)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_pool(jobs: list[Job], workers: int, resume: bool, progress) -> list[ItemResult]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    results: list[ItemResult | None] = [None] * len(jobs)
+    context = multiprocessing.get_context("spawn")  # no inherited HDF5 handles or threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(convert_item, job, resume): i for i, job in enumerate(jobs)}
+        from concurrent.futures import as_completed
+
+        for done, future in enumerate(as_completed(futures), 1):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except Exception as err:  # a worker died (killed, out of memory)
+                results[index] = ItemResult(jobs[index].relative, "failed", error=f"worker failed: {err}")
+            if progress:
+                progress(done, len(jobs))
+    return results  # type: ignore[return-value]
+
+
+def _run_dask(jobs: list[Job], scheduler: str, resume: bool) -> list[ItemResult]:
+    try:
+        from dask.distributed import Client
+    except ImportError as err:
+        from .errors import MissingBackendError
+
+        raise MissingBackendError("--scheduler needs Dask: pip install 'featcodec[dask]'") from err
+    with Client(scheduler) as client:
+        futures = client.map(convert_item, jobs, resume=resume, pure=False)
+        return client.gather(futures)
+
+
+def _assemble_hdf5(jobs: list[Job], dst: str, force: bool) -> None:
+    """Gather the per-item .npy parts into one HDF5 file, sample by sample."""
+    import h5py
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            for job in jobs:
+                part = np.load(job.output, mmap_mode="r", allow_pickle=False)
+                node = f.create_dataset(job.relative, shape=part.shape, dtype=part.dtype,
+                                        chunks=(1, *part.shape[1:]) if part.ndim == 4 else None)
+                if part.ndim == 4:
+                    for i in range(part.shape[0]):
+                        node[i] = part[i]
+                else:
+                    node[...] = part
+
+    atomic_write(dst, write, force=force)

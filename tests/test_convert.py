@@ -1,0 +1,140 @@
+"""featcodec convert: trees, HDF5, failures, resume after a kill, parallel and Dask equality."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import featcodec
+from featcodec.convert import convert
+from featcodec.errors import InvalidInputError
+from tests.common import relu_activations
+
+
+def make_tree(root: Path, count: int = 50, shape=(2, 4, 16, 16)) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i in range(count):
+        rel = f"run{i % 3}/layer{i % 2}/item{i:03d}"
+        arrays[rel] = relu_activations(shape, seed=i)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / f"{rel}.npy", arrays[rel])
+    return arrays
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    arrays = make_tree(src)
+    (src / "run0" / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    return src, arrays
+
+
+def test_tree_encode_reports_corrupt_and_loses_nothing(tree, tmp_path):
+    src, arrays = tree
+    summary = convert(str(src), str(tmp_path / "out"), {"id": "uniform", "levels": 8, "clip": None, "zstd": 19},
+                      workers=2, verify=True)
+    assert [i.relative for i in summary.failed] == ["run0/corrupt"]
+    assert "not a valid .npy" in summary.failed[0].error
+    outputs = sorted(str(p.relative_to(tmp_path / "out").with_suffix("")) for p in (tmp_path / "out").rglob("*.fcb"))
+    assert outputs == sorted(arrays)
+    for rel, array in arrays.items():
+        decoded = featcodec.decode((tmp_path / "out" / f"{rel}.fcb").read_bytes())
+        assert decoded.shape == array.shape and np.abs(decoded - array).max() < array.max() / 7
+    assert summary.totals()["converted"] == 50 and summary.totals()["failed"] == 1
+
+
+def test_cli_exit_status_and_summary(cli, tree, tmp_path):
+    src, _ = tree
+    result = cli("convert", src, tmp_path / "out", "-m", "raw", "--zstd", "3", "-j", "2", "--json", tmp_path / "s.json")
+    assert result.returncode != 0
+    out = result.stdout.decode()
+    assert "50 converted, 0 skipped, 1 failed of 51" in out and "FAILED run0/corrupt" in out
+    assert result.stderr.decode().startswith("Error: 1 of 51 input(s) failed")
+
+
+def test_parallel_equals_serial_byte_for_byte(tree, tmp_path):
+    src, arrays = tree
+    codec = featcodec.get_codec("lightweight", levels=4).get_config()
+    convert(str(src), str(tmp_path / "one"), codec, workers=1)
+    convert(str(src), str(tmp_path / "two"), codec, workers=2)
+    for rel in arrays:
+        assert (tmp_path / "one" / f"{rel}.fcb").read_bytes() == (tmp_path / "two" / f"{rel}.fcb").read_bytes()
+
+
+def test_hdf5_groups_round_trip(tmp_path):
+    source = tmp_path / "dump.h5"
+    with h5py.File(source, "w") as f:
+        f.create_dataset("/a/b/x", data=relu_activations((3, 4, 8, 8)), chunks=(1, 4, 8, 8)).attrs["layer"] = "x:0"
+        f.create_dataset("/a/y", data=relu_activations((2, 6, 8, 8), seed=1))
+        f.create_dataset("/reference/out", data=np.zeros((3, 10), np.float32)).attrs["featcodec_role"] = "reference"
+    summary = convert(str(source), str(tmp_path / "fcb"), featcodec.get_codec("raw").get_config(), workers=1)
+    assert sorted(i.relative for i in summary.items) == ["a/b/x", "a/y"]
+    header = featcodec.info((tmp_path / "fcb" / "a" / "b" / "x.fcb").read_bytes())
+    assert header["layer"] == "x:0" and header["shape"] == [3, 4, 8, 8]
+    convert(str(tmp_path / "fcb"), str(tmp_path / "back.h5"), workers=2, verify=True)
+    with h5py.File(source) as a, h5py.File(tmp_path / "back.h5") as b:
+        for name in ("a/b/x", "a/y"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+    assert not (tmp_path / "back.h5.parts").exists()
+    convert(str(source), str(tmp_path / "npys"), workers=1)  # repack HDF5 -> .npy tree
+    np.testing.assert_array_equal(np.load(tmp_path / "npys" / "a" / "y.npy"), relu_activations((2, 6, 8, 8), seed=1))
+
+
+def test_existing_outputs_need_resume_or_force(tree, tmp_path):
+    src, _ = tree
+    codec = featcodec.get_codec("raw").get_config()
+    convert(str(src), str(tmp_path / "out"), codec, workers=1)
+    with pytest.raises(InvalidInputError, match="--resume"):
+        convert(str(src), str(tmp_path / "out"), codec, workers=1)
+    summary = convert(str(src), str(tmp_path / "out"), codec, workers=1, resume=True)
+    assert summary.totals()["skipped"] == 50
+
+
+@pytest.mark.slow
+def test_kill_then_resume(tmp_path):
+    src = tmp_path / "src"
+    arrays = make_tree(src, count=40, shape=(4, 32, 64, 64))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "featcodec", "convert", str(src), str(out), "-m", "lightweight", "--levels", "8",
+            "-j", "1"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.rglob("*.fcb"))) < 5:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = list(out.rglob("*.fcb"))
+    assert 5 <= len(finished) < len(arrays), "the run should have been killed part-way"
+    for path in finished:  # whatever has its final name is complete
+        featcodec.decode(path.read_bytes())
+    result = subprocess.run(args + ["--resume"], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"{len(arrays) - len(finished)} converted, {len(finished)} skipped" in result.stdout.decode()
+    assert not list(out.rglob("*.tmp"))
+    assert len(list(out.rglob("*.fcb"))) == len(arrays)
+
+
+def test_dask_local_cluster_equals_local(tree, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    src, arrays = tree
+    codec = featcodec.get_codec("uniform", levels=4).get_config()
+    local = convert(str(src), str(tmp_path / "local"), codec, workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = convert(str(src), str(tmp_path / "dask"), codec, scheduler=cluster.scheduler_address)
+    assert [i.relative for i in remote.failed] == [i.relative for i in local.failed] == ["run0/corrupt"]
+    for rel in arrays:
+        assert (tmp_path / "local" / f"{rel}.fcb").read_bytes() == (tmp_path / "dask" / f"{rel}.fcb").read_bytes()
+
+
+def test_bad_convert_arguments(tree, tmp_path):
+    src, _ = tree
+    with pytest.raises(InvalidInputError, match="must be a directory"):
+        convert(str(src), str(tmp_path / "x.h5"), featcodec.get_codec("raw").get_config())
+    with pytest.raises(InvalidInputError, match="nothing matches"):
+        convert(str(tmp_path / "nothing*.npy"), str(tmp_path / "o"), None)
