@@ -133,7 +133,8 @@ def _sources(src: str) -> tuple[list[tuple[str, str | None, str]], str]:
     return [(str(p), None, str(p.relative_to(base).with_suffix(""))) for p in files], kind
 
 
-def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False, layout: str = "nchw") -> tuple[list[Job], str]:
+def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False,
+         layout: str = "nchw") -> tuple[list[Job], str]:
     """The jobs that turn `src` into `dst`, and the action's name."""
     items, kind = _sources(src)
     to_hdf5 = is_hdf5_path(dst)
@@ -283,7 +284,8 @@ def _verify(job: Job) -> None:
     else:
         original = load_npy(job.source, job.source)
     if decoded.shape != original.shape or decoded.dtype != original.dtype:
-        raise FeatcodecError(f"verify: output is {decoded.dtype}{decoded.shape}, input {original.dtype}{original.shape}")
+        raise FeatcodecError(f"verify: output is {decoded.dtype}{decoded.shape}, "
+                             f"input {original.dtype}{original.shape}")
     exact = codec is None or (codec.is_lossless and original.dtype != np.float64)
     if exact and not np.array_equal(decoded, original):
         raise FeatcodecError("verify: a lossless output differs from its input")

@@ -20,7 +20,8 @@ CODEC_CASES = {
         {"levels": 5, "activation": "leaky:0.1", "clip": [-0.5, 2.0]},
         {"table": {"thresholds": [0.25, 0.75], "levels": [0.0, 0.5, 1.0]}},
     ],
-    "fpc": [{"preset": "ultrafast"}, {"lossless": True, "preset": "ultrafast"}, {"qp": 30, "bitdepth": 10, "norm": "channel", "preset": "ultrafast"}],
+    "fpc": [{"preset": "ultrafast"}, {"lossless": True, "preset": "ultrafast"},
+            {"qp": 30, "bitdepth": 10, "norm": "channel", "preset": "ultrafast"}],
     "tiling": [{}, {"lossless": True, "norm": "channel", "preset": "ultrafast"}, {"qp": 40, "bitdepth": 10}],
 }
 CASES = [(cid, params) for cid, plist in CODEC_CASES.items() for params in plist]

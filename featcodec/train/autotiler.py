@@ -281,7 +281,8 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, ste
         "layers": manifest_layers,
         "files": {k: {"sha256": v, "bytes": (out / k).stat().st_size} for k, v in sorted(files.items())},
         "training": {"dump": Path(dump).name, "layers": layers, "steps": steps, "batch": batch, "crop": crop,
-                     "lr": lr, "seed": seed, "valid_fraction": valid_fraction, "noise": NOISE, "torch": torch.__version__,
+                     "lr": lr, "seed": seed, "valid_fraction": valid_fraction, "noise": NOISE,
+                     "torch": torch.__version__,
                      "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
                                  "final_train_loss": p.train_loss, "best_valid_loss": p.valid_loss} for p in phases]},
     }
