@@ -9,7 +9,7 @@ True
 __version__ = "0.1.0"
 
 from .api import decode, encode, info  # noqa: E402
-from .codecs import FramePerChannel, Lightweight, Raw, Tiling, Uniform  # noqa: E402
+from .codecs import AutoTiler, FramePerChannel, Lightweight, Raw, Tiling, Uniform  # noqa: E402
 from .container import Bitstream  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
@@ -23,7 +23,7 @@ from .errors import (  # noqa: E402
 )
 from .registry import codec_ids, get_codec, register_codec  # noqa: E402
 
-for _cls in (Raw, Uniform, Lightweight, FramePerChannel, Tiling):
+for _cls in (Raw, Uniform, Lightweight, FramePerChannel, Tiling, AutoTiler):
     register_codec(_cls)
 
 __all__ = [

@@ -86,6 +86,7 @@ def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np
         codec = codec_from_config(stream.header["codec"])
     elif codec.get_config() != stream.header["codec"]:
         raise InvalidInputError("the codec given does not match the one recorded in the file")
+    codec.verify_models(stream.header.get("models") or [])
     dtype = np.dtype(stream.header["dtype"])
     indices = range(stream.n_samples) if sample is None else [sample]
     out = np.empty((len(indices), *stream.sample_shape), dtype)

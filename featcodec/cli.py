@@ -50,6 +50,8 @@ CODEC_OPTIONS = [
     ("--norm", "norm", {"type": click.Choice(["tensor", "channel"]),
                         "help": "HEVC codecs: min/max normalisation per tensor or per channel."}),
     ("--preset", "preset", {"help": "HEVC codecs: x265 preset (ultrafast … veryslow)."}),
+    ("--cr", "cr", {"type": click.Choice(["4", "16"]), "help": "autotiler: the exit (CR4 or CR16 map)."}),
+    ("--model", "model", {"help": "autotiler: model name (see `featcodec models`)."}),
 ]
 CODEC_OPTION_NAMES = {param: flag for flag, param, _ in CODEC_OPTIONS}
 
@@ -68,8 +70,9 @@ def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, .
     params = {k: v for k, v in options.items() if v is not None}
     if "clip" in params:
         params["clip"] = _parse_clip(params["clip"])
-    if "bitdepth" in params:
-        params["bitdepth"] = int(params["bitdepth"])
+    for name in ("bitdepth", "cr"):
+        if name in params:
+            params[name] = int(params[name])
     for item in extra_params:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -489,6 +492,19 @@ def convert(src, dst, method, config_path, workers, verify, resume, layout, sche
         write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode(), force=True)
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} of {len(summary.items)} input(s) failed (see above)")
+
+
+@cli.command()
+def models():
+    """List the auto-tiler models found and the layers each serves."""
+    from .codecs.autotiler import describe_models, model_folders
+
+    lines = describe_models()
+    if not lines:
+        folders = ", ".join(str(f) for f in model_folders())
+        raise InvalidInputError(f"no auto-tiler model found (looked in {folders}; set FEATCODEC_MODELS)")
+    for line in lines:
+        click.echo(line)
 
 
 @cli.command()

@@ -6,11 +6,15 @@ tensor as it is coded, with no side information:
 
 * each channel keeps its own counts per context (activations differ a lot between channels),
   backed off to counts shared by all channels while its own are few:
-  ``p = (n_channel + β·p_shared) / (N_channel + β)`` with ``p_shared = (n_shared + α) / (N_shared + L·α)``;
+  ``p = (n_channel + β·p_shared) / (N_channel + β)`` with ``p_shared = (n_shared + α) / (N_shared + K·α)``;
+* a symbol is coded as ``min(s, 3)`` over a 4-letter alphabet and, when that is 3 and the
+  alphabet is larger, the rest ``s - 3`` with a second adaptive model (context: the larger of
+  the left and top neighbours). Most activations are small, so most symbols cost one cheap
+  4-letter step whatever the number of levels;
 * coding runs as a wavefront: all positions with the same ``x + 2·y`` in every channel form
   one step, since their four neighbours all lie on earlier steps. Each step is one vectorised
-  numpy pass and one call to the range coder, and counts are updated between steps, so the
-  decoder mirrors the encoder exactly at numpy speed (H·2 + W steps per map, not C·H·W).
+  numpy pass and one or two calls to the range coder, and counts are updated between steps,
+  so the decoder mirrors the encoder exactly at numpy speed (W + 2·H steps per map).
 
 Payload: CRC32 of the symbols (uint32), then the range coder's 32-bit words.
 """
@@ -28,6 +32,10 @@ from .errors import CorruptStreamError
 ALPHA = 0.4  # additive prior of the shared counts (KT-like)
 BETA = 2.0  # weight of the shared estimate in a channel's estimate
 MAX_SYMBOLS = 16
+HEAD = 4  # first-stage alphabet: 0, 1, 2 and "3 or more"
+NEAR = 8  # left and top neighbours distinguish up to 8 values in the first-stage context
+FAR = 4  # top-left and top-right up to 4
+REST_CONTEXTS = 8  # second stage: max(left, top) clipped to 7
 
 
 @lru_cache(maxsize=16)
@@ -41,35 +49,21 @@ def _wavefront(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return padded.astype(np.int64), bounds
 
 
-def _context_sizes(n_symbols: int) -> tuple[int, int]:
-    near = min(n_symbols, 8)  # left and top, the strongest predictors, keep up to 8 values
-    far = min(n_symbols, 4)  # top-left and top-right keep up to 4
-    return near, far
-
-
 class _Model:
-    """The adaptive probability state shared by encoder and decoder (flat int64 counts: numpy's
-    fast path for ``add.at``)."""
+    """Adaptive counts for one alphabet, per channel and context, with a shared back-off
+    (flat int64 counts: numpy's fast path for ``add.at``)."""
 
-    def __init__(self, channels: int, n_symbols: int):
+    def __init__(self, channels: int, contexts: int, n_symbols: int):
         self.n = n_symbols
-        self.near, self.far = _context_sizes(n_symbols)
-        self.contexts = self.near * self.near * self.far * self.far
+        self.contexts = contexts
         self.symbol_offsets = np.arange(n_symbols, dtype=np.int64)
-        self.channel_counts = np.zeros(channels * self.contexts * n_symbols, np.int64)
-        self.channel_totals = np.zeros(channels * self.contexts, np.int64)
-        self.shared_counts = np.zeros(self.contexts * n_symbols, np.int64)
-        self.shared_totals = np.zeros(self.contexts, np.int64)
-
-    def context(self, left, top, top_left, top_right):
-        near, far = self.near - 1, self.far - 1
-        if self.near == self.n and self.far == self.n:  # no clamping needed
-            return ((left.astype(np.int64) * self.near + top) * self.far + top_left) * self.far + top_right
-        return ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
-                + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
+        self.channel_counts = np.zeros(channels * contexts * n_symbols, np.int64)
+        self.channel_totals = np.zeros(channels * contexts, np.int64)
+        self.shared_counts = np.zeros(contexts * n_symbols, np.int64)
+        self.shared_totals = np.zeros(contexts, np.int64)
 
     def probabilities(self, channel_index: np.ndarray, context: np.ndarray) -> np.ndarray:
-        # The shared estimate is small (contexts × L): compute it whole, then gather rows.
+        # The shared estimate is small (contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts.reshape(-1, self.n) + ALPHA
         shared *= (BETA / (self.shared_totals + self.n * ALPHA))[:, None]
         own = self.channel_counts.reshape(-1, self.n).take(channel_index, axis=0)
@@ -83,10 +77,62 @@ class _Model:
         np.add.at(self.shared_totals, context, 1)
 
 
-def _family():
-    import constriction
+class _Coder:
+    """The two-stage model of one map: head symbol min(s, 3), then the rest s - 3."""
 
-    return constriction.stream.model.Categorical(perfect=False)
+    def __init__(self, channels: int, n_symbols: int):
+        import constriction
+
+        self.n = n_symbols
+        self.head_n = min(n_symbols, HEAD)
+        self.near, self.far = min(n_symbols, NEAR), min(n_symbols, FAR)
+        self.head = _Model(channels, self.near * self.near * self.far * self.far, self.head_n)
+        self.rest = _Model(channels, REST_CONTEXTS, n_symbols - HEAD + 1) if n_symbols > HEAD else None
+        self.family = constriction.stream.model.Categorical(perfect=False)
+
+    def contexts(self, channel, left, top, top_left, top_right):
+        """First-stage context index (per channel), first-stage shared context, second-stage context."""
+        near, far = self.near - 1, self.far - 1
+        head = ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
+                + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
+        rest = np.minimum(np.maximum(left, top), REST_CONTEXTS - 1).astype(np.int64)
+        return channel * self.head.contexts + head, head, rest
+
+    def encode_step(self, encoder, symbols, channel, left, top, top_left, top_right) -> None:
+        channel_head, head_context, rest_context = self.contexts(channel, left, top, top_left, top_right)
+        head = np.minimum(symbols, self.head_n - 1)
+        if self.head_n > 1:
+            encoder.encode(head.astype(np.int32), self.family, self.head.probabilities(channel_head, head_context))
+        self.head.update(channel_head, head_context, head)
+        if self.rest is not None:
+            escaped = np.flatnonzero(head == HEAD - 1)
+            if escaped.size:
+                rest = symbols[escaped] - (HEAD - 1)
+                context = rest_context[escaped]
+                channel_rest = channel[escaped] * REST_CONTEXTS + context
+                encoder.encode(rest.astype(np.int32), self.family, self.rest.probabilities(channel_rest, context))
+                self.rest.update(channel_rest, context, rest)
+
+    def decode_step(self, decoder, channel, left, top, top_left, top_right) -> np.ndarray:
+        channel_head, head_context, rest_context = self.contexts(channel, left, top, top_left, top_right)
+        if self.head_n > 1:
+            head = np.asarray(decoder.decode(self.family, self.head.probabilities(channel_head, head_context)),
+                              np.int64)
+        else:
+            head = np.zeros(len(channel), np.int64)
+        self.head.update(channel_head, head_context, head)
+        symbols = head
+        if self.rest is not None:
+            escaped = np.flatnonzero(head == HEAD - 1)
+            if escaped.size:
+                context = rest_context[escaped]
+                channel_rest = channel[escaped] * REST_CONTEXTS + context
+                rest = np.asarray(decoder.decode(self.family, self.rest.probabilities(channel_rest, context)),
+                                  np.int64)
+                self.rest.update(channel_rest, context, rest)
+                symbols = head.copy()
+                symbols[escaped] += rest
+        return symbols
 
 
 @lru_cache(maxsize=4)
@@ -110,30 +156,24 @@ def _neighbours(flat: np.ndarray, index: np.ndarray, width: int):
     return flat.take(index - 1), flat.take(above), flat.take(above - 1), flat.take(above + 1)
 
 
+def _check_alphabet(n_symbols: int) -> None:
+    if not 1 <= n_symbols <= MAX_SYMBOLS:
+        raise ValueError(f"n_symbols must be 1..{MAX_SYMBOLS}")
+
+
 def encode_symbols(symbols: np.ndarray, n_symbols: int) -> bytes:
     """Code a (C, H, W) uint8 map of symbols < `n_symbols` (≤ 16)."""
     import constriction
 
-    if not 1 <= n_symbols <= MAX_SYMBOLS:
-        raise ValueError(f"n_symbols must be 1..{MAX_SYMBOLS}")
+    _check_alphabet(n_symbols)
     channels, height, width = symbols.shape
     padded = np.zeros((channels, height + 1, width + 2), np.uint8)
     padded[:, 1:, 1:-1] = symbols
     flat = padded.ravel()
-    model = _Model(channels, n_symbols)
-    family = _family()
+    coder = _Coder(channels, n_symbols)
     encoder = constriction.stream.queue.RangeEncoder()
-    # The encoder knows every symbol: all contexts in one vectorised pass.
-    contexts = model.context(padded[:, 1:, :-2], padded[:, :-1, 1:-1], padded[:, :-1, :-2], padded[:, :-1, 2:])
-    contexts_padded = np.zeros(padded.shape, np.int64)
-    contexts_padded[:, 1:, 1:-1] = contexts
     for index, channel in _steps(symbols.shape):
-        current = flat.take(index).astype(np.int64)
-        context = contexts_padded.take(index)
-        channel_index = channel * model.contexts + context
-        if n_symbols > 1:
-            encoder.encode(current.astype(np.int32), family, model.probabilities(channel_index, context))
-        model.update(channel_index, context, current)
+        coder.encode_step(encoder, flat.take(index).astype(np.int64), channel, *_neighbours(flat, index, width))
     checksum = zlib.crc32(np.ascontiguousarray(symbols, np.uint8).tobytes()) & 0xFFFFFFFF
     return struct.pack("<I", checksum) + encoder.get_compressed().astype("<u4").tobytes()
 
@@ -142,6 +182,7 @@ def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int) 
     """Inverse of `encode_symbols`; a corrupt payload raises `CorruptStreamError`."""
     import constriction
 
+    _check_alphabet(n_symbols)
     if len(payload) < 4 or (len(payload) - 4) % 4:
         raise CorruptStreamError(f"entropy-coded payload has an impossible length {len(payload)}")
     channels, height, width = shape
@@ -149,19 +190,11 @@ def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int) 
     words = np.frombuffer(payload, "<u4", offset=4).astype(np.uint32)
     padded = np.zeros((channels, height + 1, width + 2), np.uint8)
     flat = padded.ravel()
-    model = _Model(channels, n_symbols)
-    family = _family()
+    coder = _Coder(channels, n_symbols)
     decoder = constriction.stream.queue.RangeDecoder(words)
     try:
         for index, channel in _steps(shape):
-            context = model.context(*_neighbours(flat, index, width))
-            channel_index = channel * model.contexts + context
-            if n_symbols > 1:
-                current = np.asarray(decoder.decode(family, model.probabilities(channel_index, context)), np.int64)
-            else:
-                current = np.zeros(len(index), np.int64)
-            flat.put(index, current)
-            model.update(channel_index, context, current)
+            flat.put(index, coder.decode_step(decoder, channel, *_neighbours(flat, index, width)))
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
     symbols = np.ascontiguousarray(padded[:, 1:, 1:-1])

@@ -1,5 +1,6 @@
 """The codecs featcodec ships, one module each, all behind `featcodec.codecs.base.Codec`."""
 
+from .autotiler import AutoTiler
 from .base import Codec
 from .fpc import FramePerChannel
 from .lightweight import Lightweight
@@ -7,4 +8,4 @@ from .raw import Raw
 from .tiling import Tiling
 from .uniform import Uniform
 
-__all__ = ["Codec", "FramePerChannel", "Lightweight", "Raw", "Tiling", "Uniform"]
+__all__ = ["AutoTiler", "Codec", "FramePerChannel", "Lightweight", "Raw", "Tiling", "Uniform"]

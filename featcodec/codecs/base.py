@@ -67,6 +67,9 @@ class Codec(ABC):
         """Models the codec depends on, as ``{"name": …, "sha256": …}`` records."""
         return []
 
+    def verify_models(self, records: list[dict]) -> None:
+        """Raise `MissingModelError` unless the models recorded in a file are the ones at hand."""
+
     @classmethod
     def param_names(cls) -> list[str]:
         """The keyword parameters ``__init__`` accepts, in declaration order."""
