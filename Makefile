@@ -20,8 +20,12 @@ demo: $(PY)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_raw16.fcb -m raw --dtype float16
 	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_uniform8.fcb -m uniform --levels 8 --clip 0,1.5
-	$(FEATCODEC) decode $(DEMO)/s4_uniform8.fcb -o $(DEMO)/s4_uniform8.npy
-	$(FEATCODEC) info $(DEMO)/s4_uniform8.fcb
+	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_lightweight.fcb -m lightweight
+	$(FEATCODEC) encode $(DEMO_DUMP):/S2 -o $(DEMO)/s2_lightweight.fcb -m lightweight
+	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_tiling60.fcb -m tiling --kbpi 60 --preset fast
+	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_autotiler16.fcb -m autotiler --cr 16 --kbpi 60
+	$(FEATCODEC) decode $(DEMO)/s4_lightweight.fcb -o $(DEMO)/s4_lightweight.npy
+	$(FEATCODEC) info $(DEMO)/s4_lightweight.fcb
 	$(PY) examples/demo_report.py $(DEMO_DUMP) $(DEMO)/*.fcb
 
 # All dumps of the reference split layers, rebuilt from examples/images (about 500 MB, not committed).
@@ -32,7 +36,7 @@ test: $(PY)
 	$(PY) -m pytest -q
 
 lint: $(PY)
-	$(PY) -m ruff check featcodec tests examples
+	$(PY) -m ruff check featcodec tests examples bench
 
 # The reference sweep: held-out photos, quantizers calibrated on the training photos.
 BENCH_OUT := bench/results

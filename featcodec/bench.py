@@ -26,12 +26,15 @@ import numpy as np
 
 from . import __version__, metrics
 from .api import decode, encode, info
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MissingModelError
 from .io import Tensor, read_tensors, to_nchw
 from .registry import codec_ids, get_codec
 
 KBPI_BASES = (15, 30, 60, 120, 240)  # the auto-tiler paper's bitrate bases (kilobits per tensor)
 VIDEO_POINTS = [("default", {})] + [(f"kbpi={k}", {"kbpi": k}) for k in KBPI_BASES] + [("lossless", {"lossless": True})]
+AUTOTILER_POINTS = [("default", {}), ("cr16", {"cr": 16})] + [
+    (f"cr{cr},kbpi={k}", {"cr": cr, "kbpi": k}) for cr in (4, 16) for k in KBPI_BASES] + [
+    (f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)]
 RATE_SETS: dict[str, dict[str, list[tuple[str, dict]]]] = {
     "paper": {
         "raw": [("default", {}), ("float16", {"dtype": "float16"}), ("float16+zstd", {"dtype": "float16", "zstd": 19})],
@@ -40,6 +43,7 @@ RATE_SETS: dict[str, dict[str, list[tuple[str, dict]]]] = {
         + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
         "tiling": VIDEO_POINTS,
         "fpc": VIDEO_POINTS,
+        "autotiler": AUTOTILER_POINTS,
     },
     "quick": {
         "raw": [("default", {}), ("float16", {"dtype": "float16"})],
@@ -47,6 +51,7 @@ RATE_SETS: dict[str, dict[str, list[tuple[str, dict]]]] = {
         "lightweight": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
         "tiling": [("default", {}), ("kbpi=60", {"kbpi": 60})],
         "fpc": [("default", {}), ("kbpi=60", {"kbpi": 60})],
+        "autotiler": [("default", {}), ("cr16", {"cr": 16})],
     },
 }
 CALIBRATED = {"lightweight"}  # codecs whose quantizer is calibrated once per layer before timing
@@ -218,6 +223,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
 
         calibration_file = h5py.File(calibrate_on, "r")
     results: list[PointResult] = []
+    skipped: list[dict[str, str]] = []
     jobs = [(t, m, p) for t in tensors for m in methods for p in points_for(m, rates)]
     done = 0
     try:
@@ -235,8 +241,11 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                 calibration = calibration_file[tensor.name][()]
             for method in methods:
                 for label, params in points_for(method, rates):
-                    results.append(run_point(original, tensor, method, label, params, calibration=calibration,
-                                             task=task, reference=reference, repeat=repeat))
+                    try:
+                        results.append(run_point(original, tensor, method, label, params, calibration=calibration,
+                                                 task=task, reference=reference, repeat=repeat))
+                    except (InvalidInputError, MissingModelError) as err:  # e.g. no model serves this layer
+                        skipped.append({"tensor": tensor.name, "method": method, "point": label, "reason": str(err)})
                     done += 1
                     if progress:
                         progress(done, len(jobs))
@@ -249,6 +258,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                      "task_model": task_model, "calibrate_on": calibrate_on,
                      "timing": "median of repeat runs after one warm-up, per sample, ms"},
         "results": [asdict(r) for r in results],
+        "skipped": skipped,
         "summary": summarise(results),
     }
 

@@ -147,6 +147,21 @@ def _default_output(input_spec: str, suffix: str) -> str:
     return str(stem) + suffix
 
 
+def _print_pairs(title: str, rows: list[tuple[str, str]]) -> None:
+    """Key / value lines: a rich table on a terminal, plain 'key: value' lines otherwise."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)
+        Console().print(table)
+    else:
+        for key, value in rows:
+            click.echo(f"{key}: {value}")
+
+
 def _refuse_binary_to_terminal(output: str) -> None:
     if output == "-" and sys.stdout.isatty():
         raise InvalidInputError("refusing to write binary data to a terminal; pass -o FILE or redirect stdout")
@@ -277,17 +292,7 @@ def info(input_spec, as_json):
         ("models", ", ".join(f"{m['name']} ({m['sha256'][:12]}…)" for m in summary["models"]) or "-"),
         ("written by", f"featcodec {summary.get('featcodec')}"),
     ]
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=input_spec, show_header=False)
-        for key, value in rows:
-            table.add_row(key, value)
-        Console().print(table)
-    else:
-        for key, value in rows:
-            click.echo(f"{key}: {value}")
+    _print_pairs(input_spec, rows)
 
 
 @cli.command()
@@ -401,6 +406,8 @@ def _print_bench(report) -> None:
             click.echo("\t".join(cols))
             for row in body:
                 click.echo("\t".join(row))
+    for item in report["skipped"]:
+        click.echo(f"skipped {item['tensor']} {item['method']}@{item['point']}: {item['reason']}", err=True)
     for check in report["checks"]:
         click.echo(f"check {'passed' if check['passed'] else 'FAILED'}: {check['check']} {check['values']}", err=True)
 
@@ -477,17 +484,7 @@ def convert(src, dst, method, config_path, workers, verify, resume, layout, sche
             ("time", f"{totals['seconds']:.2f} s, {_fmt(totals['mb_per_s'], '.1f')} MB/s, "
                      f"{_fmt(totals['files_per_s'], '.1f')} files/s with {totals['workers']} worker(s)")]
     rows += [(f"FAILED {item.relative}", item.error or "?") for item in summary.failed]
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"featcodec convert → {dst}", show_header=False)
-        for key, value in rows:
-            table.add_row(key, value)
-        Console().print(table)
-    else:
-        for key, value in rows:
-            click.echo(f"{key}: {value}")
+    _print_pairs(f"featcodec convert → {dst}", rows)
     if json_path:
         write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode(), force=True)
     if summary.failed:

@@ -1,5 +1,8 @@
 """Every registered codec goes through the same round-trip, config and golden checks."""
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 
@@ -23,20 +26,36 @@ CODEC_CASES = {
     "fpc": [{"preset": "ultrafast"}, {"lossless": True, "preset": "ultrafast"},
             {"qp": 30, "bitdepth": 10, "norm": "channel", "preset": "ultrafast"}],
     "tiling": [{}, {"lossless": True, "norm": "channel", "preset": "ultrafast"}, {"qp": 40, "bitdepth": 10}],
+    "autotiler": [{"preset": "ultrafast"}, {"cr": 16, "qp": 30, "preset": "ultrafast"},
+                  {"cr": 4, "lossless": True, "bitdepth": 10, "preset": "ultrafast"}],
 }
+# Codecs with trained models serve only the layers they were trained for: they get real
+# activations of those layers (cropped; the networks are fully convolutional).
+MODEL_SHAPES = {"autotiler": [(1, 24, 32, 48), (2, 72, 16, 16), (1, 128, 24, 24)]}
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "reference_demo.h5"
 CASES = [(cid, params) for cid, plist in CODEC_CASES.items() for params in plist]
 SHAPES = [(1, 1, 1, 1), (2, 3, 13, 17), (4, 256, 52, 52), (3, 13, 13)]
+SHAPE_CASES = [(cid, params, shape) for cid, params in CASES for shape in MODEL_SHAPES.get(cid, SHAPES)]
+
+
+def make_input(codec_id, shape, seed=0, dtype=np.float32):
+    """Activation-like data of `shape`; real activations for codecs bound to trained layers."""
+    if codec_id not in MODEL_SHAPES:
+        return relu_activations(shape, seed=seed, dtype=dtype)
+    layer = {24: "S1", 72: "S2", 128: "S4"}[shape[1]]
+    with h5py.File(DEMO) as f:
+        data = f[layer][: shape[0], :, 40 : 40 + shape[2], 50 : 50 + shape[3]]
+    return np.ascontiguousarray(data, dtype=dtype)
 
 
 def test_every_codec_has_cases():
     assert sorted(CODEC_CASES) == codec_ids()
 
 
-@pytest.mark.parametrize("codec_id,params", CASES, ids=[f"{c}-{p}" for c, p in CASES])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("codec_id,params,shape", SHAPE_CASES, ids=[f"{c}-{p}-{s}" for c, p, s in SHAPE_CASES])
 def test_round_trip(codec_id, params, shape):
     codec = get_codec(codec_id, **params)
-    array = relu_activations(shape, seed=len(shape))
+    array = make_input(codec_id, shape, seed=len(shape))
     decoded = check_encode_decode(codec, array)
     # Lossy or not, the reconstruction must carry information about the input.
     if array.size > 100:
@@ -47,7 +66,8 @@ def test_round_trip(codec_id, params, shape):
 @pytest.mark.parametrize("codec_id,params", CASES, ids=[f"{c}-{p}" for c, p in CASES])
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 def test_dtype_kept(codec_id, params, dtype):
-    array = relu_activations((2, 4, 8, 8), dtype=dtype)
+    shape = MODEL_SHAPES.get(codec_id, [(2, 4, 8, 8)])[0]
+    array = make_input(codec_id, shape, dtype=dtype)
     check_encode_decode(get_codec(codec_id, **params), array)
 
 
@@ -59,8 +79,10 @@ def test_config(codec_id, params):
 @pytest.mark.parametrize("codec_id,params", CASES, ids=[f"{c}-{p}" for c, p in CASES])
 def test_constant_and_signed_input(codec_id, params):
     codec = get_codec(codec_id, **params)
-    check_encode_decode(codec, np.full((1, 2, 4, 4), 3.25, np.float32))
-    signed = np.random.default_rng(1).normal(0, 5, (1, 3, 9, 9)).astype(np.float32)
+    channels = MODEL_SHAPES[codec_id][0][1] if codec_id in MODEL_SHAPES else 2
+    check_encode_decode(codec, np.full((1, channels, 4, 4), 3.25, np.float32))
+    signed = np.random.default_rng(1).normal(0, 5, (1, channels + (codec_id not in MODEL_SHAPES), 9, 9))
+    signed = signed.astype(np.float32)
     check_encode_decode(codec, signed)
 
 

@@ -133,7 +133,8 @@ class AutoTiler(VideoCodec):
             return []
         exit_name = f"cr{self.cr}"
         layers = self.manifest["layers"]
-        used = {f for key in self._layers_coded for side in ("encoder", "decoder") for f in layers[key][side][exit_name]}
+        used = {f for key in self._layers_coded for side in ("encoder", "decoder")
+                for f in layers[key][side][exit_name]}
         files = self.manifest["files"]
         return [{"name": f"{self.model}/{f}", "sha256": files[f]["sha256"]} for f in sorted(used)]
 
@@ -145,8 +146,9 @@ class AutoTiler(VideoCodec):
             if name not in files:
                 raise MissingModelError(f"the file needs model file {record.get('name')}, not in model {self.model!r}")
             if files[name]["sha256"] != record.get("sha256"):
+                have, wanted = files[name]["sha256"][:12], str(record.get("sha256"))[:12]
                 raise MissingModelError(f"model file {record.get('name')} differs from the one the file was encoded "
-                                        f"with (sha256 {files[name]['sha256'][:12]}… ≠ {str(record.get('sha256'))[:12]}…)")
+                                        f"with (sha256 {have}… ≠ {wanted}…)")
 
     # --- coding ---------------------------------------------------------------------------
 

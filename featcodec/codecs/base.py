@@ -67,7 +67,7 @@ class Codec(ABC):
         """Models the codec depends on, as ``{"name": …, "sha256": …}`` records."""
         return []
 
-    def verify_models(self, records: list[dict]) -> None:
+    def verify_models(self, records: list[dict]) -> None:  # noqa: B027 (a no-op unless a codec uses models)
         """Raise `MissingModelError` unless the models recorded in a file are the ones at hand."""
 
     @classmethod
