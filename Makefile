@@ -42,8 +42,8 @@ lint: $(PY)
 BENCH_OUT := bench/results
 bench: $(PY) data/reference_heldout.h5
 	@mkdir -p $(BENCH_OUT)
-	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc --rates paper \
-		--calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
+	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
+		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
 		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
 
 # Auto-tilers for the reference detector, trained on the training photos only (needs torch).

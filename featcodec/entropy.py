@@ -35,7 +35,8 @@ MAX_SYMBOLS = 16
 HEAD = 4  # first-stage alphabet: 0, 1, 2 and "3 or more"
 NEAR = 8  # left and top neighbours distinguish up to 8 values in the first-stage context
 FAR = 4  # top-left and top-right up to 4
-REST_CONTEXTS = 8  # second stage: max(left, top) clipped to 7
+REST_SIDE = 16  # second stage context: the left and top symbols themselves
+REST_CONTEXTS = REST_SIDE * REST_SIDE
 
 
 @lru_cache(maxsize=16)
@@ -95,7 +96,7 @@ class _Coder:
         near, far = self.near - 1, self.far - 1
         head = ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
                 + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
-        rest = np.minimum(np.maximum(left, top), REST_CONTEXTS - 1).astype(np.int64)
+        rest = np.minimum(left, REST_SIDE - 1).astype(np.int64) * REST_SIDE + np.minimum(top, REST_SIDE - 1)
         return channel * self.head.contexts + head, head, rest
 
     def encode_step(self, encoder, symbols, channel, left, top, top_left, top_right) -> None:
