@@ -24,7 +24,8 @@ def main(path):
     print("| part | independent per-layer models | shared core + compatibility | reduction |")
     print("|---|---|---|---|")
     for side, independent, shared in rows:
-        print(f"| {side} | {independent / 1024:.1f} KiB | {shared / 1024:.1f} KiB | {100 * (1 - shared / independent):.1f} % |")
+        reduction = 100 * (1 - shared / independent)
+        print(f"| {side} | {independent / 1024:.1f} KiB | {shared / 1024:.1f} KiB | {reduction:.1f} % |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,7 +67,6 @@ class VideoTimings:
     encode: float = 0.0
     decode: float = 0.0
     encodes: int = 0  # encoder runs, more than one when a rate target is searched
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _run(args: list[str], data: bytes, what: str) -> bytes:

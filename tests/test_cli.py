@@ -19,8 +19,13 @@ def acts(tmp_path):
 def test_version_and_help(cli):
     out = cli("--version", check=True).stdout.decode()
     assert "featcodec" in out and "0." in out
-    for command in ("encode", "decode", "info", "codecs"):
-        assert "Usage:" in cli(command, "--help", check=True).stdout.decode()
+    from featcodec.cli import cli as group
+
+    assert set(group.commands) == {"encode", "decode", "info", "codecs", "models", "calibrate", "split", "dump",
+                                   "bench", "convert", "train"}
+    for command in group.commands:
+        text = cli(command, "--help", check=True).stdout.decode()
+        assert "Usage:" in text and len(text.splitlines()) > 4, command
 
 
 def test_encode_decode_default_names(cli, acts, tmp_path):

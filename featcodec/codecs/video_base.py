@@ -75,7 +75,8 @@ class VideoCodec(Codec):
         self.timings["video_encode"] += timings.encode
         # HEVC decoders conceal damage instead of failing: a CRC lets the codec refuse it.
         payload = struct.pack("<I", zlib.crc32(stream) & 0xFFFFFFFF) + stream
-        return payload, {"qp": qp, "frame": list(padded.shape), "kbits": len(payload) * 8 / 1000}
+        return payload, {"qp": qp, "frame": list(padded.shape), "kbits": len(payload) * 8 / 1000,
+                         "encodes": timings.encodes}
 
     def _decode_frames(self, payload: bytes, info: dict, count: int, height: int, width: int) -> np.ndarray:
         try:
