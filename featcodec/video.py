@@ -1,8 +1,13 @@
 """HEVC (x265) coding of stacks of 2-D frames, shared by the fpc, tiling and autotiler codecs.
 
-The default backend runs the ffmpeg binary that ``imageio-ffmpeg`` bundles (built with
-libx265): raw 8-bit (``gray``) or 10-bit (``gray10le``) frames go in through a pipe and an
-Annex-B HEVC elementary stream comes out, and back; no temporary file is written.
+Two backends produce and read the same Annex-B HEVC elementary streams of 8-bit (``gray``)
+or 10-bit (``gray10le``) frames:
+
+* ``ffmpeg``: the ffmpeg binary that ``imageio-ffmpeg`` bundles (built with libx265), raw frames
+  through pipes, no temporary file;
+* ``pyav``: in process, with PyAV (``pip install 'featcodec[av]'``), which saves starting a
+  process per tensor. Chosen automatically when PyAV is installed; ``FEATCODEC_VIDEO_BACKEND``
+  (``ffmpeg`` or ``pyav``) forces one.
 
 Rate control: a constant ``qp``; ``lossless``; or a target size in kilobits for the whole
 stack (``kbits``). x265's one-pass ABR misses by a wide margin on one or a few frames, so a
@@ -42,6 +47,20 @@ def thread_limit() -> int | None:
     """Worker threads for x265 and onnxruntime from FEATCODEC_THREADS (unset: their defaults)."""
     value = os.environ.get("FEATCODEC_THREADS")
     return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+
+def backend() -> str:
+    """The video backend in use: FEATCODEC_VIDEO_BACKEND if set, else pyav when importable."""
+    chosen = os.environ.get("FEATCODEC_VIDEO_BACKEND", "").lower()
+    if chosen in ("ffmpeg", "pyav"):
+        return chosen
+    if chosen:
+        raise InvalidInputError(f"FEATCODEC_VIDEO_BACKEND must be ffmpeg or pyav, not {chosen!r}")
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return "ffmpeg"
+    return "pyav"
 
 
 def _pix_fmt(bitdepth: int) -> str:
@@ -94,6 +113,8 @@ def encode_frames_qp(frames: np.ndarray, bitdepth: int, qp: int | None, preset: 
     threads = thread_limit()
     if threads:
         params += [f"pools={threads}", "frame-threads=1"]
+    if backend() == "pyav":
+        return _encode_pyav(frames, bitdepth, preset, ":".join(params))
     args = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin",
             "-f", "rawvideo", "-pix_fmt", _pix_fmt(bitdepth), "-s", f"{width}x{height}", "-r", "30", "-i", "pipe:0",
             "-an", "-c:v", "libx265", "-preset", preset, "-pix_fmt", _pix_fmt(bitdepth),
@@ -106,6 +127,8 @@ def decode_frames(stream: bytes, count: int, height: int, width: int, bitdepth: 
     """Decode an HEVC stream to (count, height, width) uint8 / uint16 frames."""
     if not stream:
         raise CorruptStreamError("empty HEVC stream")
+    if backend() == "pyav":
+        return _decode_pyav(stream, count, height, width, bitdepth)
     args = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-threads", "1",
             "-f", "hevc", "-i", "pipe:0", "-fps_mode", "passthrough", "-f", "rawvideo",
             "-pix_fmt", _pix_fmt(bitdepth), "pipe:1"]
@@ -116,6 +139,48 @@ def decode_frames(stream: bytes, count: int, height: int, width: int, bitdepth: 
         raise CorruptStreamError(f"HEVC stream decoded to {len(raw)} bytes, expected {expected} "
                                  f"({count} frames of {width}x{height})")
     return np.frombuffer(raw, dtype).reshape(count, height, width)
+
+
+def _encode_pyav(frames: np.ndarray, bitdepth: int, preset: str, x265_params: str) -> bytes:
+    import io
+
+    import av
+
+    count, height, width = frames.shape
+    buffer = io.BytesIO()
+    try:
+        with av.open(buffer, mode="w", format="hevc") as container:
+            stream = container.add_stream("libx265", rate=30)
+            stream.width, stream.height, stream.pix_fmt = width, height, _pix_fmt(bitdepth)
+            stream.options = {"preset": preset, "x265-params": x265_params}
+            dtype = np.uint16 if bitdepth > 8 else np.uint8
+            for frame in frames:
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype), format=_pix_fmt(bitdepth))
+                container.mux(stream.encode(picture))
+            container.mux(stream.encode(None))
+    except av.FFmpegError as err:
+        raise BackendError(f"PyAV encoding failed: {err}") from err
+    return buffer.getvalue()
+
+
+def _decode_pyav(stream: bytes, count: int, height: int, width: int, bitdepth: int) -> np.ndarray:
+    import io
+
+    import av
+
+    frames = []
+    try:
+        with av.open(io.BytesIO(stream), format="hevc") as container:
+            for frame in container.decode(video=0):
+                if len(frames) == count:
+                    raise CorruptStreamError(f"HEVC stream holds more than the {count} frames recorded")
+                frames.append(frame.to_ndarray(format=_pix_fmt(bitdepth)))
+    except av.FFmpegError as err:
+        raise CorruptStreamError(f"PyAV decoding failed: {err}") from err
+    if len(frames) != count or any(f.shape != (height, width) for f in frames):
+        raise CorruptStreamError(f"HEVC stream decoded to {len(frames)} frames of "
+                                 f"{frames[0].shape if frames else '?'}, expected {count} of {(height, width)}")
+    return np.stack(frames).astype(np.uint16 if bitdepth > 8 else np.uint8)
 
 
 def encode_frames(frames: np.ndarray, bitdepth: int = 8, *, qp: int | None = None, kbits: float | None = None,

@@ -120,3 +120,27 @@ def test_bad_video_options():
                    {"preset": "ludicrous"}):
         with pytest.raises(InvalidInputError):
             featcodec.get_codec("fpc", **params)
+
+
+@pytest.mark.parametrize("bitdepth", [8, 10])
+def test_backends_decode_each_others_streams(bitdepth, monkeypatch):
+    pytest.importorskip("av")
+    rng = np.random.default_rng(bitdepth)
+    frames = (np.cumsum(rng.integers(0, 3, (6, 72, 96)), axis=2) % (1 << bitdepth)).astype(
+        np.uint16 if bitdepth > 8 else np.uint8)
+    streams = {}
+    for name in ("ffmpeg", "pyav"):
+        monkeypatch.setenv("FEATCODEC_VIDEO_BACKEND", name)
+        assert video.backend() == name
+        streams[name], _ = video.encode_frames(frames, bitdepth, lossless=True, preset="ultrafast")
+    for writer, stream in streams.items():
+        for reader in ("ffmpeg", "pyav"):
+            monkeypatch.setenv("FEATCODEC_VIDEO_BACKEND", reader)
+            np.testing.assert_array_equal(video.decode_frames(stream, 6, 72, 96, bitdepth), frames,
+                                          err_msg=f"{writer} stream read by {reader}")
+    monkeypatch.setenv("FEATCODEC_VIDEO_BACKEND", "pyav")
+    with pytest.raises(FeatcodecError):
+        video.decode_frames(streams["ffmpeg"][: len(streams["ffmpeg"]) // 2], 6, 72, 96, bitdepth)
+    monkeypatch.setenv("FEATCODEC_VIDEO_BACKEND", "gstreamer")
+    with pytest.raises(InvalidInputError):
+        video.backend()
