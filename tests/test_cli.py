@@ -137,3 +137,26 @@ def test_nhwc_cli(cli, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "nhwc.npy"), x)  # input untouched
     cli("decode", tmp_path / "nhwc.fcb", "-o", tmp_path / "back.npy", check=True)
     np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), x)
+
+
+def test_calibrate_then_encode_with_config(cli, tmp_path):
+    x = relu_activations((4, 6, 16, 16))
+    np.save(tmp_path / "train.npy", x)
+    np.save(tmp_path / "new.npy", x[:2] * 1.1)
+    cli("calibrate", tmp_path / "train.npy", "-m", "lightweight", "--levels", "5", "-o", tmp_path / "c.json",
+        check=True)
+    config = json.loads((tmp_path / "c.json").read_text())
+    assert config["id"] == "lightweight" and len(config["table"]["levels"]) == 5
+    cli("encode", tmp_path / "new.npy", "--config", tmp_path / "c.json", check=True)
+    header = json.loads(cli("info", tmp_path / "new.fcb", "--json", check=True).stdout)
+    assert header["codec"] == config and header["samples"] == [{}, {}]
+    _assert_error(cli("encode", tmp_path / "new.npy", "--config", tmp_path / "c.json", "-m", "raw", "-f"),
+                  "--config already fixes the codec")
+    _assert_error(cli("encode", tmp_path / "new.npy", "-m", "raw", "--calibrate", "-f"), "no calibration step")
+    cli("encode", tmp_path / "new.npy", "-m", "lightweight", "--calibrate", "-o", tmp_path / "self.fcb", check=True)
+    assert json.loads(cli("info", tmp_path / "self.fcb", "--json", check=True).stdout)["codec"]["table"]
+
+
+def test_models_command_lists_shipped_autotiler(cli):
+    out = cli("models", check=True).stdout.decode()
+    assert "centernet_mbv3: S4 tower_0/CenternetHead/mul:0 (128, 128, 128)" in out
