@@ -170,10 +170,13 @@ def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list
                 row[f"bpe_at_agreement_{agreement_level}"] = metrics.rate_at(
                     [r.bits_per_element for r in points], [r.agreement for r in points], agreement_level)
             if tiling and method != "tiling":
-                lossy = [r for r in points if np.isfinite(r.psnr)]
                 row["bd_rate_vs_tiling_psnr"] = metrics.bd_rate(
                     [r.bits_per_element for r in tiling], [r.psnr for r in tiling],
-                    [r.bits_per_element for r in lossy], [r.psnr for r in lossy])
+                    [r.bits_per_element for r in points], [r.psnr for r in points])
+                if has_task:
+                    row["bd_rate_vs_tiling_agreement"] = metrics.bd_rate(
+                        [r.bits_per_element for r in tiling], [r.agreement for r in tiling],
+                        [r.bits_per_element for r in points], [r.agreement for r in points])
             rows.append(row)
     return rows
 

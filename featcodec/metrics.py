@@ -54,31 +54,33 @@ def ssim(original: np.ndarray, decoded: np.ndarray, window: int = 7) -> float:
     return float(value.mean())
 
 
+def pareto(rates, quality) -> tuple[np.ndarray, np.ndarray]:
+    """The points no other point beats (less or equal rate and higher quality), by rising rate."""
+    points = sorted((r, q) for r, q in zip(rates, quality) if r > 0 and q is not None and np.isfinite(q))
+    front: list[tuple[float, float]] = []
+    for r, q in points:
+        if not front or q > front[-1][1]:
+            front.append((r, q))
+    return np.array([p[0] for p in front]), np.array([p[1] for p in front])
+
+
 def bd_rate(rates_a, quality_a, rates_b, quality_b) -> float | None:
     """Bjøntegaard delta rate (%) of curve b against curve a: negative means b needs fewer bits.
 
-    Cubic fits of log-rate against quality, integrated over the quality interval both cover.
-    None when the curves do not overlap or have fewer than 2 distinct points each.
+    Each curve is reduced to its Pareto front; log-rate is interpolated piecewise-linearly in the
+    quality and averaged over the quality interval both cover (no polynomial extrapolation, which
+    goes wild on the step-like curves of coarse quantizers). None when they do not overlap.
     """
-    def prepare(rates, quality):
-        r, q = np.asarray(rates, float), np.asarray(quality, float)
-        keep = np.isfinite(q) & (r > 0)
-        r, q = r[keep], q[keep]
-        order = np.argsort(q)
-        return np.log(r[order]), q[order]
-
-    la, qa = prepare(rates_a, quality_a)
-    lb, qb = prepare(rates_b, quality_b)
-    if len(np.unique(qa)) < 2 or len(np.unique(qb)) < 2:
+    ra, qa = pareto(rates_a, quality_a)
+    rb, qb = pareto(rates_b, quality_b)
+    if len(qa) < 2 or len(qb) < 2:
         return None
     low, high = max(qa.min(), qb.min()), min(qa.max(), qb.max())
     if high <= low:
         return None
-    pa = np.polyfit(qa, la, min(3, len(qa) - 1))
-    pb = np.polyfit(qb, lb, min(3, len(qb) - 1))
-    ia, ib = np.polyint(pa), np.polyint(pb)
-    mean_a = (np.polyval(ia, high) - np.polyval(ia, low)) / (high - low)
-    mean_b = (np.polyval(ib, high) - np.polyval(ib, low)) / (high - low)
+    grid = np.linspace(low, high, 201)
+    mean_a = np.mean(np.interp(grid, qa, np.log(ra)))
+    mean_b = np.mean(np.interp(grid, qb, np.log(rb)))
     return float((np.exp(mean_b - mean_a) - 1) * 100)
 
 

@@ -88,6 +88,9 @@ def test_bd_rate_of_a_shifted_curve():
     quality = np.array([30.0, 33.0, 36.0, 39.0])
     assert metrics.bd_rate(rates, quality, rates / 2, quality) == pytest.approx(-50.0, abs=1e-6)
     assert metrics.bd_rate(rates, quality, rates, quality + 100) is None  # no overlap
+    # A dominated point (more rate, less quality) does not bend the curve.
+    assert metrics.bd_rate(rates, quality, np.r_[rates / 2, 5.0], np.r_[quality, 31.0]) == pytest.approx(-50.0)
+    assert metrics.pareto([0.3, 0.1, 0.2], [0.9, 0.5, 0.4])[0].tolist() == [0.1, 0.3]
 
 
 def test_ssim_properties():
