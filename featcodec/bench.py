@@ -86,7 +86,6 @@ def points_for(method: str, rates: str) -> list[tuple[str, dict]]:
 
 
 def environment(threads: int) -> dict[str, Any]:
-    import constriction
     import onnxruntime
 
     from .video import ffmpeg_exe
@@ -104,9 +103,18 @@ def environment(threads: int) -> dict[str, Any]:
     except Exception:  # the bench still runs without video codecs
         ffmpeg = None
     return {"featcodec": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "constriction": getattr(constriction, "__version__", "?"),
+            "onnxruntime": onnxruntime.__version__, "constriction": _version("constriction"),
             "ffmpeg": ffmpeg, "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
             "platform": platform.platform()}
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def find_task_model(tensor: Tensor, search: list[Path]) -> str | None:

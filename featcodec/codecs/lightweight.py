@@ -175,15 +175,20 @@ class Lightweight(Codec):
     # --- coding ---------------------------------------------------------------------------
 
     def encode(self, sample):
-        table = self.table or self.design(sample)
-        symbols = quantize(sample, np.asarray(table["thresholds"], np.float32))
-        payload = encode_symbols(symbols, len(table["levels"]))
+        with self.stage("design"):
+            table = self.table or self.design(sample)
+        with self.stage("quantize"):
+            symbols = quantize(sample, np.asarray(table["thresholds"], np.float32))
+        with self.stage("entropy_encode"):
+            payload = encode_symbols(symbols, len(table["levels"]))
         return payload, ({} if self.table else table)
 
     def decode(self, payload, shape, info):
         table = self.table or _check_table(info, CorruptStreamError)
-        symbols = decode_symbols(payload, tuple(shape), len(table["levels"]))
-        return np.asarray(table["levels"], np.float32)[symbols]
+        with self.stage("entropy_decode"):
+            symbols = decode_symbols(payload, tuple(shape), len(table["levels"]))
+        with self.stage("dequantize"):
+            return np.asarray(table["levels"], np.float32)[symbols]
 
 
 def _check_table(table, error) -> dict[str, list[float]]:
