@@ -278,7 +278,7 @@ CSV_COLUMNS = ["tensor", "layer", "method", "point", "bits_per_element", "kbpi",
                "snr", "ssim", "agreement", "encode_ms", "decode_ms"]
 
 
-def write_csv(path: str, report: dict[str, Any]) -> str:
+def write_csv(report: dict[str, Any]) -> str:
     import csv
     import io
 

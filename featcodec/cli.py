@@ -168,11 +168,13 @@ def _refuse_binary_to_terminal(output: str) -> None:
 
 
 def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n} B"
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.2f} {unit}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -364,7 +366,7 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
     if json_path:
         write_bytes(json_path, (json.dumps(report, indent=1, default=_json_default) + "\n").encode(), force)
     if csv_path:
-        write_bytes(csv_path, write_csv(csv_path, report).encode(), force)
+        write_bytes(csv_path, write_csv(report).encode(), force)
     if plot_path:
         plot(plot_path, report)
     failed = [c for c in report["checks"] if not c["passed"]]

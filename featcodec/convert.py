@@ -24,7 +24,6 @@ import glob
 import os
 import shutil
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,8 +242,8 @@ def convert_item(job: Job, resume: bool = False) -> ItemResult:
     except Exception as err:  # reported per item; the batch goes on
         result.status = "failed"
         result.error = str(err).replace("\n", " ") or type(err).__name__
-        if not isinstance(err, (FeatcodecError, OSError)):
-            result.error = f"{type(err).__name__}: {result.error} ({traceback.format_exc(limit=1).splitlines()[-1]})"
+        if not isinstance(err, (FeatcodecError, OSError)):  # a bug or an unexpected library error: name it
+            result.error = f"{type(err).__name__}: {result.error}"
     result.seconds = time.perf_counter() - start
     return result
 
@@ -339,14 +338,12 @@ def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | Non
 
 def _run_pool(jobs: list[Job], workers: int, resume: bool, progress) -> list[ItemResult]:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results: list[ItemResult | None] = [None] * len(jobs)
     context = multiprocessing.get_context("spawn")  # no inherited HDF5 handles or threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(convert_item, job, resume): i for i, job in enumerate(jobs)}
-        from concurrent.futures import as_completed
-
         for done, future in enumerate(as_completed(futures), 1):
             index = futures[future]
             try:
