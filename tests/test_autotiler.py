@@ -91,3 +91,11 @@ def test_unsupported_shape_and_missing_model(tiny_model, monkeypatch):
         featcodec.encode(np.ones((1, 8, 8, 8), np.float32), "autotiler", model="nope")
     with pytest.raises(InvalidInputError, match="--cr must be 4 or 16"):
         featcodec.get_codec("autotiler", cr=8)
+
+
+def test_train_cli_bad_inputs(cli, tmp_path):
+    pytest.importorskip("torch")
+    result = cli("train", tmp_path / "missing.h5", "--layer", "S1", "-o", tmp_path / "m")
+    assert result.returncode != 0 and result.stderr.decode().startswith("Error: no such file")
+    result = cli("train", DEMO, "--layer", "S7", "-o", tmp_path / "m")
+    assert result.stderr.decode().startswith("Error: ") and "no (N, C, H, W) dataset 'S7'" in result.stderr.decode()

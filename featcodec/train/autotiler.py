@@ -120,8 +120,15 @@ class LayerData:
     def load(cls, path: str, dataset: str, valid_fraction: float) -> LayerData:
         import h5py
 
+        from ..errors import InvalidInputError
+
+        if not Path(path).is_file():
+            raise InvalidInputError(f"no such file: {path}")
         with h5py.File(path, "r") as f:
-            node = f[dataset]
+            node = f.get(dataset)
+            if not isinstance(node, h5py.Dataset) or node.ndim != 4:
+                raise InvalidInputError(f"{path} has no (N, C, H, W) dataset {dataset!r} (datasets: "
+                                        f"{', '.join(k for k in f if isinstance(f[k], h5py.Dataset))})")
             data = node[()].astype(np.float32)
             tensor = str(node.attrs.get("layer", dataset))
         n_valid = max(1, int(round(len(data) * valid_fraction)))
