@@ -564,8 +564,10 @@ def split(model_path, tensor, outputs, force, tolerance):
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True,
               help="HDF5 compression of the stored activations (lzf and none are faster).")
+@click.option("--augment", "augmentations", multiple=True, type=click.Choice(["flip", "zoom", "shrink"]),
+              help="Also dump variants of every image (repeatable), for training data.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-def dump(model_path, images, layers, output, batch_size, compression, force):
+def dump(model_path, images, layers, output, batch_size, compression, augmentations, force):
     """Run MODEL.onnx on IMAGES (files, folders, globs) and store layer activations in HDF5."""
     from .dump import dump as run_dump
 
@@ -574,7 +576,7 @@ def dump(model_path, images, layers, output, batch_size, compression, force):
     progress = _progress_callback("dumping")
     try:
         summary = run_dump(model_path, list(layers), list(images), output, batch_size=batch_size, force=force,
-                           compression=compression, progress=progress)
+                           compression=compression, augmentations=tuple(augmentations), progress=progress)
     finally:
         progress.stop()
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary.layers.items())

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
+from .errors import InvalidInputError
 from .io import atomic_write
 from .onnxmodel import (
     Manifest,
@@ -46,8 +47,26 @@ COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 4, "shuffle"
                 "lzf": {"compression": "lzf", "shuffle": True}, "none": {}}
 
 
+AUGMENTATIONS = ("flip", "zoom", "shrink")
+
+
+def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
+    """A variant of an image for training data: mirrored, zoomed in (centre crop of 3/4) or shrunk to 2/3."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    if kind == "flip":
+        return np.ascontiguousarray(rgb[:, ::-1])
+    if kind == "zoom":
+        return np.ascontiguousarray(rgb[h // 8 : h - h // 8, w // 8 : w - w // 8])
+    if kind == "shrink":
+        return np.asarray(Image.fromarray(rgb).resize((max(1, 2 * w // 3), max(1, 2 * h // 3)), Image.BILINEAR))
+    raise ValueError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
+
+
 def dump(model_path: str, layers: list[str], images: list[str], output: str, *, batch_size: int = 4,
          force: bool = False, threads: int | None = None, compression: str = "gzip",
+         augmentations: tuple[str, ...] = (),
          progress: Callable[[int, int], None] | None = None) -> DumpSummary:
     """Run `model_path` on `images` and write the activations of `layers` to HDF5 `output`."""
     import h5py
@@ -58,8 +77,14 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     model_outputs = [o.name for o in model.graph.output]
     sess = session(with_outputs(model, list(tensors.values())), threads)
     spec = manifest.preprocessing or default_preprocessing(sess)
-    paths = expand_images(images)
-    names = [os.path.basename(p) for p in paths]
+    for kind in augmentations:
+        if kind not in AUGMENTATIONS:
+            raise InvalidInputError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
+    # Image-major order: the variants of one photo stay together, so a split by position keeps
+    # every variant of a validation photo out of training.
+    sources = [(p, kind) for p in expand_images(images) for kind in ("", *augmentations)]
+    paths = [p for p, _ in sources]
+    names = [os.path.basename(p) + (f"#{kind}" if kind else "") for p, kind in sources]
     common = {
         "model": os.path.basename(model_path), "model_sha256": sha256_file(model_path),
         "images": json.dumps(names), "preprocessing": json.dumps(spec, sort_keys=True),
@@ -75,8 +100,9 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
             f.create_dataset("images", data=np.array(names, dtype=h5py.string_dtype())).attrs["featcodec_role"] = "meta"
             datasets = {}
             for begin in range(0, len(paths), batch_size):
-                batch_paths = paths[begin : begin + batch_size]
-                batch = np.stack([preprocess(load_image(p), spec) for p in batch_paths])
+                batch_sources = sources[begin : begin + batch_size]
+                batch = np.stack([preprocess(augment(load_image(p), kind) if kind else load_image(p), spec)
+                                  for p, kind in batch_sources])
                 fetched = sess.run(list(tensors.values()) + model_outputs, {spec["input"]: batch})
                 results = dict(zip(list(tensors) + [f"reference/{o}" for o in model_outputs], fetched))
                 for key, value in results.items():
@@ -86,9 +112,9 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
                             datasets[key].attrs.update({**common, "layer": tensors[key]})
                         else:
                             datasets[key].attrs["featcodec_role"] = "reference"
-                    datasets[key][begin : begin + len(batch_paths)] = value
+                    datasets[key][begin : begin + len(batch_sources)] = value
                 if progress:
-                    progress(begin + len(batch_paths), len(paths))
+                    progress(begin + len(batch_sources), len(paths))
             shapes.update({k: datasets[k].shape for k in tensors})
 
     atomic_write(output, write, force)

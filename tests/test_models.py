@@ -145,3 +145,21 @@ def test_detection_agreement_edge_cases():
     assert detection_agreement(empty, empty) == 1.0
     assert detection_agreement(empty, dets) == 0.0
     assert top1_agreement(np.eye(3), np.eye(3)[[0, 2, 1]]) == pytest.approx(1 / 3)
+
+
+def test_dump_augmentations_keep_images_together(tmp_path):
+    from featcodec.dump import augment, dump
+
+    image = (np.arange(16 * 24 * 3) % 251).astype(np.uint8).reshape(16, 24, 3)
+    np.testing.assert_array_equal(augment(image, "flip"), image[:, ::-1])
+    np.testing.assert_array_equal(augment(image, "zoom"), image[2:14, 3:21])
+    assert augment(image, "shrink").shape == (10, 16, 3)
+    images = [str(IMAGES / "darknet_dog.jpg"), str(IMAGES / "skimage_coffee.jpg")]
+    dump(str(REFERENCE), ["S4"], images, str(tmp_path / "aug.h5"), augmentations=("flip",), compression="none")
+    with h5py.File(tmp_path / "aug.h5") as f:
+        assert json.loads(f["S4"].attrs["images"]) == ["darknet_dog.jpg", "darknet_dog.jpg#flip",
+                                                       "skimage_coffee.jpg", "skimage_coffee.jpg#flip"]
+        s4 = f["S4"][()]
+    # A mirrored photo gives (nearly) mirrored deep features, not the same ones.
+    assert not np.allclose(s4[0], s4[1])
+    assert np.corrcoef(s4[0].ravel(), s4[1][..., ::-1].ravel())[0, 1] > 0.8
