@@ -96,42 +96,42 @@ class Lightweight(Codec):
     def design(self, data: np.ndarray) -> dict[str, list[float]]:
         """Design the quantizer for `data` (one sample or a stack of samples), as a table."""
         data = np.asarray(data, np.float32)
-        values = _subsample(data)
+        # Sorted once: every clip search, MSE and level-count search below reads this.
+        dist = ValueDistribution(_subsample(data))
         kind, slope = parse_activation(self.activation)
         if kind == "auto":
-            kind = detect_activation(values)
+            kind = detect_activation(dist.sorted)
         if self.bpe is not None:
-            return self._search_rate(data, values, kind, slope)
+            return self._search_rate(data, dist, kind, slope)
         if self.snr is not None:
-            return self._search_snr(values, kind, slope)
-        return self._design(values, self.levels, kind, slope, self.lam)
+            return self._search_snr(dist, kind, slope)
+        return self._design(dist, self.levels, kind, slope, self.lam)
 
-    def _search_snr(self, values, kind, slope) -> dict[str, list[float]]:
+    def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
-        dist = ValueDistribution(values)
-        allowed = float(np.var(values)) / 10 ** (self.snr / 10)
+        allowed = float(np.var(dist.sorted)) / 10 ** (self.snr / 10)
         for n_levels in range(2, MAX_LEVELS + 1):
-            table = self._design(values, n_levels, kind, slope, self.lam)
+            table = self._design(dist, n_levels, kind, slope, self.lam)
             if dist.mse(table["thresholds"], table["levels"]) <= allowed:
                 return table
         return table
 
-    def _design(self, values, n_levels, kind, slope, lam) -> dict[str, list[float]]:
+    def _design(self, dist, n_levels, kind, slope, lam) -> dict[str, list[float]]:
         if isinstance(self.clip, list):
             lo, hi = self.clip
         elif self.clip == "model":
-            lo, hi = optimal_clip(ActivationModel.fit(values, kind, slope), n_levels)
+            lo, hi = optimal_clip(ActivationModel.fit(dist.sorted, kind, slope), n_levels)
         else:
-            lo, hi = empirical_clip(values, n_levels, relu=kind == "relu")
+            lo, hi = empirical_clip(dist, n_levels, relu=kind == "relu")
         if not hi > lo:  # a constant tensor
             hi = lo + 1.0
         if self.quantizer == "ecsq" or lam > 0:
-            thresholds, levels = design_ecsq(values, lo, hi, n_levels, lam)
+            thresholds, levels = design_ecsq(dist.sorted, lo, hi, n_levels, lam)
         else:
             thresholds, levels = uniform_quantizer(lo, hi, n_levels)
         return {"thresholds": [float(t) for t in thresholds], "levels": [float(v) for v in levels]}
 
-    def _search_rate(self, data, values, kind, slope) -> dict[str, list[float]]:
+    def _search_rate(self, data, dist, kind, slope) -> dict[str, list[float]]:
         """The most levels whose coded rate meets the target; with ``quantizer="ecsq"``, λ then
         spends what is left at the next level count.
 
@@ -142,26 +142,26 @@ class Lightweight(Codec):
         rate = lambda table: _coded_bpe(probe, table)  # noqa: E731
         best, above = None, None
         for n_levels in range(2, MAX_LEVELS + 1):
-            table = self._design(values, n_levels, kind, slope, 0.0)
+            table = self._design(dist, n_levels, kind, slope, 0.0)
             if rate(table) <= self.bpe:
                 best = table
             else:
                 above = n_levels
                 break
         if above is None or self.quantizer != "ecsq":
-            return best or self._design(values, 2, kind, slope, 0.0)
-        scale = float(np.var(values)) or 1.0
+            return best or self._design(dist, 2, kind, slope, 0.0)
+        scale = float(np.var(dist.sorted)) or 1.0
         lo_lam, hi_lam = 0.0, scale
-        while rate(self._design(values, above, kind, slope, hi_lam)) > self.bpe and hi_lam < 1e3 * scale:
+        while rate(self._design(dist, above, kind, slope, hi_lam)) > self.bpe and hi_lam < 1e3 * scale:
             lo_lam, hi_lam = hi_lam, hi_lam * 4
         for _ in range(8):
             middle = (lo_lam + hi_lam) / 2
-            if rate(self._design(values, above, kind, slope, middle)) > self.bpe:
+            if rate(self._design(dist, above, kind, slope, middle)) > self.bpe:
                 lo_lam = middle
             else:
                 hi_lam = middle
-        candidate = self._design(values, above, kind, slope, hi_lam)
-        if best is None or _table_mse(values, candidate) < _table_mse(values, best):
+        candidate = self._design(dist, above, kind, slope, hi_lam)
+        if best is None or dist.mse(**candidate) < dist.mse(**best):
             return candidate
         return best
 
@@ -270,7 +270,3 @@ def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]]) -> float:
     thresholds = np.asarray(table["thresholds"], np.float32)
     bits = sum(len(encode_symbols(quantize(s, thresholds), len(table["levels"]))) * 8 for s in probe)
     return bits / probe.size
-
-
-def _table_mse(values: np.ndarray, table: dict[str, list[float]]) -> float:
-    return ValueDistribution(values).mse(table["thresholds"], table["levels"])
