@@ -76,6 +76,7 @@ class AutoTiler(VideoCodec):
         self.cr = cr
         self.model = model
         self.layer = layer
+        self._folder: Path | None = None
         self._manifest = None
         self._sessions: dict[str, object] = {}
         self._layers_coded: set[str] = set()
@@ -84,11 +85,14 @@ class AutoTiler(VideoCodec):
 
     @property
     def folder(self) -> Path:
-        models = available_models()
-        if self.model not in models:
-            known = ", ".join(sorted(models)) or "none found"
-            raise MissingModelError(f"no auto-tiler model {self.model!r} (available: {known}; see `featcodec models`)")
-        return models[self.model]
+        if self._folder is None:  # found once: the search reads every manifest on disk
+            models = available_models()
+            if self.model not in models:
+                known = ", ".join(sorted(models)) or "none found"
+                raise MissingModelError(f"no auto-tiler model {self.model!r} (available: {known}; "
+                                        "see `featcodec models`)")
+            self._folder = models[self.model]
+        return self._folder
 
     @property
     def manifest(self) -> dict:
