@@ -15,7 +15,18 @@ CASES = {
     "raw_v1": dict(method="raw"),
     "raw_float16_zstd_v1": dict(method="raw", dtype="float16", zstd=9),
     "uniform_v1": dict(method="uniform", levels=5),
+    # Real ReLU activations (a crop of S2 from the bundled demo dump), so that the context coder's
+    # neighbourhoods and its second stage (symbols >= 3) are all in the bytes.
+    "lightweight_v1": dict(method="lightweight", levels=6, source="S2"),
 }
+DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
+
+
+def real_crop(layer: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(DEMO_DUMP) as f:
+        return f[layer][0:1, :6, 40:64, 40:72].astype(np.float32)
 
 
 def main(names):
@@ -27,7 +38,8 @@ def main(names):
             print(f"{fcb} exists: golden files are never rewritten")
             continue
         params = dict(CASES[name])
-        blob = featcodec.encode(source, params.pop("method"), layer="golden/layer:0", **params)
+        data = real_crop(params.pop("source")) if "source" in params else source
+        blob = featcodec.encode(data, params.pop("method"), layer="golden/layer:0", **params)
         fcb.write_bytes(blob)
         np.save(GOLDEN / f"{name}.expected.npy", featcodec.decode(blob))
         print(f"wrote {fcb} ({len(blob)} bytes)")
