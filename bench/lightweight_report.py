@@ -2,7 +2,8 @@
 
     python bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 bench/results/lightweight.md
 
-For each split layer and setting (levels 2, 3, 4, 8, 16, the default SNR target, bpe 0.6 / 0.8),
+For each split layer and setting (levels 2, 3, 4, 8, 16, the default SNR target, bpe 0.6 / 0.8
+with the uniform and the entropy-constrained quantizer),
 quantizers are calibrated on the training dump and applied to held-out samples. Reported: bits
 per element of the context coder, MSE, SNR, the same symbols' order-0 entropy, zstd -19 and
 brotli -q 11 sizes, and single-core encode / decode throughput (MB/s of float32 input; median
@@ -23,7 +24,8 @@ from featcodec.codecs import Lightweight
 from featcodec.entropy import decode_symbols
 from featcodec.quantizer import quantize
 
-SETTINGS = [{"levels": n} for n in (2, 3, 4, 8, 16)] + [{}, {"bpe": 0.6}, {"bpe": 0.8}]
+SETTINGS = ([{"levels": n} for n in (2, 3, 4, 8, 16)] + [{}, {"bpe": 0.6}, {"bpe": 0.8}]
+            + [{"bpe": b, "quantizer": "ecsq"} for b in (0.6, 0.8)])
 SAMPLES = 3
 
 
