@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,12 +48,12 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
     batched = len(shape) == 4
     total = shape[0] if batched else 1
     payloads, infos = [], []
-    for i, sample in enumerate(samples):
-        payload, info = codec.encode(np.ascontiguousarray(sample, dtype=np.float32))
-        payloads.append(payload)
-        infos.append(info)
+    for chunk in _chunks(samples, codec.batch_size):
+        for payload, info in codec.encode_batch([np.ascontiguousarray(s, dtype=np.float32) for s in chunk]):
+            payloads.append(payload)
+            infos.append(info)
         if progress:
-            progress(i + 1, total)
+            progress(len(payloads), total)
     if len(payloads) != total:
         raise InvalidInputError(f"expected {total} samples, got {len(payloads)}")
     payload_bytes = sum(len(p) for p in payloads)
@@ -90,8 +91,11 @@ def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np
     dtype = np.dtype(stream.header["dtype"])
     indices = range(stream.n_samples) if sample is None else [sample]
     out = np.empty((len(indices), *stream.sample_shape), dtype)
-    for row, i in enumerate(indices):
-        out[row] = decode_sample(stream, codec, i)
+    row = 0
+    for chunk in _chunks(indices, codec.batch_size):
+        for decoded in decode_samples(stream, codec, chunk):
+            out[row] = decoded
+            row += 1
     if sample is not None or not stream.header["batched"]:
         out = out[0]
     return from_nchw(out, stream.header["layout"])
@@ -99,17 +103,34 @@ def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np
 
 def decode_sample(stream: Bitstream, codec: Codec, index: int) -> np.ndarray:
     """Decode sample `index` of a parsed stream to float32 (C,H,W)."""
-    payload = stream.payload(index)
-    info = stream.header["samples"][index % stream.n_samples]
+    return decode_samples(stream, codec, [index])[0]
+
+
+def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[np.ndarray]:
+    """Decode samples `indices` of a parsed stream to float32 (C,H,W) arrays, together."""
+    payloads = [stream.payload(i) for i in indices]
+    infos = [stream.header["samples"][i % stream.n_samples] for i in indices]
+    which = f"sample {indices[0]}" if len(indices) == 1 else f"samples {indices[0]}-{indices[-1]}"
     try:
-        decoded = codec.decode(payload, stream.sample_shape, info)
+        decoded = codec.decode_batch(payloads, stream.sample_shape, infos)
     except FeatcodecError:
+        if len(indices) > 1:  # decode one by one, so that the error names the sample
+            for index in indices:
+                decode_samples(stream, codec, [index])
         raise
     except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise CorruptStreamError(f"sample {index} cannot be decoded: {type(err).__name__}: {err}") from err
-    if decoded.shape != stream.sample_shape:
-        raise CorruptStreamError(f"sample {index} decoded to shape {decoded.shape}, expected {stream.sample_shape}")
+        raise CorruptStreamError(f"{which} cannot be decoded: {type(err).__name__}: {err}") from err
+    for index, array in zip(indices, decoded):
+        if array.shape != stream.sample_shape:
+            raise CorruptStreamError(f"sample {index} decoded to shape {array.shape}, expected {stream.sample_shape}")
     return decoded
+
+
+def _chunks(items, size: int) -> Iterator[list]:
+    """Consecutive lists of up to `size` items (a lazy iterator stays lazy)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def info(data) -> dict[str, Any]:

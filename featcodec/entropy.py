@@ -15,7 +15,10 @@ tensor as it is coded, with no side information:
   one step, since their four neighbours all lie on earlier steps. Each step is one vectorised
   numpy pass and one or two calls to the range coder, and counts are updated between steps,
   so the decoder mirrors the encoder exactly at numpy speed (W + 2·H steps per map). The map
-  is held skewed (`_Skewed`) so that a step and its neighbours are slices, not gathers.
+  is held skewed (`_Skewed`) so that a step and its neighbours are slices, not gathers;
+* several maps can share one pass (`encode_symbol_maps`), each with its own counts and range
+  coder, so each payload is exactly that of the map coded alone while numpy's per-step cost is
+  paid once: the API hands the lightweight codec up to 8 samples at a time.
 
 Payload: CRC32 of the symbols (uint32), then the range coder's 32-bit words.
 """
@@ -37,94 +40,131 @@ NEAR = 8  # left and top neighbours distinguish up to 8 values in the first-stag
 FAR = 4  # top-left and top-right up to 4
 REST_SIDE = 16  # second stage context: the left and top symbols themselves
 REST_CONTEXTS = REST_SIDE * REST_SIDE
+PASS_MEMORY = 256 << 20  # bound on what maps coded together may allocate
 
 
 class _Model:
-    """Adaptive counts for one alphabet, per channel and context, with a shared back-off."""
+    """Adaptive counts for one alphabet, per channel and context, with a back-off shared by the
+    channels of one map. Channel rows of several maps coded together are stacked; each map
+    keeps its own shared table, so every map's probabilities are those of coding it alone."""
 
-    def __init__(self, channels: int, contexts: int, n_symbols: int):
+    def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1):
         self.n = n_symbols
         self.contexts = contexts
         self.channel_counts = np.zeros((channels * contexts, n_symbols), np.int64)
         self.channel_totals = np.zeros(channels * contexts, np.int64)
-        self.shared_counts = np.zeros((contexts, n_symbols), np.int64)
-        self.shared_totals = np.zeros(contexts, np.int64)
+        self.shared_counts = np.zeros((maps * contexts, n_symbols), np.int64)
+        self.shared_totals = np.zeros(maps * contexts, np.int64)
 
-    def probabilities(self, channel_index: np.ndarray, context: np.ndarray) -> np.ndarray:
-        # The shared estimate is small (contexts × K): compute it whole, then gather rows.
+    def probabilities(self, channel_index: np.ndarray, shared_index: np.ndarray) -> np.ndarray:
+        # The shared estimate is small (maps × contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts + ALPHA
         shared *= (BETA / (self.shared_totals + self.n * ALPHA))[:, None]
         own = self.channel_counts.take(channel_index, axis=0)
         scale = 1.0 / (self.channel_totals.take(channel_index) + BETA)
-        return ((own + shared.take(context, axis=0)) * scale[:, None]).astype(np.float32)
+        return ((own + shared.take(shared_index, axis=0)) * scale[:, None]).astype(np.float32)
 
-    def update(self, channel_index: np.ndarray, context: np.ndarray, symbols: np.ndarray) -> None:
+    def update(self, channel_index: np.ndarray, shared_index: np.ndarray, symbols: np.ndarray) -> None:
         # numpy ≥ 2 runs add.at on flat int64 indices fast; the shared tables are small enough
         # for a bincount.
         np.add.at(self.channel_counts.reshape(-1), channel_index * self.n + symbols, 1)
         np.add.at(self.channel_totals, channel_index, 1)
-        self.shared_counts += np.bincount(context * self.n + symbols,
+        self.shared_counts += np.bincount(shared_index * self.n + symbols,
                                           minlength=self.shared_counts.size).reshape(self.shared_counts.shape)
-        self.shared_totals += np.bincount(context, minlength=self.contexts)
+        self.shared_totals += np.bincount(shared_index, minlength=self.shared_totals.size)
 
 
 class _Coder:
-    """The two-stage model of one map: head symbol min(s, 3), then the rest s - 3."""
+    """The two-stage model of `maps` maps of C channels coded side by side, one range coder per
+    map: head symbol min(s, 3), then the rest s - 3."""
 
-    def __init__(self, channels: int, n_symbols: int):
+    def __init__(self, channels: int, n_symbols: int, maps: int = 1):
         import constriction
 
         self.n = n_symbols
+        self.maps = maps
         self.head_n = min(n_symbols, HEAD)
         self.near, self.far = min(n_symbols, NEAR), min(n_symbols, FAR)
-        self.head = _Model(channels, self.near * self.near * self.far * self.far, self.head_n)
-        self.rest = _Model(channels, REST_CONTEXTS, n_symbols - HEAD + 1) if n_symbols > HEAD else None
+        rows = maps * channels
+        self.head = _Model(rows, self.near * self.near * self.far * self.far, self.head_n, maps)
+        self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps) if n_symbols > HEAD else None
         self.family = constriction.stream.model.Categorical(perfect=False)
-        self.channel_offsets = np.arange(channels, dtype=np.int64)[:, None] * self.head.contexts
+        row = np.arange(rows, dtype=np.int64)[:, None]
+        self.channel_offsets = row * self.head.contexts
+        self.map_offsets = row // channels * self.head.contexts
+        self.channels = channels
 
     def contexts(self, left, top, top_left, top_right):
-        """First-stage context per (channel, context) row, first-stage shared context, and
-        second-stage context, flat; the neighbours are (C, m) runs of one wavefront step."""
+        """Flat per-(channel, context) rows and per-(map, context) shared rows of the first stage,
+        and the second stage's context; the neighbours are (maps·C, m) runs of one step."""
         near, far = self.near - 1, self.far - 1
         head = ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
                 + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
         rest = np.minimum(left, REST_SIDE - 1).astype(np.int64) * REST_SIDE + np.minimum(top, REST_SIDE - 1)
-        return (self.channel_offsets + head).ravel(), head.ravel(), rest.ravel()
+        if self.maps == 1:
+            shared = head.ravel()
+        else:
+            shared = (self.map_offsets + head).ravel()
+        return (self.channel_offsets + head).ravel(), shared, rest.ravel()
 
     def _rest_rows(self, escaped, run, rest_context):
         context = rest_context[escaped]
-        return escaped // run * REST_CONTEXTS + context, context
+        channel = escaped // run
+        return channel * REST_CONTEXTS + context, channel // self.channels * REST_CONTEXTS + context
 
-    def encode_step(self, encoder, symbols, left, top, top_left, top_right) -> None:
-        channel_head, head_context, rest_context = self.contexts(left, top, top_left, top_right)
+    def _bounds(self, run, positions=None):
+        """Where each map's symbols start and end in a step (or in a sorted subset of it)."""
+        starts = np.arange(self.maps + 1) * (self.channels * run)
+        return starts if positions is None else np.searchsorted(positions, starts)
+
+    def encode_step(self, encoders, symbols, left, top, top_left, top_right) -> None:
+        run = left.shape[1]
+        channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
         head = np.minimum(symbols, self.head_n - 1).astype(np.int64)
         if self.head_n > 1:
-            encoder.encode(head.astype(np.int32), self.family, self.head.probabilities(channel_head, head_context))
-        self.head.update(channel_head, head_context, head)
+            probabilities = self.head.probabilities(channel_head, shared_head)
+            heads = head.astype(np.int32)
+            bounds = self._bounds(run)
+            for k, encoder in enumerate(encoders):
+                encoder.encode(heads[bounds[k]:bounds[k + 1]], self.family, probabilities[bounds[k]:bounds[k + 1]])
+        self.head.update(channel_head, shared_head, head)
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
             if escaped.size:
                 rest = symbols[escaped].astype(np.int64) - (HEAD - 1)
-                channel_rest, context = self._rest_rows(escaped, left.shape[1], rest_context)
-                encoder.encode(rest.astype(np.int32), self.family, self.rest.probabilities(channel_rest, context))
-                self.rest.update(channel_rest, context, rest)
+                channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
+                probabilities = self.rest.probabilities(channel_rest, shared_rest)
+                rests = rest.astype(np.int32)
+                bounds = self._bounds(run, escaped)
+                for k, encoder in enumerate(encoders):
+                    if bounds[k + 1] > bounds[k]:
+                        encoder.encode(rests[bounds[k]:bounds[k + 1]], self.family,
+                                       probabilities[bounds[k]:bounds[k + 1]])
+                self.rest.update(channel_rest, shared_rest, rest)
 
-    def decode_step(self, decoder, left, top, top_left, top_right) -> np.ndarray:
-        channel_head, head_context, rest_context = self.contexts(left, top, top_left, top_right)
+    def decode_step(self, decoders, left, top, top_left, top_right) -> np.ndarray:
+        run = left.shape[1]
+        channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
+        head = np.zeros(len(channel_head), np.int64)
         if self.head_n > 1:
-            head = np.asarray(decoder.decode(self.family, self.head.probabilities(channel_head, head_context)),
-                              np.int64)
-        else:
-            head = np.zeros(len(channel_head), np.int64)
-        self.head.update(channel_head, head_context, head)
+            probabilities = self.head.probabilities(channel_head, shared_head)
+            bounds = self._bounds(run)
+            for k, decoder in enumerate(decoders):
+                head[bounds[k]:bounds[k + 1]] = decoder.decode(self.family, probabilities[bounds[k]:bounds[k + 1]])
+        self.head.update(channel_head, shared_head, head)
         symbols = head
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
             if escaped.size:
-                channel_rest, context = self._rest_rows(escaped, left.shape[1], rest_context)
-                rest = np.asarray(decoder.decode(self.family, self.rest.probabilities(channel_rest, context)),
-                                  np.int64)
-                self.rest.update(channel_rest, context, rest)
+                channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
+                probabilities = self.rest.probabilities(channel_rest, shared_rest)
+                rest = np.zeros(escaped.size, np.int64)
+                bounds = self._bounds(run, escaped)
+                for k, decoder in enumerate(decoders):
+                    if bounds[k + 1] > bounds[k]:
+                        rest[bounds[k]:bounds[k + 1]] = decoder.decode(self.family,
+                                                                       probabilities[bounds[k]:bounds[k + 1]])
+                self.rest.update(channel_rest, shared_rest, rest)
                 symbols = head.copy()
                 symbols[escaped] += rest
         return symbols
@@ -158,6 +198,15 @@ class _Skewed:
                 cells[:, row - 3, lo:hi], cells[:, row - 1, lo:hi])
 
 
+def _maps_per_pass(channels: int, height: int, width: int, n_symbols: int) -> int:
+    """How many maps one wavefront pass may hold within PASS_MEMORY bytes of count tables and
+    skewed cells (at least one)."""
+    head = min(n_symbols, NEAR) ** 2 * min(n_symbols, FAR) ** 2 * (min(n_symbols, HEAD) + 1)
+    rest = REST_CONTEXTS * (n_symbols - HEAD + 2) if n_symbols > HEAD else 0
+    per_map = channels * ((head + rest) * 8 + (width + 2 * height + 1) * (height + 1))
+    return max(1, PASS_MEMORY // per_map)
+
+
 def _check_alphabet(n_symbols: int) -> None:
     if not 1 <= n_symbols <= MAX_SYMBOLS:
         raise ValueError(f"n_symbols must be 1..{MAX_SYMBOLS}")
@@ -165,38 +214,69 @@ def _check_alphabet(n_symbols: int) -> None:
 
 def encode_symbols(symbols: np.ndarray, n_symbols: int) -> bytes:
     """Code a (C, H, W) uint8 map of symbols < `n_symbols` (≤ 16)."""
+    return encode_symbol_maps(symbols[None], n_symbols)[0]
+
+
+def encode_symbol_maps(maps: np.ndarray, n_symbols: int) -> list[bytes]:
+    """Code N (C, H, W) maps at once, one payload each, byte for byte what `encode_symbols`
+    gives for each map alone: one wavefront pass serves them all, which spreads numpy's
+    per-step overhead over N maps (a large gain for maps with few channels)."""
     import constriction
 
     _check_alphabet(n_symbols)
-    skewed = _Skewed(symbols.shape)
-    skewed.view[...] = symbols
-    coder = _Coder(symbols.shape[0], n_symbols)
-    encoder = constriction.stream.queue.RangeEncoder()
+    maps = np.asarray(maps, np.uint8)
+    count, channels, height, width = maps.shape
+    group = _maps_per_pass(channels, height, width, n_symbols)
+    if count > group:
+        return [p for start in range(0, count, group) for p in encode_symbol_maps(maps[start:start + group], n_symbols)]
+    skewed = _Skewed((count * channels, height, width))
+    skewed.view[...] = maps.reshape(count * channels, height, width)
+    coder = _Coder(channels, n_symbols, count)
+    encoders = [constriction.stream.queue.RangeEncoder() for _ in range(count)]
     for row, lo, hi in skewed.steps():
-        coder.encode_step(encoder, skewed.cells[:, row, lo + 1:hi + 1].ravel(), *skewed.neighbours(row, lo, hi))
-    checksum = zlib.crc32(np.ascontiguousarray(symbols, np.uint8).tobytes()) & 0xFFFFFFFF
-    return struct.pack("<I", checksum) + encoder.get_compressed().astype("<u4").tobytes()
+        coder.encode_step(encoders, skewed.cells[:, row, lo + 1:hi + 1].ravel(), *skewed.neighbours(row, lo, hi))
+    payloads = []
+    for symbols, encoder in zip(maps, encoders):
+        checksum = zlib.crc32(np.ascontiguousarray(symbols).tobytes()) & 0xFFFFFFFF
+        payloads.append(struct.pack("<I", checksum) + encoder.get_compressed().astype("<u4").tobytes())
+    return payloads
 
 
 def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int) -> np.ndarray:
     """Inverse of `encode_symbols`; a corrupt payload raises `CorruptStreamError`."""
+    return decode_symbol_maps([payload], shape, n_symbols)[0]
+
+
+def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_symbols: int) -> np.ndarray:
+    """Inverse of `encode_symbol_maps`: (N, C, H, W) symbols. A corrupt payload raises
+    `CorruptStreamError`."""
     import constriction
 
     _check_alphabet(n_symbols)
-    if len(payload) < 4 or (len(payload) - 4) % 4:
-        raise CorruptStreamError(f"entropy-coded payload has an impossible length {len(payload)}")
-    (checksum,) = struct.unpack_from("<I", payload)
-    words = np.frombuffer(payload, "<u4", offset=4).astype(np.uint32)
-    skewed = _Skewed(tuple(shape))
-    coder = _Coder(shape[0], n_symbols)
-    decoder = constriction.stream.queue.RangeDecoder(words)
+    channels, height, width = shape
+    group = _maps_per_pass(channels, height, width, n_symbols)
+    if len(payloads) > group:
+        return np.concatenate([decode_symbol_maps(payloads[start:start + group], shape, n_symbols)
+                               for start in range(0, len(payloads), group)])
+    checksums, decoders = [], []
+    for payload in payloads:
+        if len(payload) < 4 or (len(payload) - 4) % 4:
+            raise CorruptStreamError(f"entropy-coded payload has an impossible length {len(payload)}")
+        checksums.append(struct.unpack_from("<I", payload)[0])
+        words = np.frombuffer(payload, "<u4", offset=4).astype(np.uint32)
+        decoders.append(constriction.stream.queue.RangeDecoder(words))
+    count = len(payloads)
+    skewed = _Skewed((count * channels, height, width))
+    coder = _Coder(channels, n_symbols, count)
     try:
         for row, lo, hi in skewed.steps():
-            decoded = coder.decode_step(decoder, *skewed.neighbours(row, lo, hi))
-            skewed.cells[:, row, lo + 1:hi + 1] = decoded.reshape(shape[0], hi - lo)
+            decoded = coder.decode_step(decoders, *skewed.neighbours(row, lo, hi))
+            skewed.cells[:, row, lo + 1:hi + 1] = decoded.reshape(count * channels, hi - lo)
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
-    symbols = np.ascontiguousarray(skewed.view)
-    if zlib.crc32(symbols.tobytes()) & 0xFFFFFFFF != checksum:
-        raise CorruptStreamError("entropy-coded payload is corrupt: symbol checksum mismatch")
+    symbols = np.ascontiguousarray(skewed.view).reshape(count, channels, height, width)
+    for k, (decoded, checksum) in enumerate(zip(symbols, checksums)):
+        if zlib.crc32(decoded.tobytes()) & 0xFFFFFFFF != checksum:
+            which = f" {k}" if count > 1 else ""
+            raise CorruptStreamError(f"entropy-coded payload{which} is corrupt: symbol checksum mismatch")
     return symbols

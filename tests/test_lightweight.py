@@ -10,7 +10,8 @@ import zstandard
 
 import featcodec
 from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip
-from featcodec.entropy import decode_symbols, encode_symbols
+from featcodec.container import Bitstream
+from featcodec.entropy import decode_symbol_maps, decode_symbols, encode_symbol_maps, encode_symbols
 from featcodec.errors import CorruptStreamError, FeatcodecError, InvalidInputError
 from featcodec.quantizer import (
     ActivationModel,
@@ -134,6 +135,50 @@ def test_entropy_coder_alphabets_and_odd_shapes(n_levels):
     for shape in [(1, 1, 1), (3, 1, 9), (2, 7, 1), (5, 13, 17)]:
         symbols = rng.integers(0, n_levels, shape).astype(np.uint8)
         np.testing.assert_array_equal(decode_symbols(encode_symbols(symbols, n_levels), shape, n_levels), symbols)
+
+
+@pytest.mark.parametrize("n_levels", [1, 3, 9, 16])
+def test_maps_coded_together_get_the_bytes_they_get_alone(n_levels, real_s4):
+    rng = np.random.default_rng(n_levels)
+    cases = [rng.integers(0, n_levels, (3, 5, 2, 9)).astype(np.uint8),
+             quantize(real_s4[:2, :16], uniform_quantizer(0.0, 1.5, n_levels)[0] if n_levels > 1 else [])]
+    for maps in cases:
+        payloads = encode_symbol_maps(maps, n_levels)
+        assert payloads == [encode_symbols(m, n_levels) for m in maps]
+        np.testing.assert_array_equal(decode_symbol_maps(payloads, maps.shape[1:], n_levels), maps)
+
+
+def test_maps_beyond_the_memory_bound_are_coded_in_several_passes(monkeypatch):
+    import featcodec.entropy
+
+    maps = np.random.default_rng(5).integers(0, 6, (5, 3, 9, 7)).astype(np.uint8)
+    together = encode_symbol_maps(maps, 6)
+    per_map = featcodec.entropy._maps_per_pass(3, 9, 7, 6)
+    monkeypatch.setattr(featcodec.entropy, "PASS_MEMORY", 2 * featcodec.entropy.PASS_MEMORY // per_map)
+    assert featcodec.entropy._maps_per_pass(3, 9, 7, 6) == 2
+    assert encode_symbol_maps(maps, 6) == together
+    np.testing.assert_array_equal(decode_symbol_maps(together, maps.shape[1:], 6), maps)
+
+
+def test_batch_decode_reports_a_corrupt_payload():
+    maps = np.random.default_rng(3).integers(0, 4, (3, 4, 8, 8)).astype(np.uint8)
+    payloads = encode_symbol_maps(maps, 4)
+    payloads[1] = payloads[1][:4] + bytes(len(payloads[1]) - 4)
+    with pytest.raises(CorruptStreamError):
+        decode_symbol_maps(payloads, maps.shape[1:], 4)
+
+
+def test_api_batches_lightweight_samples_without_changing_a_byte(real_s4):
+    codec = Lightweight(levels=4).calibrate(real_s4)
+    x = np.concatenate([real_s4, real_s4[:, ::-1]])[:, :8]  # more samples than one batch would hold
+    x = np.concatenate([x] * 5)
+    assert len(x) > codec.batch_size
+    blob = featcodec.encode(x, codec)
+    stream = Bitstream.parse(blob)
+    for i in (0, len(x) - 1):
+        assert stream.payload(i) == codec.encode(np.ascontiguousarray(x[i]))[0]
+    np.testing.assert_array_equal(featcodec.decode(blob), np.stack([codec.decode(stream.payload(i), x.shape[1:], {})
+                                                                    for i in range(len(x))]))
 
 
 def test_decoder_robustness():

@@ -1,6 +1,7 @@
 """The small interface every codec implements.
 
-A codec codes ONE sample, a float32 array of shape (C, H, W). The container
+A codec codes ONE sample, a float32 array of shape (C, H, W) (`encode_batch` may code
+several side by side, each into its own payload, when that is faster). The container
 (`featcodec.container`) handles batches, dtypes, layouts and the header; a codec
 only turns a sample into bytes plus a small JSON-safe dict of per-sample side
 information (normalisation range, clip points…) that the header records, and back.
@@ -38,6 +39,20 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, payload: bytes, shape: tuple[int, ...], info: dict[str, Any]) -> np.ndarray:
         """Rebuild a float32 array of `shape` from a payload and its side info."""
+
+    # Samples handed to `encode_batch` / `decode_batch` at a time by the API: enough to spread
+    # per-call overhead, few enough to keep memory bounded when streaming a large dataset.
+    batch_size: ClassVar[int] = 1
+
+    def encode_batch(self, samples: list[np.ndarray]) -> list[tuple[bytes, dict[str, Any]]]:
+        """`encode` for several samples; a codec overrides it when coding them together is faster.
+        Each payload must be exactly what `encode` gives for its sample alone."""
+        return [self.encode(sample) for sample in samples]
+
+    def decode_batch(self, payloads: list[bytes], shape: tuple[int, ...], infos: list[dict[str, Any]]
+                     ) -> list[np.ndarray]:
+        """`decode` for several payloads of one shape (see `encode_batch`)."""
+        return [self.decode(payload, shape, info) for payload, info in zip(payloads, infos)]
 
     @property
     def timings(self) -> Counter:
