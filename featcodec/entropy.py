@@ -101,11 +101,7 @@ class _Coder:
         head = ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
                 + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
         rest = np.minimum(left, REST_SIDE - 1).astype(np.int64) * REST_SIDE + np.minimum(top, REST_SIDE - 1)
-        if self.maps == 1:
-            shared = head.ravel()
-        else:
-            shared = (self.map_offsets + head).ravel()
-        return (self.channel_offsets + head).ravel(), shared, rest.ravel()
+        return (self.channel_offsets + head).ravel(), (self.map_offsets + head).ravel(), rest.ravel()
 
     def _rest_rows(self, escaped, run, rest_context):
         context = rest_context[escaped]
