@@ -86,7 +86,8 @@ def test_constant_and_signed_input(codec_id, params):
     check_encode_decode(codec, signed)
 
 
-@pytest.mark.parametrize("name", ["raw_v1", "raw_float16_zstd_v1", "uniform_v1", "lightweight_v1"])
+@pytest.mark.parametrize("name", ["raw_v1", "raw_float16_zstd_v1", "uniform_v1", "lightweight_v1",
+                                  "lightweight_signed_v1"])
 def test_backwards_compatibility(name):
     check_backwards_compatibility(name)
 

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 import featcodec
-from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip
+from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip, symbol_order
 from featcodec.container import Bitstream
 from featcodec.entropy import decode_symbol_maps, decode_symbols, encode_symbol_maps, encode_symbols
 from featcodec.errors import CorruptStreamError, FeatcodecError, InvalidInputError
@@ -179,6 +179,33 @@ def test_api_batches_lightweight_samples_without_changing_a_byte(real_s4):
         assert stream.payload(i) == codec.encode(np.ascontiguousarray(x[i]))[0]
     np.testing.assert_array_equal(featcodec.decode(blob), np.stack([codec.decode(stream.payload(i), x.shape[1:], {})
                                                                     for i in range(len(x))]))
+
+
+def test_signed_tables_code_the_zero_cell_first():
+    table = {"thresholds": [-2.0, -1.0, 0.5, 1.5, 2.5], "levels": [-3.0, -1.5, 0.0, 1.0, 2.0, 3.0]}
+    np.testing.assert_array_equal(symbol_order(table), np.arange(6))  # no "order": cell index, as before
+    zigzag = {**table, "order": "zigzag"}
+    # cell 2 holds 0: then 3 (above), 1 (below), 4, 0, and 5 alone once the lower side is spent
+    np.testing.assert_array_equal(symbol_order(zigzag), [4, 2, 0, 1, 3, 5])
+    relu = {"thresholds": [0.5, 1.5], "levels": [0.0, 1.0, 2.0]}
+    assert "order" not in Lightweight(levels=3).design(gaussian_through("relu", n=20_000).astype(np.float32))
+    np.testing.assert_array_equal(symbol_order(relu), np.arange(3))
+
+
+def test_signed_round_trip_respects_the_quantizer_and_old_tables():
+    x = gaussian_through("none", n=10_000).astype(np.float32).reshape(4, 50, 50)
+    codec = Lightweight(levels=7)
+    payload, table = codec.encode(x)
+    assert table["order"] == "zigzag"
+    cells = quantize(x, np.asarray(table["thresholds"], np.float32))
+    np.testing.assert_array_equal(codec.decode(payload, x.shape, table), np.asarray(table["levels"], np.float32)[cells])
+    # The same symbols coded in cell order (what a table without "order" means) decode differently:
+    # the key is what tells the two apart, and a table without it still decodes as before.
+    plain = {k: table[k] for k in ("thresholds", "levels")}
+    old = Lightweight(table=plain)
+    payload_old, _ = old.encode(x)
+    assert payload_old != payload
+    np.testing.assert_array_equal(old.decode(payload_old, x.shape, {}), codec.decode(payload, x.shape, table))
 
 
 def test_decoder_robustness():

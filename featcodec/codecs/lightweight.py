@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..entropy import decode_symbol_maps, encode_symbol_maps, encode_symbols
+from ..entropy import decode_symbol_maps, encode_symbol_maps
 from ..errors import CorruptStreamError, InvalidInputError
 from ..quantizer import (
     ActivationModel,
@@ -102,10 +102,12 @@ class Lightweight(Codec):
         if kind == "auto":
             kind = detect_activation(dist.sorted)
         if self.bpe is not None:
-            return self._search_rate(data, dist, kind, slope)
-        if self.snr is not None:
-            return self._search_snr(dist, kind, slope)
-        return self._design(dist, self.levels, kind, slope, self.lam)
+            table = self._search_rate(data, dist, kind, slope)
+        elif self.snr is not None:
+            table = self._search_snr(dist, kind, slope)
+        else:
+            table = self._design(dist, self.levels, kind, slope, self.lam)
+        return _zero_first(table)
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
@@ -191,7 +193,7 @@ class Lightweight(Codec):
             with self.stage("design"):
                 tables = [self.design(sample) for sample in samples]
         with self.stage("quantize"):
-            symbols = [quantize(s, np.asarray(t["thresholds"], np.float32)) for s, t in zip(samples, tables)]
+            symbols = [_symbols(s, t) for s, t in zip(samples, tables)]
         with self.stage("entropy_encode"):
             payloads = _by_alphabet(symbols, tables, lambda group, n: encode_symbol_maps(np.stack(group), n))
         return [(payload, {} if self.table else table) for payload, table in zip(payloads, tables)]
@@ -201,7 +203,43 @@ class Lightweight(Codec):
         with self.stage("entropy_decode"):
             symbols = _by_alphabet(payloads, tables, lambda group, n: list(decode_symbol_maps(group, tuple(shape), n)))
         with self.stage("dequantize"):
-            return [np.asarray(t["levels"], np.float32)[s] for s, t in zip(symbols, tables)]
+            return [_levels_by_symbol(t)[s] for s, t in zip(symbols, tables)]
+
+
+def symbol_order(table: dict) -> np.ndarray:
+    """The entropy coder's symbol for each quantizer cell.
+
+    The coder's first stage sees min(symbol, 3), so the likeliest cells should get the smallest
+    symbols. On ReLU maps cell 0 holds the zeros and cell order is already right. On signed maps
+    the likeliest cell is the one around 0, in the middle: tables marked ``"order": "zigzag"``
+    number cells by distance from it (0, +1, -1, +2, …; the longer side goes on alone), which on
+    the reference detector's S1 codes 15-25 % faster and up to 1 % smaller at 8-14 levels.
+    """
+    n = len(table["levels"])
+    if table.get("order") != "zigzag":
+        return np.arange(n, dtype=np.uint8)
+    zero = int(np.searchsorted(np.asarray(table["thresholds"], np.float64), 0.0, side="right"))
+    cells = sorted(range(n), key=lambda cell: (abs(cell - zero), cell < zero))
+    order = np.empty(n, np.uint8)
+    order[cells] = np.arange(n, dtype=np.uint8)
+    return order
+
+
+def _zero_first(table: dict) -> dict:
+    """Mark a table whose zero cell is not cell 0 for zigzag symbol order (see `symbol_order`)."""
+    if np.searchsorted(np.asarray(table["thresholds"], np.float64), 0.0, side="right") > 0:
+        return {**table, "order": "zigzag"}
+    return table
+
+
+def _levels_by_symbol(table: dict) -> np.ndarray:
+    return np.asarray(table["levels"], np.float32)[np.argsort(symbol_order(table))]
+
+
+def _symbols(sample: np.ndarray, table: dict) -> np.ndarray:
+    cells = quantize(sample, np.asarray(table["thresholds"], np.float32))
+    order = symbol_order(table)
+    return cells if (order == np.arange(len(order))).all() else order[cells]
 
 
 def _by_alphabet(items, tables, code):
@@ -225,7 +263,12 @@ def _check_table(table, error) -> dict[str, list[float]]:
         raise error(f"quantizer table has {len(levels)} levels and {len(thresholds)} thresholds")
     if not all(np.isfinite(thresholds + levels)) or any(np.diff(thresholds) < 0):
         raise error("quantizer table must be finite with increasing thresholds")
-    return {"thresholds": thresholds, "levels": levels}
+    checked = {"thresholds": thresholds, "levels": levels}
+    if "order" in table:
+        if table["order"] != "zigzag":
+            raise error(f"quantizer table order must be 'zigzag' when given, got {table['order']!r}")
+        checked["order"] = "zigzag"
+    return checked
 
 
 def _subsample(data: np.ndarray) -> np.ndarray:
@@ -291,6 +334,5 @@ def _rate_probe(data: np.ndarray) -> np.ndarray:
 
 
 def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]]) -> float:
-    thresholds = np.asarray(table["thresholds"], np.float32)
-    bits = sum(len(encode_symbols(quantize(s, thresholds), len(table["levels"]))) * 8 for s in probe)
-    return bits / probe.size
+    symbols = np.stack([_symbols(s, _zero_first(table)) for s in probe])
+    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]))) * 8 / probe.size

@@ -18,6 +18,8 @@ CASES = {
     # Real ReLU activations (a crop of S2 from the bundled demo dump), so that the context coder's
     # neighbourhoods and its second stage (symbols >= 3) are all in the bytes.
     "lightweight_v1": dict(method="lightweight", levels=6, source="S2"),
+    # Signed activations (S1): the quantizer table carries "order": "zigzag".
+    "lightweight_signed_v1": dict(method="lightweight", levels=7, source="S1"),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
