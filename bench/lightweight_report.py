@@ -3,11 +3,11 @@
     python bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 bench/results/lightweight.md
 
 For each split layer and setting (levels 2, 3, 4, 8, 16, the default SNR target, bpe 0.6 / 0.8
-with the uniform and the entropy-constrained quantizer),
-quantizers are calibrated on the training dump and applied to held-out samples. Reported: bits
-per element of the context coder, MSE, SNR, the same symbols' order-0 entropy, zstd -19 and
-brotli -q 11 sizes (the better of cell indices and the coder's symbol numbering), and single-core encode / decode throughput (MB/s of float32 input; median
-of 3 runs after a warm-up).
+with the uniform and the entropy-constrained quantizer), quantizers are calibrated on the
+training dump and applied to held-out samples. Reported: bits per element of the context coder,
+MSE, SNR, the same symbols' order-0 entropy, zstd -19 and brotli -q 11 sizes (the better of cell
+indices and the coder's symbol numbering), and single-core encode / decode throughput (MB/s of
+float32 input; median of 3 runs after a warm-up).
 """
 
 import json
