@@ -108,10 +108,12 @@ class _Coder:
         channel = escaped // run
         return channel * REST_CONTEXTS + context, channel // self.channels * REST_CONTEXTS + context
 
-    def _bounds(self, run, positions=None):
-        """Where each map's symbols start and end in a step (or in a sorted subset of it)."""
-        starts = np.arange(self.maps + 1) * (self.channels * run)
-        return starts if positions is None else np.searchsorted(positions, starts)
+    def _parts(self, run, positions=None) -> list[slice]:
+        """Each map's symbols in a step (or in a sorted subset of it), one slice per map."""
+        bounds = np.arange(self.maps + 1) * (self.channels * run)
+        if positions is not None:
+            bounds = np.searchsorted(positions, bounds)
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def encode_step(self, encoders, symbols, left, top, top_left, top_right) -> None:
         run = left.shape[1]
@@ -120,9 +122,8 @@ class _Coder:
         if self.head_n > 1:
             probabilities = self.head.probabilities(channel_head, shared_head)
             heads = head.astype(np.int32)
-            bounds = self._bounds(run)
-            for k, encoder in enumerate(encoders):
-                encoder.encode(heads[bounds[k]:bounds[k + 1]], self.family, probabilities[bounds[k]:bounds[k + 1]])
+            for encoder, part in zip(encoders, self._parts(run)):
+                encoder.encode(heads[part], self.family, probabilities[part])
         self.head.update(channel_head, shared_head, head)
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
@@ -131,11 +132,9 @@ class _Coder:
                 channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
                 rests = rest.astype(np.int32)
-                bounds = self._bounds(run, escaped)
-                for k, encoder in enumerate(encoders):
-                    if bounds[k + 1] > bounds[k]:
-                        encoder.encode(rests[bounds[k]:bounds[k + 1]], self.family,
-                                       probabilities[bounds[k]:bounds[k + 1]])
+                for encoder, part in zip(encoders, self._parts(run, escaped)):
+                    if part.stop > part.start:
+                        encoder.encode(rests[part], self.family, probabilities[part])
                 self.rest.update(channel_rest, shared_rest, rest)
 
     def decode_step(self, decoders, left, top, top_left, top_right) -> np.ndarray:
@@ -144,9 +143,8 @@ class _Coder:
         head = np.zeros(len(channel_head), np.int64)
         if self.head_n > 1:
             probabilities = self.head.probabilities(channel_head, shared_head)
-            bounds = self._bounds(run)
-            for k, decoder in enumerate(decoders):
-                head[bounds[k]:bounds[k + 1]] = decoder.decode(self.family, probabilities[bounds[k]:bounds[k + 1]])
+            for decoder, part in zip(decoders, self._parts(run)):
+                head[part] = decoder.decode(self.family, probabilities[part])
         self.head.update(channel_head, shared_head, head)
         symbols = head
         if self.rest is not None:
@@ -155,11 +153,9 @@ class _Coder:
                 channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
                 rest = np.zeros(escaped.size, np.int64)
-                bounds = self._bounds(run, escaped)
-                for k, decoder in enumerate(decoders):
-                    if bounds[k + 1] > bounds[k]:
-                        rest[bounds[k]:bounds[k + 1]] = decoder.decode(self.family,
-                                                                       probabilities[bounds[k]:bounds[k + 1]])
+                for decoder, part in zip(decoders, self._parts(run, escaped)):
+                    if part.stop > part.start:
+                        rest[part] = decoder.decode(self.family, probabilities[part])
                 self.rest.update(channel_rest, shared_rest, rest)
                 symbols = head.copy()
                 symbols[escaped] += rest

@@ -218,18 +218,21 @@ def symbol_order(table: dict) -> np.ndarray:
     n = len(table["levels"])
     if table.get("order") != "zigzag":
         return np.arange(n, dtype=np.uint8)
-    zero = int(np.searchsorted(np.asarray(table["thresholds"], np.float64), 0.0, side="right"))
+    zero = _zero_cell(table)
     cells = sorted(range(n), key=lambda cell: (abs(cell - zero), cell < zero))
     order = np.empty(n, np.uint8)
     order[cells] = np.arange(n, dtype=np.uint8)
     return order
 
 
+def _zero_cell(table: dict) -> int:
+    """The cell that 0 falls in (as `quantize` assigns it)."""
+    return int(np.searchsorted(np.asarray(table["thresholds"], np.float64), 0.0, side="right"))
+
+
 def _zero_first(table: dict) -> dict:
     """Mark a table whose zero cell is not cell 0 for zigzag symbol order (see `symbol_order`)."""
-    if np.searchsorted(np.asarray(table["thresholds"], np.float64), 0.0, side="right") > 0:
-        return {**table, "order": "zigzag"}
-    return table
+    return {**table, "order": "zigzag"} if _zero_cell(table) > 0 else table
 
 
 def _levels_by_symbol(table: dict) -> np.ndarray:
