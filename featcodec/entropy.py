@@ -51,7 +51,9 @@ class _Model:
     def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1):
         self.n = n_symbols
         self.contexts = contexts
-        self.channel_counts = np.zeros((channels * contexts, n_symbols), np.int64)
+        # Float64 counts (exact integers): the gathered rows need no conversion, and numpy's
+        # add.at is as fast on float64 as on int64.
+        self.channel_counts = np.zeros((channels * contexts, n_symbols), np.float64)
         self.channel_totals = np.zeros(channels * contexts, np.int64)
         self.shared_counts = np.zeros((maps * contexts, n_symbols), np.int64)
         self.shared_totals = np.zeros(maps * contexts, np.int64)
@@ -60,14 +62,16 @@ class _Model:
         # The shared estimate is small (maps × contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts + ALPHA
         shared *= (BETA / (self.shared_totals + self.n * ALPHA))[:, None]
-        own = self.channel_counts.take(channel_index, axis=0)
-        scale = 1.0 / (self.channel_totals.take(channel_index) + BETA)
-        return ((own + shared.take(shared_index, axis=0)) * scale[:, None]).astype(np.float32)
+        estimate = self.channel_counts.take(channel_index, axis=0)
+        estimate += shared.take(shared_index, axis=0)
+        # A repeated scale multiplies faster than a (m, 1) broadcast over rows of K ≤ 4.
+        estimate *= np.repeat(1.0 / (self.channel_totals.take(channel_index) + BETA), self.n).reshape(estimate.shape)
+        return estimate.astype(np.float32)
 
     def update(self, channel_index: np.ndarray, shared_index: np.ndarray, symbols: np.ndarray) -> None:
         # numpy ≥ 2 runs add.at on flat int64 indices fast; the shared tables are small enough
         # for a bincount.
-        np.add.at(self.channel_counts.reshape(-1), channel_index * self.n + symbols, 1)
+        np.add.at(self.channel_counts.reshape(-1), channel_index * self.n + symbols, 1.0)
         np.add.at(self.channel_totals, channel_index, 1)
         self.shared_counts += np.bincount(shared_index * self.n + symbols,
                                           minlength=self.shared_counts.size).reshape(self.shared_counts.shape)
@@ -93,15 +97,24 @@ class _Coder:
         self.channel_offsets = row * self.head.contexts
         self.map_offsets = row // channels * self.head.contexts
         self.channels = channels
+        # First-stage context of each packed neighbour pair (see `contexts`).
+        high, low = np.divmod(np.arange(256, dtype=np.int64), REST_SIDE)
+        self.left_top_part = (np.minimum(high, self.near - 1) * self.near
+                              + np.minimum(low, self.near - 1)) * self.far * self.far
+        self.diagonal_part = np.minimum(high, self.far - 1) * self.far + np.minimum(low, self.far - 1)
 
     def contexts(self, left, top, top_left, top_right):
         """Flat per-(channel, context) rows and per-(map, context) shared rows of the first stage,
-        and the second stage's context; the neighbours are (maps·C, m) runs of one step."""
-        near, far = self.near - 1, self.far - 1
-        head = ((np.minimum(left, near).astype(np.int64) * self.near + np.minimum(top, near)) * self.far
-                + np.minimum(top_left, far)) * self.far + np.minimum(top_right, far)
-        rest = np.minimum(left, REST_SIDE - 1).astype(np.int64) * REST_SIDE + np.minimum(top, REST_SIDE - 1)
-        return (self.channel_offsets + head).ravel(), (self.map_offsets + head).ravel(), rest.ravel()
+        and the second stage's context; the neighbours are (maps·C, m) runs of one step.
+
+        Symbols are < 16, so each neighbour pair packs into one byte (`_pair`); a lookup per pair
+        then gives its capped part of the context: four cheap uint8 passes and two lookups
+        instead of a dozen int64 passes. The (left, top) pair is the second stage's context."""
+        left_top = _pair(left, top)
+        head = self.left_top_part.take(left_top)
+        head += self.diagonal_part.take(_pair(top_left, top_right))
+        shared = (self.map_offsets + head).ravel() if self.maps > 1 else head.ravel()
+        return (self.channel_offsets + head).ravel(), shared, left_top.ravel()
 
     def _rest_rows(self, escaped, run, rest_context):
         context = rest_context[escaped]
@@ -160,6 +173,13 @@ class _Coder:
                 symbols = head.copy()
                 symbols[escaped] += rest
         return symbols
+
+
+def _pair(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Two arrays of symbols < 16 packed into one uint8 array (REST_SIDE · high + low)."""
+    packed = high << 4
+    packed |= low
+    return packed
 
 
 class _Skewed:
