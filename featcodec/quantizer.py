@@ -186,8 +186,39 @@ def optimal_clip(model: ActivationModel, n_levels: int) -> tuple[float, float]:
 
 
 def quantize(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Cell index of every value (uint8): thresholds are the upper bounds of cells 0…L-2."""
-    return np.searchsorted(np.asarray(thresholds, values.dtype), values, side="right").astype(np.uint8)
+    """Cell index of every value (uint8): thresholds are the upper bounds of cells 0…L-2.
+
+    The index is the number of thresholds at or below the value (what ``searchsorted(...,
+    side="right")`` gives); one comparison pass per threshold is 4-15x faster than a binary
+    search per value for the ≤ 15 thresholds a quantizer has.
+    """
+    cells = np.zeros(np.shape(values), np.uint8)
+    for threshold in np.asarray(thresholds, values.dtype).ravel():
+        cells += values >= threshold
+    return cells
+
+
+def lookup(table: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``table[cells]`` for uint8 `cells`, two cells per lookup.
+
+    A (256·256, 2) table of every pair of entries is gathered with the cells read as uint16:
+    half the gathers of ``table[cells]`` and no widening of the indices (3-4x faster).
+
+    >>> lookup(np.array([0.0, 0.5, 2.0], np.float32), np.array([[2, 0, 1]], np.uint8))
+    array([[2. , 0. , 0.5]], dtype=float32)
+    """
+    cells = np.ascontiguousarray(cells, np.uint8)
+    if cells.size % 2:
+        return table[cells]
+    full = np.zeros(256, table.dtype)
+    full[:len(table)] = table
+    low, high = np.divmod(np.arange(65536), 256)[::-1]
+    if np.little_endian:
+        pairs = np.stack([full[low], full[high]], axis=1)
+    else:
+        pairs = np.stack([full[high], full[low]], axis=1)
+    values = pairs.view(np.dtype((np.void, 2 * table.itemsize))).ravel()
+    return values.take(cells.reshape(-1).view(np.uint16)).view(table.dtype).reshape(cells.shape)
 
 
 def design_ecsq(values: np.ndarray, lo: float, hi: float, n_levels: int, lam: float,

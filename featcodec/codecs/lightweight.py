@@ -31,6 +31,7 @@ from ..quantizer import (
     ActivationModel,
     design_ecsq,
     detect_activation,
+    lookup,
     optimal_clip,
     parse_activation,
     quantize,
@@ -203,7 +204,7 @@ class Lightweight(Codec):
         with self.stage("entropy_decode"):
             symbols = _by_alphabet(payloads, tables, lambda group, n: list(decode_symbol_maps(group, tuple(shape), n)))
         with self.stage("dequantize"):
-            return [_levels_by_symbol(t)[s] for s, t in zip(symbols, tables)]
+            return [lookup(_levels_by_symbol(t), s) for s, t in zip(symbols, tables)]
 
 
 def symbol_order(table: dict) -> np.ndarray:
@@ -242,7 +243,7 @@ def _levels_by_symbol(table: dict) -> np.ndarray:
 def _symbols(sample: np.ndarray, table: dict) -> np.ndarray:
     cells = quantize(sample, np.asarray(table["thresholds"], np.float32))
     order = symbol_order(table)
-    return cells if (order == np.arange(len(order))).all() else order[cells]
+    return cells if (order == np.arange(len(order))).all() else lookup(order, cells)
 
 
 def _by_alphabet(items, tables, code):
