@@ -152,12 +152,22 @@ def test_maps_beyond_the_memory_bound_are_coded_in_several_passes(monkeypatch):
     import featcodec.entropy
 
     maps = np.random.default_rng(5).integers(0, 6, (5, 3, 9, 7)).astype(np.uint8)
+    monkeypatch.setattr(featcodec.entropy, "PASS_CHANNELS", 10**9)  # only memory bounds a pass
+    assert featcodec.entropy._maps_per_pass(3, 9, 7, 6) >= 5
     together = encode_symbol_maps(maps, 6)
     per_map = featcodec.entropy._maps_per_pass(3, 9, 7, 6)
     monkeypatch.setattr(featcodec.entropy, "PASS_MEMORY", 2 * featcodec.entropy.PASS_MEMORY // per_map)
     assert featcodec.entropy._maps_per_pass(3, 9, 7, 6) == 2
     assert encode_symbol_maps(maps, 6) == together
     np.testing.assert_array_equal(decode_symbol_maps(together, maps.shape[1:], 6), maps)
+
+
+def test_maps_with_many_channels_are_coded_a_few_per_pass(monkeypatch):
+    import featcodec.entropy
+
+    assert featcodec.entropy._maps_per_pass(128, 128, 128, 4) == 2
+    assert featcodec.entropy._maps_per_pass(24, 128, 128, 4) == 10
+    assert featcodec.entropy._maps_per_pass(512, 8, 8, 4) == 1
 
 
 def test_batch_decode_reports_a_corrupt_payload():
