@@ -47,6 +47,12 @@ PASS_MEMORY = 256 << 20  # bound on what maps coded together may allocate
 PASS_CHANNELS = 256
 
 
+def _by_row(scale: np.ndarray, width: int) -> np.ndarray:
+    """`scale` repeated across rows of `width`: multiplies a (m, width) array faster than the
+    (m, 1) broadcast does when rows are as short as ours, with the same products."""
+    return np.repeat(scale, width).reshape(-1, width)
+
+
 class _Model:
     """Adaptive counts for one alphabet, per channel and context, with a back-off shared by the
     channels of one map. Channel rows of several maps coded together are stacked; each map
@@ -65,11 +71,10 @@ class _Model:
     def probabilities(self, channel_index: np.ndarray, shared_index: np.ndarray) -> np.ndarray:
         # The shared estimate is small (maps × contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts + ALPHA
-        shared *= (BETA / (self.shared_totals + self.n * ALPHA))[:, None]
+        shared *= _by_row(BETA / (self.shared_totals + self.n * ALPHA), self.n)
         estimate = self.channel_counts.take(channel_index, axis=0)
         estimate += shared.take(shared_index, axis=0)
-        # A repeated scale multiplies faster than a (m, 1) broadcast over rows of K ≤ 4.
-        estimate *= np.repeat(1.0 / (self.channel_totals.take(channel_index) + BETA), self.n).reshape(estimate.shape)
+        estimate *= _by_row(1.0 / (self.channel_totals.take(channel_index) + BETA), self.n)
         return estimate.astype(np.float32)
 
     def update(self, channel_index: np.ndarray, shared_index: np.ndarray, symbols: np.ndarray) -> None:
@@ -135,33 +140,33 @@ class _Coder:
     def encode_step(self, encoders, symbols, left, top, top_left, top_right) -> None:
         run = left.shape[1]
         channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
-        head = np.minimum(symbols, self.head_n - 1).astype(np.int64)
+        head = (symbols if self.n <= HEAD else np.minimum(symbols, HEAD - 1)).astype(np.int32)
         if self.head_n > 1:
             probabilities = self.head.probabilities(channel_head, shared_head)
-            heads = head.astype(np.int32)
             for encoder, part in zip(encoders, self._parts(run)):
-                encoder.encode(heads[part], self.family, probabilities[part])
+                encoder.encode(head[part], self.family, probabilities[part])
         self.head.update(channel_head, shared_head, head)
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
             if escaped.size:
-                rest = symbols[escaped].astype(np.int64) - (HEAD - 1)
+                rest = symbols[escaped].astype(np.int32) - (HEAD - 1)
                 channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
-                rests = rest.astype(np.int32)
                 for encoder, part in zip(encoders, self._parts(run, escaped)):
-                    if part.stop > part.start:
-                        encoder.encode(rests[part], self.family, probabilities[part])
+                    encoder.encode(rest[part], self.family, probabilities[part])
                 self.rest.update(channel_rest, shared_rest, rest)
 
     def decode_step(self, decoders, left, top, top_left, top_right) -> np.ndarray:
         run = left.shape[1]
         channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
-        head = np.zeros(len(channel_head), np.int64)
-        if self.head_n > 1:
+        if self.head_n == 1:
+            head = np.zeros(len(channel_head), np.int32)
+        elif self.maps == 1:
+            head = decoders[0].decode(self.family, self.head.probabilities(channel_head, shared_head))
+        else:
             probabilities = self.head.probabilities(channel_head, shared_head)
-            for decoder, part in zip(decoders, self._parts(run)):
-                head[part] = decoder.decode(self.family, probabilities[part])
+            head = np.concatenate([decoder.decode(self.family, probabilities[part])
+                                   for decoder, part in zip(decoders, self._parts(run))])
         self.head.update(channel_head, shared_head, head)
         symbols = head
         if self.rest is not None:
@@ -169,10 +174,8 @@ class _Coder:
             if escaped.size:
                 channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
-                rest = np.zeros(escaped.size, np.int64)
-                for decoder, part in zip(decoders, self._parts(run, escaped)):
-                    if part.stop > part.start:
-                        rest[part] = decoder.decode(self.family, probabilities[part])
+                rest = np.concatenate([decoder.decode(self.family, probabilities[part])
+                                       for decoder, part in zip(decoders, self._parts(run, escaped))])
                 self.rest.update(channel_rest, shared_rest, rest)
                 symbols = head.copy()
                 symbols[escaped] += rest
