@@ -55,8 +55,9 @@ def main(train_path, heldout_path, output):
                 payloads, encode_time = timed(lambda codec=codec, x=x: [codec.encode(s)[0] for s in x])
                 decoded, decode_time = timed(lambda codec=codec, x=x, payloads=payloads:
                                              [codec.decode(p, s.shape, {}) for p, s in zip(payloads, x)])
-                for s, d in zip(symbols, (decode_symbols(p, s.shape, n) for p, s in zip(payloads, symbols))):
-                    assert np.array_equal(s, d)
+                version = table.get("coder", 1)
+                for s, p in zip(symbols, payloads):
+                    assert np.array_equal(s, decode_symbols(p, s.shape, n, version))
                 elements = x.size
                 stack = np.stack(symbols)
                 p = np.bincount(stack.ravel(), minlength=n) / stack.size

@@ -20,7 +20,13 @@ tensor as it is coded, with no side information:
   coder, so each payload is exactly that of the map coded alone while numpy's per-step cost is
   paid once: the API hands the lightweight codec up to 8 samples at a time.
 
-Payload: CRC32 of the symbols (uint32), then the range coder's 32-bit words.
+* version 2 (the default) first codes one bit per map: whether its empty 8 × 8 blocks are
+  skipped. When a third or more of them are empty (sparse layers), a binary map of block flags
+  is coded first (one version-1 pass over a map 64x smaller) and the symbol pass codes only the
+  positions of flagged blocks: fewer symbols for numpy and for the range coder alike.
+
+Payload: CRC32 of the symbols (uint32), then the range coder's 32-bit words. docs/FORMAT.md
+gives the layout of both versions.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ PASS_MEMORY = 256 << 20  # bound on what maps coded together may allocate
 # already small and larger count tables only miss the cache (S4, 128 channels: 1 map per pass
 # decodes at 104 MB/s, 8 maps at 86; S1, 24 channels: 62 -> 87 MB/s with 8 maps).
 PASS_CHANNELS = 256
+VERSION = 2  # payload layout written by default (version 1: no block mode, see the module doc)
+BLOCK = 8  # side of the blocks a version-2 payload skips when they hold only zeros (8: see _block_flags)
+# A map skips its empty blocks when at least this fraction of them is empty: below it the
+# flags and the per-step selection cost more than the symbols they save.
+SKIP_FROM = 1 / 3
 
 
 def _by_row(scale: np.ndarray, width: int) -> np.ndarray:
@@ -125,9 +136,8 @@ class _Coder:
         shared = (self.map_offsets + head).ravel() if self.maps > 1 else head.ravel()
         return (self.channel_offsets + head).ravel(), shared, left_top.ravel()
 
-    def _rest_rows(self, escaped, run, rest_context):
-        context = rest_context[escaped]
-        channel = escaped // run
+    def _rest_rows(self, positions, run, context):
+        channel = positions // run
         return channel * REST_CONTEXTS + context, channel // self.channels * REST_CONTEXTS + context
 
     def _parts(self, run, positions=None) -> list[slice]:
@@ -137,28 +147,42 @@ class _Coder:
             bounds = np.searchsorted(positions, bounds)
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def encode_step(self, encoders, symbols, left, top, top_left, top_right) -> None:
-        run = left.shape[1]
-        channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
+    def _select(self, neighbours, active):
+        """Contexts of a step's positions and, when only the `active` ones are coded, which."""
+        contexts = self.contexts(*neighbours)
+        if active is None:
+            return None, contexts
+        positions = np.flatnonzero(active)
+        return positions, [c.take(positions) for c in contexts]
+
+    def encode_step(self, encoders, symbols, neighbours, active=None) -> None:
+        """Code one step: `symbols` and `active` (mask of the positions to code, or None for
+        all) are flat (maps·C·m,) runs, `neighbours` the four (maps·C, m) neighbour runs."""
+        run = neighbours[0].shape[1]
+        positions, (channel_head, shared_head, rest_context) = self._select(neighbours, active)
+        if positions is not None:
+            symbols = symbols.take(positions)
         head = (symbols if self.n <= HEAD else np.minimum(symbols, HEAD - 1)).astype(np.int32)
         if self.head_n > 1:
             probabilities = self.head.probabilities(channel_head, shared_head)
-            for encoder, part in zip(encoders, self._parts(run)):
+            for encoder, part in zip(encoders, self._parts(run, positions)):
                 encoder.encode(head[part], self.family, probabilities[part])
         self.head.update(channel_head, shared_head, head)
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
             if escaped.size:
                 rest = symbols[escaped].astype(np.int32) - (HEAD - 1)
-                channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
+                where = escaped if positions is None else positions[escaped]
+                channel_rest, shared_rest = self._rest_rows(where, run, rest_context[escaped])
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
-                for encoder, part in zip(encoders, self._parts(run, escaped)):
+                for encoder, part in zip(encoders, self._parts(run, where)):
                     encoder.encode(rest[part], self.family, probabilities[part])
                 self.rest.update(channel_rest, shared_rest, rest)
 
-    def decode_step(self, decoders, left, top, top_left, top_right) -> np.ndarray:
-        run = left.shape[1]
-        channel_head, shared_head, rest_context = self.contexts(left, top, top_left, top_right)
+    def decode_step(self, decoders, neighbours, active=None) -> np.ndarray:
+        """Inverse of `encode_step`: the step's (maps·C·m,) symbols, 0 where not active."""
+        run = neighbours[0].shape[1]
+        positions, (channel_head, shared_head, rest_context) = self._select(neighbours, active)
         if self.head_n == 1:
             head = np.zeros(len(channel_head), np.int32)
         elif self.maps == 1:
@@ -166,20 +190,25 @@ class _Coder:
         else:
             probabilities = self.head.probabilities(channel_head, shared_head)
             head = np.concatenate([decoder.decode(self.family, probabilities[part])
-                                   for decoder, part in zip(decoders, self._parts(run))])
+                                   for decoder, part in zip(decoders, self._parts(run, positions))])
         self.head.update(channel_head, shared_head, head)
         symbols = head
         if self.rest is not None:
             escaped = np.flatnonzero(head == HEAD - 1)
             if escaped.size:
-                channel_rest, shared_rest = self._rest_rows(escaped, run, rest_context)
+                where = escaped if positions is None else positions[escaped]
+                channel_rest, shared_rest = self._rest_rows(where, run, rest_context[escaped])
                 probabilities = self.rest.probabilities(channel_rest, shared_rest)
                 rest = np.concatenate([decoder.decode(self.family, probabilities[part])
-                                       for decoder, part in zip(decoders, self._parts(run, escaped))])
+                                       for decoder, part in zip(decoders, self._parts(run, where))])
                 self.rest.update(channel_rest, shared_rest, rest)
                 symbols = head.copy()
                 symbols[escaped] += rest
-        return symbols
+        if positions is None:
+            return symbols
+        every = np.zeros(active.size, np.int32)
+        every[positions] = symbols
+        return every
 
 
 def _pair(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -231,29 +260,42 @@ def _check_alphabet(n_symbols: int) -> None:
         raise ValueError(f"n_symbols must be 1..{MAX_SYMBOLS}")
 
 
-def encode_symbols(symbols: np.ndarray, n_symbols: int) -> bytes:
+def _check_version(version: int) -> None:
+    if version not in (1, 2):
+        raise ValueError(f"unknown entropy coder version {version!r}")
+
+
+def encode_symbols(symbols: np.ndarray, n_symbols: int, version: int = VERSION) -> bytes:
     """Code a (C, H, W) uint8 map of symbols < `n_symbols` (≤ 16)."""
-    return encode_symbol_maps(symbols[None], n_symbols)[0]
+    return encode_symbol_maps(symbols[None], n_symbols, version)[0]
 
 
-def encode_symbol_maps(maps: np.ndarray, n_symbols: int) -> list[bytes]:
+def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION) -> list[bytes]:
     """Code N (C, H, W) maps at once, one payload each, byte for byte what `encode_symbols`
     gives for each map alone: one wavefront pass serves them all, which spreads numpy's
     per-step overhead over N maps (a large gain for maps with few channels)."""
     import constriction
 
     _check_alphabet(n_symbols)
+    _check_version(version)
     maps = np.asarray(maps, np.uint8)
     count, channels, height, width = maps.shape
     group = _maps_per_pass(channels, height, width, n_symbols)
     if count > group:
-        return [p for start in range(0, count, group) for p in encode_symbol_maps(maps[start:start + group], n_symbols)]
-    skewed = _Skewed((count * channels, height, width))
-    skewed.view[...] = maps.reshape(count * channels, height, width)
-    coder = _Coder(channels, n_symbols, count)
+        return [p for start in range(0, count, group)
+                for p in encode_symbol_maps(maps[start:start + group], n_symbols, version)]
     encoders = [constriction.stream.queue.RangeEncoder() for _ in range(count)]
-    for row, lo, hi in skewed.steps():
-        coder.encode_step(encoders, skewed.cells[:, row, lo + 1:hi + 1].ravel(), *skewed.neighbours(row, lo, hi))
+    active = None
+    if version >= 2:
+        flags = _block_flags(maps)
+        skips = (flags == 0).mean(axis=(1, 2, 3)) >= SKIP_FROM
+        for encoder, skip in zip(encoders, skips):
+            encoder.encode(np.array([skip], np.int32), _family(), _HALVES)
+        if skips.any():
+            _encode_pass(flags[skips], 2, [e for e, skip in zip(encoders, skips) if skip])
+            flags[~skips] = 1
+            active = _active_cells(flags, (height, width))
+    _encode_pass(maps, n_symbols, encoders, active)
     payloads = []
     for symbols, encoder in zip(maps, encoders):
         checksum = zlib.crc32(np.ascontiguousarray(symbols).tobytes()) & 0xFFFFFFFF
@@ -261,21 +303,23 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int) -> list[bytes]:
     return payloads
 
 
-def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int) -> np.ndarray:
+def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int, version: int = VERSION) -> np.ndarray:
     """Inverse of `encode_symbols`; a corrupt payload raises `CorruptStreamError`."""
-    return decode_symbol_maps([payload], shape, n_symbols)[0]
+    return decode_symbol_maps([payload], shape, n_symbols, version)[0]
 
 
-def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_symbols: int) -> np.ndarray:
+def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_symbols: int,
+                       version: int = VERSION) -> np.ndarray:
     """Inverse of `encode_symbol_maps`: (N, C, H, W) symbols. A corrupt payload raises
     `CorruptStreamError`."""
     import constriction
 
     _check_alphabet(n_symbols)
+    _check_version(version)
     channels, height, width = shape
     group = _maps_per_pass(channels, height, width, n_symbols)
     if len(payloads) > group:
-        return np.concatenate([decode_symbol_maps(payloads[start:start + group], shape, n_symbols)
+        return np.concatenate([decode_symbol_maps(payloads[start:start + group], shape, n_symbols, version)
                                for start in range(0, len(payloads), group)])
     checksums, decoders = [], []
     for payload in payloads:
@@ -285,17 +329,78 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
         words = np.frombuffer(payload, "<u4", offset=4).astype(np.uint32)
         decoders.append(constriction.stream.queue.RangeDecoder(words))
     count = len(payloads)
-    skewed = _Skewed((count * channels, height, width))
-    coder = _Coder(channels, n_symbols, count)
     try:
-        for row, lo, hi in skewed.steps():
-            decoded = coder.decode_step(decoders, *skewed.neighbours(row, lo, hi))
-            skewed.cells[:, row, lo + 1:hi + 1] = decoded.reshape(count * channels, hi - lo)
+        active = None
+        if version >= 2:
+            skips = np.array([decoder.decode(_family(), _HALVES)[0] == 1 for decoder in decoders])
+            if skips.any():
+                flags = np.ones((count, channels, -(-height // BLOCK), -(-width // BLOCK)), np.uint8)
+                flags[skips] = _decode_pass([d for d, skip in zip(decoders, skips) if skip], flags.shape[1:], 2)
+                active = _active_cells(flags, (height, width))
+        symbols = _decode_pass(decoders, shape, n_symbols, active)
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
-    symbols = np.ascontiguousarray(skewed.view).reshape(count, channels, height, width)
     for k, (decoded, checksum) in enumerate(zip(symbols, checksums)):
         if zlib.crc32(decoded.tobytes()) & 0xFFFFFFFF != checksum:
             which = f" {k}" if count > 1 else ""
             raise CorruptStreamError(f"entropy-coded payload{which} is corrupt: symbol checksum mismatch")
     return symbols
+
+
+def _encode_pass(maps: np.ndarray, n_symbols: int, encoders, active: _Skewed | None = None) -> None:
+    """One wavefront pass over N (C, H, W) maps, one encoder each, coding only the `active`
+    positions (skewed mask) when given."""
+    count, channels, height, width = maps.shape
+    skewed = _Skewed((count * channels, height, width))
+    skewed.view[...] = maps.reshape(count * channels, height, width)
+    coder = _Coder(channels, n_symbols, count)
+    for row, lo, hi in skewed.steps():
+        mask = None if active is None else active.cells[:, row, lo + 1:hi + 1].ravel()
+        coder.encode_step(encoders, skewed.cells[:, row, lo + 1:hi + 1].ravel(), skewed.neighbours(row, lo, hi), mask)
+
+
+def _decode_pass(decoders, shape: tuple[int, int, int], n_symbols: int, active: _Skewed | None = None) -> np.ndarray:
+    """Inverse of `_encode_pass`: (N, C, H, W) symbols, 0 where not active."""
+    channels, height, width = shape
+    count = len(decoders)
+    skewed = _Skewed((count * channels, height, width))
+    coder = _Coder(channels, n_symbols, count)
+    for row, lo, hi in skewed.steps():
+        mask = None if active is None else active.cells[:, row, lo + 1:hi + 1].ravel()
+        decoded = coder.decode_step(decoders, skewed.neighbours(row, lo, hi), mask)
+        skewed.cells[:, row, lo + 1:hi + 1] = decoded.reshape(count * channels, hi - lo)
+    return np.ascontiguousarray(skewed.view).reshape(count, channels, height, width)
+
+
+def _block_flags(maps: np.ndarray) -> np.ndarray:
+    """(N, C, ⌈H/B⌉, ⌈W/B⌉) uint8: 1 where a BLOCK × BLOCK block holds a non-zero symbol."""
+    count, channels, height, width = maps.shape
+    rows, columns = -(-height // BLOCK), -(-width // BLOCK)
+    if (height, width) == (rows * BLOCK, columns * BLOCK):
+        padded = np.ascontiguousarray(maps)
+    else:
+        padded = np.zeros((count, channels, rows * BLOCK, columns * BLOCK), np.uint8)
+        padded[:, :, :height, :width] = maps
+    # The 8 symbols of a block's row read as one uint64: a reduction over 8 strided rows
+    # instead of numpy's slow reduction over short inner axes.
+    row_nonzero = padded.view(np.uint64) != 0
+    return row_nonzero.reshape(count, channels, rows, BLOCK, columns).any(axis=3).astype(np.uint8)
+
+
+def _active_cells(flags: np.ndarray, size: tuple[int, int]) -> _Skewed:
+    """The positions of flagged blocks, as a skewed mask to slice step by step."""
+    count, channels = flags.shape[:2]
+    height, width = size
+    every = flags.repeat(BLOCK, axis=2).repeat(BLOCK, axis=3)[:, :, :height, :width]
+    active = _Skewed((count * channels, height, width))
+    active.view[...] = every.reshape(count * channels, height, width)
+    return active
+
+
+def _family():
+    import constriction
+
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+_HALVES = np.array([[0.5, 0.5]], np.float32)  # the model of a payload's one-bit block mode

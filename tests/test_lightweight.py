@@ -3,12 +3,14 @@
 import json
 from pathlib import Path
 
+import constriction
 import h5py
 import numpy as np
 import pytest
 import zstandard
 
 import featcodec
+import featcodec.entropy
 from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip, symbol_order
 from featcodec.container import Bitstream
 from featcodec.entropy import decode_symbol_maps, decode_symbols, encode_symbol_maps, encode_symbols
@@ -129,23 +131,58 @@ def test_context_coder_beats_order0_and_zstd(real_s4):
         np.testing.assert_array_equal(decode_symbols(encode_symbols(symbols, n_levels), x.shape, n_levels), symbols)
 
 
+def _sparse(rng, shape, n_levels, density=0.02):
+    """Symbols that are 0 but in a few spots: most 8 x 8 blocks are empty."""
+    return (rng.random(shape) < density) * rng.integers(0, n_levels, shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("n_levels", [1, 2, 16])
-def test_entropy_coder_alphabets_and_odd_shapes(n_levels):
+def test_entropy_coder_alphabets_and_odd_shapes(n_levels, version):
     rng = np.random.default_rng(n_levels)
-    for shape in [(1, 1, 1), (3, 1, 9), (2, 7, 1), (5, 13, 17)]:
-        symbols = rng.integers(0, n_levels, shape).astype(np.uint8)
-        np.testing.assert_array_equal(decode_symbols(encode_symbols(symbols, n_levels), shape, n_levels), symbols)
+    for shape in [(1, 1, 1), (3, 1, 9), (2, 7, 1), (5, 13, 17), (2, 17, 40)]:
+        for symbols in (rng.integers(0, n_levels, shape).astype(np.uint8), _sparse(rng, shape, n_levels)):
+            payload = encode_symbols(symbols, n_levels, version)
+            np.testing.assert_array_equal(decode_symbols(payload, shape, n_levels, version), symbols)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("n_levels", [1, 3, 9, 16])
-def test_maps_coded_together_get_the_bytes_they_get_alone(n_levels, real_s4):
+def test_maps_coded_together_get_the_bytes_they_get_alone(n_levels, version, real_s4):
     rng = np.random.default_rng(n_levels)
-    cases = [rng.integers(0, n_levels, (3, 5, 2, 9)).astype(np.uint8),
+    sparse_and_dense = np.concatenate([_sparse(rng, (2, 5, 20, 19), n_levels),
+                                       rng.integers(0, n_levels, (2, 5, 20, 19)).astype(np.uint8)])
+    cases = [rng.integers(0, n_levels, (3, 5, 2, 9)).astype(np.uint8), sparse_and_dense[[0, 2, 1, 3]],
              quantize(real_s4[:2, :16], uniform_quantizer(0.0, 1.5, n_levels)[0] if n_levels > 1 else [])]
     for maps in cases:
-        payloads = encode_symbol_maps(maps, n_levels)
-        assert payloads == [encode_symbols(m, n_levels) for m in maps]
-        np.testing.assert_array_equal(decode_symbol_maps(payloads, maps.shape[1:], n_levels), maps)
+        payloads = encode_symbol_maps(maps, n_levels, version)
+        assert payloads == [encode_symbols(m, n_levels, version) for m in maps]
+        np.testing.assert_array_equal(decode_symbol_maps(payloads, maps.shape[1:], n_levels, version), maps)
+
+
+def test_version_2_skips_empty_blocks_of_sparse_maps_only(real_s4):
+    rng = np.random.default_rng(7)
+    sparse = _sparse(rng, (16, 64, 64), 4, density=0.002)
+    dense = rng.integers(0, 4, (16, 64, 64)).astype(np.uint8)
+    for symbols, skips in ((sparse, True), (dense, False)):
+        first_bit = constriction.stream.queue.RangeDecoder(
+            np.frombuffer(encode_symbols(symbols, 4, 2), "<u4", offset=4).astype(np.uint32))
+        assert bool(first_bit.decode(featcodec.entropy._family(), featcodec.entropy._HALVES)[0]) == skips
+    # A dense map pays at most one word for the mode bit; a sparse one is no larger for its flags.
+    assert len(encode_symbols(dense, 4, 2)) - len(encode_symbols(dense, 4, 1)) <= 4
+    assert len(encode_symbols(sparse, 4, 2)) <= len(encode_symbols(sparse, 4, 1))
+    # Real S4 (the reference detector's sparse layer): about as small as version 1.
+    symbols = quantize(real_s4[0], uniform_quantizer(0.0, 1.5, 4)[0])
+    assert len(encode_symbols(symbols, 4, 2)) < 1.03 * len(encode_symbols(symbols, 4, 1))
+
+
+def test_block_flags_mark_blocks_with_a_non_zero_symbol():
+    maps = np.zeros((1, 2, 17, 9), np.uint8)
+    maps[0, 0, 16, 8] = 3  # the last, partial block of channel 0
+    maps[0, 1, 7, 0] = 1
+    flags = featcodec.entropy._block_flags(maps)
+    assert flags.shape == (1, 2, 3, 2)
+    assert flags.sum() == 2 and flags[0, 0, 2, 1] == 1 and flags[0, 1, 0, 0] == 1
 
 
 def test_maps_beyond_the_memory_bound_are_coded_in_several_passes(monkeypatch):
@@ -218,21 +255,37 @@ def test_signed_round_trip_respects_the_quantizer_and_old_tables():
     np.testing.assert_array_equal(old.decode(payload_old, x.shape, {}), codec.decode(payload, x.shape, table))
 
 
-def test_decoder_robustness():
-    symbols = np.random.default_rng(0).integers(0, 4, (8, 16, 16)).astype(np.uint8)
-    payload = encode_symbols(symbols, 4)
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decoder_robustness(version, sparse):
+    rng = np.random.default_rng(0)
+    symbols = _sparse(rng, (8, 32, 32), 4) if sparse else rng.integers(0, 4, (8, 16, 16)).astype(np.uint8)
+    payload = encode_symbols(symbols, 4, version)
     for cut in range(0, len(payload), max(1, len(payload) // 25)):
         with pytest.raises(FeatcodecError):
-            decode_symbols(payload[:cut], symbols.shape, 4)
+            decode_symbols(payload[:cut], symbols.shape, 4, version)
     for _ in range(25):
         garbage = rng.integers(0, 256, len(payload)).astype(np.uint8).tobytes()
         with pytest.raises(FeatcodecError):
-            decode_symbols(garbage, symbols.shape, 4)
+            decode_symbols(garbage, symbols.shape, 4, version)
     codec = Lightweight(levels=4)
     payload, table = codec.encode(symbols.astype(np.float32))
     with pytest.raises(CorruptStreamError):
         codec.decode(payload, symbols.shape, {"thresholds": "x"})
+    with pytest.raises(CorruptStreamError, match="coder"):
+        codec.decode(payload, symbols.shape, {**table, "coder": 3})
+
+
+def test_tables_record_the_coder_version_and_old_tables_decode_as_version_1(real_s4):
+    x = real_s4[0, :8]
+    codec = Lightweight(levels=4)
+    payload, table = codec.encode(x)
+    assert table["coder"] == featcodec.entropy.VERSION == 2
+    old = {k: v for k, v in table.items() if k != "coder"}
+    old_payload = encode_symbols(quantize(x, np.asarray(table["thresholds"], np.float32)), 4, 1)
+    np.testing.assert_array_equal(codec.decode(old_payload, x.shape, old), codec.decode(payload, x.shape, table))
+    calibrated_on_old = Lightweight(table=old)  # e.g. a config read from an old file: keeps writing version 1
+    assert calibrated_on_old.encode(x)[0] == old_payload
 
 
 def test_calibration_fixes_the_quantizer(real_s4):

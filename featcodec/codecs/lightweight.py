@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..entropy import VERSION as CODER_VERSION
 from ..entropy import decode_symbol_maps, encode_symbol_maps
 from ..errors import CorruptStreamError, InvalidInputError
 from ..quantizer import (
@@ -108,7 +109,7 @@ class Lightweight(Codec):
             table = self._search_snr(dist, kind, slope)
         else:
             table = self._design(dist, self.levels, kind, slope, self.lam)
-        return _zero_first(table)
+        return {**_zero_first(table), "coder": CODER_VERSION}
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
@@ -196,13 +197,15 @@ class Lightweight(Codec):
         with self.stage("quantize"):
             symbols = [_symbols(s, t) for s, t in zip(samples, tables)]
         with self.stage("entropy_encode"):
-            payloads = _by_alphabet(symbols, tables, lambda group, n: encode_symbol_maps(np.stack(group), n))
+            payloads = _by_alphabet(symbols, tables, lambda group, n, version:
+                                    encode_symbol_maps(np.stack(group), n, version))
         return [(payload, {} if self.table else table) for payload, table in zip(payloads, tables)]
 
     def decode_batch(self, payloads, shape, infos):
         tables = [self.table or _check_table(info, CorruptStreamError) for info in infos]
         with self.stage("entropy_decode"):
-            symbols = _by_alphabet(payloads, tables, lambda group, n: list(decode_symbol_maps(group, tuple(shape), n)))
+            symbols = _by_alphabet(payloads, tables, lambda group, n, version:
+                                   list(decode_symbol_maps(group, tuple(shape), n, version)))
         with self.stage("dequantize"):
             return [lookup(_levels_by_symbol(t), s) for s, t in zip(symbols, tables)]
 
@@ -247,14 +250,20 @@ def _symbols(sample: np.ndarray, table: dict) -> np.ndarray:
 
 
 def _by_alphabet(items, tables, code):
-    """`code(group, n_levels)` over the items that share a number of levels, results in order."""
-    sizes = [len(t["levels"]) for t in tables]
+    """`code(group, n_levels, coder_version)` over the items whose tables share both, results
+    in order."""
+    keys = [(len(t["levels"]), _coder_version(t)) for t in tables]
     results = [None] * len(items)
-    for n in sorted(set(sizes)):
-        positions = [i for i, size in enumerate(sizes) if size == n]
-        for i, result in zip(positions, code([items[i] for i in positions], n)):
+    for key in sorted(set(keys)):
+        positions = [i for i, k in enumerate(keys) if k == key]
+        for i, result in zip(positions, code([items[i] for i in positions], *key)):
             results[i] = result
     return results
+
+
+def _coder_version(table: dict) -> int:
+    """The entropy coder's payload version: tables written before it was recorded are 1."""
+    return table.get("coder", 1)
 
 
 def _check_table(table, error) -> dict[str, list[float]]:
@@ -272,6 +281,10 @@ def _check_table(table, error) -> dict[str, list[float]]:
         if table["order"] != "zigzag":
             raise error(f"quantizer table order must be 'zigzag' when given, got {table['order']!r}")
         checked["order"] = "zigzag"
+    if "coder" in table:
+        if table["coder"] not in (1, 2) or isinstance(table["coder"], bool):
+            raise error(f"quantizer table coder must be 1 or 2 when given, got {table['coder']!r}")
+        checked["coder"] = int(table["coder"])
     return checked
 
 
@@ -339,4 +352,4 @@ def _rate_probe(data: np.ndarray) -> np.ndarray:
 
 def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]]) -> float:
     symbols = np.stack([_symbols(s, _zero_first(table)) for s in probe])
-    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]))) * 8 / probe.size
+    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]), CODER_VERSION)) * 8 / probe.size

@@ -20,15 +20,21 @@ CASES = {
     "lightweight_v1": dict(method="lightweight", levels=6, source="S2"),
     # Signed activations (S1): the quantizer table carries "order": "zigzag".
     "lightweight_signed_v1": dict(method="lightweight", levels=7, source="S1"),
+    # Coder version 2 ("coder": 2 in the table): a sparse S4 crop whose empty 8 x 8 blocks are
+    # skipped, 21 x 29 so that the last blocks are partial; and a dense S2 crop, coded whole.
+    "lightweight_blocks_v2": dict(method="lightweight", levels=6, source="S4", crop=(12, 40, 21, 29)),
+    "lightweight_dense_v2": dict(method="lightweight", levels=6, source="S2"),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
 
-def real_crop(layer: str) -> np.ndarray:
+def real_crop(layer: str, crop=(0, 40, 24, 32)) -> np.ndarray:
+    """Six channels from `channel`, `height` x `width` from (`top`, `top`) of the first sample."""
     import h5py
 
+    channel, top, height, width = crop
     with h5py.File(DEMO_DUMP) as f:
-        return f[layer][0:1, :6, 40:64, 40:72].astype(np.float32)
+        return f[layer][0:1, channel:channel + 6, top:top + height, top:top + width].astype(np.float32)
 
 
 def main(names):
@@ -40,7 +46,10 @@ def main(names):
             print(f"{fcb} exists: golden files are never rewritten")
             continue
         params = dict(CASES[name])
-        data = real_crop(params.pop("source")) if "source" in params else source
+        if "source" in params:
+            data = real_crop(params.pop("source"), params.pop("crop", (0, 40, 24, 32)))
+        else:
+            data = source
         blob = featcodec.encode(data, params.pop("method"), layer="golden/layer:0", **params)
         fcb.write_bytes(blob)
         np.save(GOLDEN / f"{name}.expected.npy", featcodec.decode(blob))
