@@ -54,7 +54,9 @@ PASS_CHANNELS = 256
 VERSION = 2  # payload layout written by default (version 1: no block mode, see the module doc)
 BLOCK = 8  # side of the blocks a version-2 payload skips when they hold only zeros (8: see _block_flags)
 # A map skips its empty blocks when at least this fraction of them is empty: below it the
-# flags and the per-step selection cost more than the symbols they save.
+# flags and the per-step selection cost more than the symbols they save. Measured on groups of
+# reference-detector channels (bytes equal within 1 % either way): 8 % empty, skipping is 15 %
+# slower; 24-30 %, even; 48 %, 10 % faster to encode and 20 % to decode; 90 %, 1.5-2x.
 SKIP_FROM = 1 / 3
 
 
