@@ -58,6 +58,7 @@ BLOCK = 8  # side of the blocks a version-2 payload skips when they hold only ze
 # reference-detector channels (bytes equal within 1 % either way): 8 % empty, skipping is 15 %
 # slower; 24-30 %, even; 48 %, 10 % faster to encode and 20 % to decode; 90 %, 1.5-2x.
 SKIP_FROM = 1 / 3
+_HALVES = np.array([[0.5, 0.5]], np.float32)  # the model of a version-2 payload's block-mode bit
 
 
 def _by_row(scale: np.ndarray, width: int) -> np.ndarray:
@@ -105,8 +106,6 @@ class _Coder:
     map: head symbol min(s, 3), then the rest s - 3."""
 
     def __init__(self, channels: int, n_symbols: int, maps: int = 1):
-        import constriction
-
         self.n = n_symbols
         self.maps = maps
         self.head_n = min(n_symbols, HEAD)
@@ -114,7 +113,7 @@ class _Coder:
         rows = maps * channels
         self.head = _Model(rows, self.near * self.near * self.far * self.far, self.head_n, maps)
         self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps) if n_symbols > HEAD else None
-        self.family = constriction.stream.model.Categorical(perfect=False)
+        self.family = _family()
         row = np.arange(rows, dtype=np.int64)[:, None]
         self.channel_offsets = row * self.head.contexts
         self.map_offsets = row // channels * self.head.contexts
@@ -403,6 +402,3 @@ def _family():
     import constriction
 
     return constriction.stream.model.Categorical(perfect=False)
-
-
-_HALVES = np.array([[0.5, 0.5]], np.float32)  # the model of a payload's one-bit block mode
