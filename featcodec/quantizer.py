@@ -208,11 +208,11 @@ def lookup(table: np.ndarray, cells: np.ndarray) -> np.ndarray:
     array([[2. , 0. , 0.5]], dtype=float32)
     """
     cells = np.ascontiguousarray(cells, np.uint8)
-    if cells.size % 2:
+    if cells.size % 2 or cells.size < 1 << 16:  # odd, or too small to pay for the pair table
         return table[cells]
     full = np.zeros(256, table.dtype)
     full[:len(table)] = table
-    low, high = np.divmod(np.arange(65536), 256)[::-1]
+    high, low = np.divmod(np.arange(65536), 256)
     if np.little_endian:
         pairs = np.stack([full[low], full[high]], axis=1)
     else:

@@ -19,6 +19,7 @@ from featcodec.quantizer import (
     ActivationModel,
     design_ecsq,
     detect_activation,
+    lookup,
     optimal_clip,
     quantize,
     uniform_quantizer,
@@ -103,6 +104,17 @@ def test_ecsq_lowers_rd_cost(n_levels, lam):
     ecsq = design_ecsq(values, lo, hi, n_levels, lam)
     assert ecsq[1][0] == lo and ecsq[1][-1] == hi  # end levels pinned to the clip points
     assert _rd_cost(values, *ecsq, lam) < _rd_cost(values, *uniform, lam)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_lookup_is_fancy_indexing(dtype):
+    rng = np.random.default_rng(4)
+    table = rng.permutation(16).astype(dtype)
+    for shape in [(3,), (2, 5, 7), (4, 128, 130), (1, 255, 257)]:  # small, odd, paired
+        cells = rng.integers(0, 16, shape).astype(np.uint8)
+        result = lookup(table, cells)
+        assert result.dtype == table.dtype and result.shape == cells.shape
+        np.testing.assert_array_equal(result, table[cells])
 
 
 def test_round_trip_respects_quantizer_exactly(real_s4):
