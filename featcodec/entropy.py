@@ -341,6 +341,12 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
         symbols = _decode_pass(decoders, shape, n_symbols, active)
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
+    except BaseException as err:
+        # A Rust panic in constriction reaches Python as pyo3's PanicException, a BaseException.
+        # None is known on this path, but a payload must never end in a traceback.
+        if type(err).__name__ != "PanicException":
+            raise
+        raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
     for k, (decoded, checksum) in enumerate(zip(symbols, checksums)):
         if zlib.crc32(decoded.tobytes()) & 0xFFFFFFFF != checksum:
             which = f" {k}" if count > 1 else ""

@@ -288,6 +288,19 @@ def test_decoder_robustness(version, sparse):
         codec.decode(payload, symbols.shape, {**table, "coder": 3})
 
 
+def test_a_panic_in_the_range_coder_is_a_corrupt_stream(monkeypatch):
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic
+        pass
+
+    def panic(*args):
+        raise PanicException("leakiness should guarantee nonzero probabilities")
+
+    payload = encode_symbols(np.ones((2, 4, 4), np.uint8), 4)
+    monkeypatch.setattr(featcodec.entropy._Coder, "decode_step", panic)
+    with pytest.raises(CorruptStreamError, match="leakiness"):
+        decode_symbols(payload, (2, 4, 4), 4)
+
+
 def test_tables_record_the_coder_version_and_old_tables_decode_as_version_1(real_s4):
     x = real_s4[0, :8]
     codec = Lightweight(levels=4)
