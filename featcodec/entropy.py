@@ -249,10 +249,10 @@ class _Skewed:
 
 def _maps_per_pass(channels: int, height: int, width: int, n_symbols: int) -> int:
     """How many maps one wavefront pass holds: about PASS_CHANNELS channels, within PASS_MEMORY
-    bytes of count tables and skewed cells (at least one map)."""
+    bytes of count tables, skewed cells and skewed block mask (at least one map)."""
     head = min(n_symbols, NEAR) ** 2 * min(n_symbols, FAR) ** 2 * (min(n_symbols, HEAD) + 1)
     rest = REST_CONTEXTS * (n_symbols - HEAD + 2) if n_symbols > HEAD else 0
-    per_map = channels * ((head + rest) * 8 + (width + 2 * height + 1) * (height + 1))
+    per_map = channels * ((head + rest) * 8 + 2 * (width + 2 * height + 1) * (height + 1))
     return max(1, min(PASS_MEMORY // per_map, PASS_CHANNELS // channels))
 
 
