@@ -149,7 +149,8 @@ def uniform_quantizer(lo: float, hi: float, n_levels: int) -> tuple[np.ndarray, 
     return (levels[1:] + levels[:-1]) / 2, levels
 
 
-def _uniform_batch(lo, hi, n_levels):
+def uniform_quantizers(lo, hi, n_levels):
+    """`uniform_quantizer` for arrays of clip ranges: (..., L-1) thresholds, (..., L) levels."""
     steps = np.linspace(0.0, 1.0, n_levels)
     levels = lo[..., None] + (hi - lo)[..., None] * steps
     return (levels[..., 1:] + levels[..., :-1]) / 2, levels
@@ -165,7 +166,7 @@ def optimal_clip(model: ActivationModel, n_levels: int) -> tuple[float, float]:
     top = max(mu + 8 * sigma, sigma)
     if model.kind == "relu":
         def search(grid):
-            errors = model.expected_mse(*_uniform_batch(np.zeros_like(grid), grid, n_levels))
+            errors = model.expected_mse(*uniform_quantizers(np.zeros_like(grid), grid, n_levels))
             return grid[int(np.argmin(errors))]
         hi = search(np.linspace(top / 400, top, 400))
         return 0.0, float(search(np.linspace(hi * 0.97, hi * 1.03, 121)))
@@ -174,7 +175,7 @@ def optimal_clip(model: ActivationModel, n_levels: int) -> tuple[float, float]:
 
     def search2(lo_grid, hi_grid):
         lo, hi = np.meshgrid(lo_grid, hi_grid, indexing="ij")
-        errors = model.expected_mse(*_uniform_batch(lo, hi, n_levels))
+        errors = model.expected_mse(*uniform_quantizers(lo, hi, n_levels))
         i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
         return lo_grid[i], hi_grid[j]
 

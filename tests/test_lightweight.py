@@ -23,6 +23,7 @@ from featcodec.quantizer import (
     optimal_clip,
     quantize,
     uniform_quantizer,
+    uniform_quantizers,
 )
 from featcodec.registry import codec_from_config
 
@@ -77,6 +78,10 @@ def test_value_distribution_mse_is_exact():
     thresholds, levels = uniform_quantizer(-2, 2, 5)
     measured = np.mean((levels[quantize(values, thresholds)] - values) ** 2)
     assert ValueDistribution(values).mse(thresholds, levels) == pytest.approx(measured, rel=1e-9)
+    his = np.array([0.5, 1.0, 2.0, 4.0])
+    batch = ValueDistribution(values).mse_batch(*uniform_quantizers(-his, his, 5))
+    singles = [ValueDistribution(values).mse(*uniform_quantizer(-h, h, 5)) for h in his]
+    np.testing.assert_allclose(batch, singles, rtol=1e-12)
 
 
 def test_empirical_clip_minimises_measured_mse():

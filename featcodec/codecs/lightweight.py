@@ -37,6 +37,7 @@ from ..quantizer import (
     parse_activation,
     quantize,
     uniform_quantizer,
+    uniform_quantizers,
 )
 from .base import Codec
 from .uniform import parse_clip
@@ -310,6 +311,16 @@ class ValueDistribution:
         levels = np.asarray(levels, np.float64)
         return float(np.sum(second - 2 * levels * first + levels ** 2 * count) / self.sorted.size)
 
+    def mse_batch(self, thresholds: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """`mse` of K quantizers at once: (K, L-1) thresholds and (K, L) levels -> (K,)."""
+        thresholds = np.asarray(thresholds, np.float64)
+        inner = np.searchsorted(self.sorted, thresholds.ravel(), side="left").reshape(thresholds.shape)
+        edges = np.zeros((len(inner), 1), inner.dtype)
+        cuts = np.concatenate([edges, inner, edges + self.sorted.size], axis=1)
+        count = np.diff(cuts, axis=1)
+        first, second = np.diff(self.sum1[cuts], axis=1), np.diff(self.sum2[cuts], axis=1)
+        return np.sum(second - 2 * levels * first + levels ** 2 * count, axis=1) / self.sorted.size
+
 
 def empirical_clip(values: np.ndarray, n_levels: int, relu: bool) -> tuple[float, float]:
     """The clip range minimising the measured MSE (clipping + granular) of a uniform quantizer.
@@ -324,7 +335,8 @@ def empirical_clip(values: np.ndarray, n_levels: int, relu: bool) -> tuple[float
     lo, hi = (0.0 if relu else vmin), vmax
 
     def best(candidates, make):
-        errors = [dist.mse(*uniform_quantizer(*make(c), n_levels)) for c in candidates]
+        lo, hi = np.broadcast_arrays(*make(np.asarray(candidates, np.float64)))
+        errors = dist.mse_batch(*uniform_quantizers(lo, hi, n_levels))
         return float(candidates[int(np.argmin(errors))])
 
     def refine(grid, make):
