@@ -241,6 +241,10 @@ class _Skewed:
             lo, hi = max(0, (t - self.width + 2) // 2), min(self.height - 1, t // 2) + 1
             yield t + 3, lo, hi
 
+    def run(self, row: int, lo: int, hi: int) -> np.ndarray:
+        """The (C, hi - lo) cells of a step (a view: writing it fills the map)."""
+        return self.cells[:, row, lo + 1:hi + 1]
+
     def neighbours(self, row: int, lo: int, hi: int):
         cells = self.cells
         return (cells[:, row - 1, lo + 1:hi + 1], cells[:, row - 2, lo:hi],
@@ -290,8 +294,9 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION)
     if version >= 2:
         flags = _block_flags(maps)
         skips = (flags == 0).mean(axis=(1, 2, 3)) >= SKIP_FROM
+        family = _family()
         for encoder, skip in zip(encoders, skips):
-            encoder.encode(np.array([skip], np.int32), _family(), _HALVES)
+            encoder.encode(np.array([skip], np.int32), family, _HALVES)
         if skips.any():
             _encode_pass(flags[skips], 2, [e for e, skip in zip(encoders, skips) if skip])
             flags[~skips] = 1
@@ -333,9 +338,10 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
     try:
         active = None
         if version >= 2:
-            skips = np.array([decoder.decode(_family(), _HALVES)[0] == 1 for decoder in decoders])
+            family = _family()
+            skips = np.array([decoder.decode(family, _HALVES)[0] == 1 for decoder in decoders])
             if skips.any():
-                flags = np.ones((count, channels, -(-height // BLOCK), -(-width // BLOCK)), np.uint8)
+                flags = np.ones((count, channels, *_block_grid(height, width)), np.uint8)
                 flags[skips] = _decode_pass([d for d, skip in zip(decoders, skips) if skip], flags.shape[1:], 2)
                 active = _active_cells(flags, (height, width))
         symbols = _decode_pass(decoders, shape, n_symbols, active)
@@ -362,8 +368,8 @@ def _encode_pass(maps: np.ndarray, n_symbols: int, encoders, active: _Skewed | N
     skewed.view[...] = maps.reshape(count * channels, height, width)
     coder = _Coder(channels, n_symbols, count)
     for row, lo, hi in skewed.steps():
-        mask = None if active is None else active.cells[:, row, lo + 1:hi + 1].ravel()
-        coder.encode_step(encoders, skewed.cells[:, row, lo + 1:hi + 1].ravel(), skewed.neighbours(row, lo, hi), mask)
+        mask = None if active is None else active.run(row, lo, hi).ravel()
+        coder.encode_step(encoders, skewed.run(row, lo, hi).ravel(), skewed.neighbours(row, lo, hi), mask)
 
 
 def _decode_pass(decoders, shape: tuple[int, int, int], n_symbols: int, active: _Skewed | None = None) -> np.ndarray:
@@ -373,16 +379,16 @@ def _decode_pass(decoders, shape: tuple[int, int, int], n_symbols: int, active: 
     skewed = _Skewed((count * channels, height, width))
     coder = _Coder(channels, n_symbols, count)
     for row, lo, hi in skewed.steps():
-        mask = None if active is None else active.cells[:, row, lo + 1:hi + 1].ravel()
+        mask = None if active is None else active.run(row, lo, hi).ravel()
         decoded = coder.decode_step(decoders, skewed.neighbours(row, lo, hi), mask)
-        skewed.cells[:, row, lo + 1:hi + 1] = decoded.reshape(count * channels, hi - lo)
+        skewed.run(row, lo, hi)[...] = decoded.reshape(count * channels, hi - lo)
     return np.ascontiguousarray(skewed.view).reshape(count, channels, height, width)
 
 
 def _block_flags(maps: np.ndarray) -> np.ndarray:
     """(N, C, ⌈H/B⌉, ⌈W/B⌉) uint8: 1 where a BLOCK × BLOCK block holds a non-zero symbol."""
     count, channels, height, width = maps.shape
-    rows, columns = -(-height // BLOCK), -(-width // BLOCK)
+    rows, columns = _block_grid(height, width)
     if (height, width) == (rows * BLOCK, columns * BLOCK):
         padded = np.ascontiguousarray(maps)
     else:
@@ -392,6 +398,11 @@ def _block_flags(maps: np.ndarray) -> np.ndarray:
     # instead of numpy's slow reduction over short inner axes.
     row_nonzero = padded.view(np.uint64) != 0
     return row_nonzero.reshape(count, channels, rows, BLOCK, columns).any(axis=3).astype(np.uint8)
+
+
+def _block_grid(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of BLOCK x BLOCK blocks covering a map (edge blocks partial)."""
+    return -(-height // BLOCK), -(-width // BLOCK)
 
 
 def _active_cells(flags: np.ndarray, size: tuple[int, int]) -> _Skewed:

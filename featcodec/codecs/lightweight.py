@@ -198,14 +198,14 @@ class Lightweight(Codec):
         with self.stage("quantize"):
             symbols = [_symbols(s, t) for s, t in zip(samples, tables)]
         with self.stage("entropy_encode"):
-            payloads = _by_alphabet(symbols, tables, lambda group, n, version:
+            payloads = _by_coding(symbols, tables, lambda group, n, version:
                                     encode_symbol_maps(np.stack(group), n, version))
         return [(payload, {} if self.table else table) for payload, table in zip(payloads, tables)]
 
     def decode_batch(self, payloads, shape, infos):
         tables = [self.table or _check_table(info, CorruptStreamError) for info in infos]
         with self.stage("entropy_decode"):
-            symbols = _by_alphabet(payloads, tables, lambda group, n, version:
+            symbols = _by_coding(payloads, tables, lambda group, n, version:
                                    list(decode_symbol_maps(group, tuple(shape), n, version)))
         with self.stage("dequantize"):
             return [lookup(_levels_by_symbol(t), s) for s, t in zip(symbols, tables)]
@@ -250,9 +250,9 @@ def _symbols(sample: np.ndarray, table: dict) -> np.ndarray:
     return cells if (order == np.arange(len(order))).all() else lookup(order, cells)
 
 
-def _by_alphabet(items, tables, code):
-    """`code(group, n_levels, coder_version)` over the items whose tables share both, results
-    in order."""
+def _by_coding(items, tables, code):
+    """`code(group, n_levels, coder_version)` over the items whose tables share both (they are
+    coded together), results in order."""
     keys = [(len(t["levels"]), _coder_version(t)) for t in tables]
     results = [None] * len(items)
     for key in sorted(set(keys)):
