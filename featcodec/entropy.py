@@ -52,6 +52,9 @@ PASS_MEMORY = 256 << 20  # bound on what maps coded together may allocate
 # decodes at 104 MB/s, 8 maps at 86; S1, 24 channels: 62 -> 87 MB/s with 8 maps).
 PASS_CHANNELS = 256
 VERSION = 2  # payload layout written by default (version 1: no block mode, see the module doc)
+PARTNERED = 3  # version 2 plus partner channels (`design_partners`): written for tables that name them
+PARTNER = HEAD  # a partner's symbol enters the first-stage context as min(p, 3)
+MAX_DEPTH = 8  # longest chain of partners: a channel's steps lag its depth in the chain
 BLOCK = 8  # side of the blocks a version-2 payload skips when they hold only zeros (8: see _block_flags)
 # A map skips its empty blocks when at least this fraction of them is empty: below it the
 # flags and the per-step selection cost more than the symbols they save. Measured on groups of
@@ -105,13 +108,14 @@ class _Coder:
     """The two-stage model of `maps` maps of C channels coded side by side, one range coder per
     map: head symbol min(s, 3), then the rest s - 3."""
 
-    def __init__(self, channels: int, n_symbols: int, maps: int = 1):
+    def __init__(self, channels: int, n_symbols: int, maps: int = 1, partners: bool = False):
         self.n = n_symbols
         self.maps = maps
         self.head_n = min(n_symbols, HEAD)
         self.near, self.far = min(n_symbols, NEAR), min(n_symbols, FAR)
+        self.partner_n = min(n_symbols, PARTNER) if partners else 1
         rows = maps * channels
-        self.head = _Model(rows, self.near * self.near * self.far * self.far, self.head_n, maps)
+        self.head = _Model(rows, self.near * self.near * self.far * self.far * self.partner_n, self.head_n, maps)
         self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps) if n_symbols > HEAD else None
         self.family = _family()
         row = np.arange(rows, dtype=np.int64)[:, None]
@@ -121,12 +125,15 @@ class _Coder:
         # First-stage context of each packed neighbour pair (see `contexts`).
         high, low = np.divmod(np.arange(256, dtype=np.int64), REST_SIDE)
         self.left_top_part = (np.minimum(high, self.near - 1) * self.near
-                              + np.minimum(low, self.near - 1)) * self.far * self.far
-        self.diagonal_part = np.minimum(high, self.far - 1) * self.far + np.minimum(low, self.far - 1)
+                              + np.minimum(low, self.near - 1)) * self.far * self.far * self.partner_n
+        self.diagonal_part = (np.minimum(high, self.far - 1) * self.far
+                              + np.minimum(low, self.far - 1)) * self.partner_n
+        self.partner_part = np.minimum(np.arange(MAX_SYMBOLS), self.partner_n - 1)
 
-    def contexts(self, left, top, top_left, top_right):
+    def contexts(self, left, top, top_left, top_right, partner=None):
         """Flat per-(channel, context) rows and per-(map, context) shared rows of the first stage,
-        and the second stage's context; the neighbours are (maps·C, m) runs of one step.
+        and the second stage's context; the neighbours (and the partner channel's symbols at the
+        same positions, in version 3) are (maps·C, m) runs of one step.
 
         Symbols are < 16, so each neighbour pair packs into one byte (`_pair`); a lookup per pair
         then gives its capped part of the context: four cheap uint8 passes and two lookups
@@ -134,6 +141,8 @@ class _Coder:
         left_top = _pair(left, top)
         head = self.left_top_part.take(left_top)
         head += self.diagonal_part.take(_pair(top_left, top_right))
+        if partner is not None:
+            head += self.partner_part.take(partner)
         shared = (self.map_offsets + head).ravel() if self.maps > 1 else head.ravel()
         return (self.channel_offsets + head).ravel(), shared, left_top.ravel()
 
@@ -158,7 +167,7 @@ class _Coder:
 
     def encode_step(self, encoders, symbols, neighbours, active=None) -> None:
         """Code one step: `symbols` and `active` (mask of the positions to code, or None for
-        all) are flat (maps·C·m,) runs, `neighbours` the four (maps·C, m) neighbour runs."""
+        all) are flat (maps·C·m,) runs, `neighbours` the (maps·C, m) runs of `contexts`."""
         run = neighbours[0].shape[1]
         positions, (channel_head, shared_head, rest_context) = self._select(neighbours, active)
         if positions is not None:
@@ -220,43 +229,81 @@ def _pair(high: np.ndarray, low: np.ndarray) -> np.ndarray:
 
 
 class _Skewed:
-    """The map in wavefront layout: ``cells[c, x + 2y + 3, y + 1]`` holds symbol (c, y, x).
+    """The map in wavefront layout: ``cells[c, x + 2y + 3 + lag_c, y + 1]`` holds symbol (c, y, x).
 
     Each step x + 2y = t is then the contiguous run ``cells[:, t + 3, lo + 1 : hi + 2]`` and its
     left, top, top-left and top-right neighbours are runs of steps t - 1, t - 2, t - 3, t - 1:
     slices, not gathers. Cells that hold no position stay 0 and act as the map's zero border.
+
+    A channel that lags (version 3: its depth in the partner chain) is coded that many steps
+    late, so its partner's symbol at the same position is already known: it lies one row up in
+    the partner's cells. Runs then span every lag and an `active` mask picks the real positions.
+    One spare row of zeros follows the channels: the partner of channels that have none.
     """
 
-    def __init__(self, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], lags: np.ndarray | None = None):
         channels, self.height, self.width = shape
-        self.cells = np.zeros((channels, self.width + 2 * self.height + 1, self.height + 1), np.uint8)
+        self.lags = np.zeros(channels, np.int64) if lags is None else np.asarray(lags, np.int64)
+        self.lag = int(self.lags.max(initial=0))
+        self.cells = np.zeros((channels + 1, self.width + 2 * self.height + 1 + self.lag, self.height + 1), np.uint8)
+        self.body = self.cells[:channels]
+
+    def _views(self):
+        """(channels, view) per lag: the (C, H, W) map as a strided view of the cells, zero-copy
+        in both directions, right for the listed channels (None: all)."""
         stride_c, stride_t, stride_y = self.cells.strides
-        # The (C, H, W) map as a strided view of the cells: zero-copy in both directions.
-        self.view = np.lib.stride_tricks.as_strided(
-            self.cells[:, 3:, 1:], shape, (stride_c, 2 * stride_t + stride_y, stride_t))
+        shape = (len(self.lags), self.height, self.width)
+        for lag in np.unique(self.lags):
+            view = np.lib.stride_tricks.as_strided(
+                self.cells[:, 3 + lag:, 1:], shape, (stride_c, 2 * stride_t + stride_y, stride_t))
+            yield (None if self.lag == 0 else np.flatnonzero(self.lags == lag)), view
+
+    def put(self, values: np.ndarray) -> None:
+        """Fill the cells from (C, H, W) values."""
+        for channels, view in self._views():
+            if channels is None:
+                view[...] = values
+            else:
+                view[channels] = values[channels]
+
+    def get(self) -> np.ndarray:
+        """The (C, H, W) map held in the cells."""
+        result = np.empty((len(self.lags), self.height, self.width), np.uint8)
+        for channels, view in self._views():
+            if channels is None:
+                result[...] = view
+            else:
+                result[channels] = view[channels]
+        return result
 
     def steps(self):
         """(row, lo, hi) per step: positions y = lo..hi - 1 of wavefront row `row`."""
-        for t in range(self.width + 2 * self.height - 2):
-            lo, hi = max(0, (t - self.width + 2) // 2), min(self.height - 1, t // 2) + 1
+        for t in range(self.width + 2 * self.height - 2 + self.lag):
+            lo, hi = max(0, (t - self.lag - self.width + 2) // 2), min(self.height - 1, t // 2) + 1
             yield t + 3, lo, hi
 
     def run(self, row: int, lo: int, hi: int) -> np.ndarray:
         """The (C, hi - lo) cells of a step (a view: writing it fills the map)."""
-        return self.cells[:, row, lo + 1:hi + 1]
+        return self.body[:, row, lo + 1:hi + 1]
 
-    def neighbours(self, row: int, lo: int, hi: int):
-        cells = self.cells
-        return (cells[:, row - 1, lo + 1:hi + 1], cells[:, row - 2, lo:hi],
+    def neighbours(self, row: int, lo: int, hi: int, partner_rows: np.ndarray | None = None):
+        """The step's left, top, top-left and top-right runs, then its partners' when given
+        (`partner_rows`: each channel's partner, or the spare zero row)."""
+        cells = self.body
+        runs = (cells[:, row - 1, lo + 1:hi + 1], cells[:, row - 2, lo:hi],
                 cells[:, row - 3, lo:hi], cells[:, row - 1, lo:hi])
+        if partner_rows is None:
+            return runs
+        return (*runs, self.cells[partner_rows, row - 1, lo + 1:hi + 1])
 
 
-def _maps_per_pass(channels: int, height: int, width: int, n_symbols: int) -> int:
+def _maps_per_pass(channels: int, height: int, width: int, n_symbols: int, partners: bool = False) -> int:
     """How many maps one wavefront pass holds: about PASS_CHANNELS channels, within PASS_MEMORY
     bytes of count tables, skewed cells and skewed block mask (at least one map)."""
     head = min(n_symbols, NEAR) ** 2 * min(n_symbols, FAR) ** 2 * (min(n_symbols, HEAD) + 1)
+    head *= min(n_symbols, PARTNER) if partners else 1
     rest = REST_CONTEXTS * (n_symbols - HEAD + 2) if n_symbols > HEAD else 0
-    per_map = channels * ((head + rest) * 8 + 2 * (width + 2 * height + 1) * (height + 1))
+    per_map = channels * ((head + rest) * 8 + 2 * (width + 2 * height + 1 + MAX_DEPTH) * (height + 1))
     return max(1, min(PASS_MEMORY // per_map, PASS_CHANNELS // channels))
 
 
@@ -265,30 +312,61 @@ def _check_alphabet(n_symbols: int) -> None:
         raise ValueError(f"n_symbols must be 1..{MAX_SYMBOLS}")
 
 
-def _check_version(version: int) -> None:
-    if version not in (1, 2):
+def _check_version(version: int, parents, channels: int) -> np.ndarray | None:
+    """Validated partner depths (version 3) or None."""
+    if version not in (1, 2, PARTNERED):
         raise ValueError(f"unknown entropy coder version {version!r}")
+    if (version == PARTNERED) != (parents is not None):
+        raise ValueError(f"partner channels go with version {PARTNERED} and only with it")
+    return None if parents is None else partner_depths(parents, channels)
 
 
-def encode_symbols(symbols: np.ndarray, n_symbols: int, version: int = VERSION) -> bytes:
-    """Code a (C, H, W) uint8 map of symbols < `n_symbols` (≤ 16)."""
-    return encode_symbol_maps(symbols[None], n_symbols, version)[0]
+def partner_depths(parents, channels: int) -> np.ndarray:
+    """Each channel's depth in the partner chains that `parents` (a channel index or -1 per
+    channel) describe; ValueError unless they fit `channels` channels, have no cycle and are at
+    most MAX_DEPTH deep."""
+    parents = np.asarray(parents)
+    if parents.shape != (channels,) or parents.dtype.kind not in "iu" \
+            or (channels and not -1 <= parents.min() <= parents.max() < channels):
+        raise ValueError(f"partner channels must be {channels} channel indices or -1")
+    depths = np.zeros(channels, np.int64)
+    current = parents.astype(np.int64)
+    for _ in range(MAX_DEPTH + 1):
+        linked = current >= 0
+        if not linked.any():
+            return depths
+        depths += linked
+        current = np.where(linked, parents[np.maximum(current, 0)], -1)
+    raise ValueError(f"partner chains must be acyclic and at most {MAX_DEPTH} deep")
 
 
-def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION) -> list[bytes]:
+def _partner_rows(parents: np.ndarray, count: int) -> np.ndarray:
+    """Each row's partner row in a pass of `count` maps: same map, the spare zero row if none."""
+    channels = len(parents)
+    rows = np.arange(count)[:, None] * channels + np.asarray(parents, np.int64)
+    return np.where(np.asarray(parents) >= 0, rows, count * channels).ravel()
+
+
+def encode_symbols(symbols: np.ndarray, n_symbols: int, version: int = VERSION, parents=None) -> bytes:
+    """Code a (C, H, W) uint8 map of symbols < `n_symbols` (≤ 16); version 3 takes the
+    partner of each channel (`design_partners`)."""
+    return encode_symbol_maps(symbols[None], n_symbols, version, parents)[0]
+
+
+def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION, parents=None) -> list[bytes]:
     """Code N (C, H, W) maps at once, one payload each, byte for byte what `encode_symbols`
     gives for each map alone: one wavefront pass serves them all, which spreads numpy's
     per-step overhead over N maps (a large gain for maps with few channels)."""
     import constriction
 
     _check_alphabet(n_symbols)
-    _check_version(version)
     maps = np.asarray(maps, np.uint8)
     count, channels, height, width = maps.shape
-    group = _maps_per_pass(channels, height, width, n_symbols)
+    depths = _check_version(version, parents, channels)
+    group = _maps_per_pass(channels, height, width, n_symbols, depths is not None)
     if count > group:
         return [p for start in range(0, count, group)
-                for p in encode_symbol_maps(maps[start:start + group], n_symbols, version)]
+                for p in encode_symbol_maps(maps[start:start + group], n_symbols, version, parents)]
     encoders = [constriction.stream.queue.RangeEncoder() for _ in range(count)]
     active = None
     if version >= 2:
@@ -299,9 +377,8 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION)
             encoder.encode(np.array([skip], np.int32), family, _HALVES)
         if skips.any():
             _encode_pass(flags[skips], 2, [e for e, skip in zip(encoders, skips) if skip])
-            flags[~skips] = 1
-            active = _active_cells(flags, (height, width))
-    _encode_pass(maps, n_symbols, encoders, active)
+        active = _active_cells(flags, skips, (height, width), depths)
+    _encode_pass(maps, n_symbols, encoders, active, parents)
     payloads = []
     for symbols, encoder in zip(maps, encoders):
         checksum = zlib.crc32(np.ascontiguousarray(symbols).tobytes()) & 0xFFFFFFFF
@@ -309,23 +386,24 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int, version: int = VERSION)
     return payloads
 
 
-def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int, version: int = VERSION) -> np.ndarray:
+def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int, version: int = VERSION,
+                   parents=None) -> np.ndarray:
     """Inverse of `encode_symbols`; a corrupt payload raises `CorruptStreamError`."""
-    return decode_symbol_maps([payload], shape, n_symbols, version)[0]
+    return decode_symbol_maps([payload], shape, n_symbols, version, parents)[0]
 
 
 def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_symbols: int,
-                       version: int = VERSION) -> np.ndarray:
+                       version: int = VERSION, parents=None) -> np.ndarray:
     """Inverse of `encode_symbol_maps`: (N, C, H, W) symbols. A corrupt payload raises
     `CorruptStreamError`."""
     import constriction
 
     _check_alphabet(n_symbols)
-    _check_version(version)
     channels, height, width = shape
-    group = _maps_per_pass(channels, height, width, n_symbols)
+    depths = _check_version(version, parents, channels)
+    group = _maps_per_pass(channels, height, width, n_symbols, depths is not None)
     if len(payloads) > group:
-        return np.concatenate([decode_symbol_maps(payloads[start:start + group], shape, n_symbols, version)
+        return np.concatenate([decode_symbol_maps(payloads[start:start + group], shape, n_symbols, version, parents)
                                for start in range(0, len(payloads), group)])
     checksums, decoders = [], []
     for payload in payloads:
@@ -340,11 +418,11 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
         if version >= 2:
             family = _family()
             skips = np.array([decoder.decode(family, _HALVES)[0] == 1 for decoder in decoders])
+            flags = np.ones((count, channels, *_block_grid(height, width)), np.uint8)
             if skips.any():
-                flags = np.ones((count, channels, *_block_grid(height, width)), np.uint8)
                 flags[skips] = _decode_pass([d for d, skip in zip(decoders, skips) if skip], flags.shape[1:], 2)
-                active = _active_cells(flags, (height, width))
-        symbols = _decode_pass(decoders, shape, n_symbols, active)
+            active = _active_cells(flags, skips, (height, width), depths)
+        symbols = _decode_pass(decoders, shape, n_symbols, active, parents)
     except (ValueError, RuntimeError, AssertionError) as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt: {err}") from err
     except BaseException as err:
@@ -360,29 +438,39 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
     return symbols
 
 
-def _encode_pass(maps: np.ndarray, n_symbols: int, encoders, active: _Skewed | None = None) -> None:
+def _pass_layout(count: int, parents):
+    """Per-row lags and partner rows of a pass over `count` maps (None, None without partners)."""
+    if parents is None:
+        return None, None
+    return np.tile(partner_depths(parents, len(parents)), count), _partner_rows(parents, count)
+
+
+def _encode_pass(maps: np.ndarray, n_symbols: int, encoders, active: _Skewed | None = None, parents=None) -> None:
     """One wavefront pass over N (C, H, W) maps, one encoder each, coding only the `active`
     positions (skewed mask) when given."""
     count, channels, height, width = maps.shape
-    skewed = _Skewed((count * channels, height, width))
-    skewed.view[...] = maps.reshape(count * channels, height, width)
-    coder = _Coder(channels, n_symbols, count)
+    lags, partner_rows = _pass_layout(count, parents)
+    skewed = _Skewed((count * channels, height, width), lags)
+    skewed.put(maps.reshape(count * channels, height, width))
+    coder = _Coder(channels, n_symbols, count, parents is not None)
     for row, lo, hi in skewed.steps():
         mask = None if active is None else active.run(row, lo, hi).ravel()
-        coder.encode_step(encoders, skewed.run(row, lo, hi).ravel(), skewed.neighbours(row, lo, hi), mask)
+        coder.encode_step(encoders, skewed.run(row, lo, hi).ravel(), skewed.neighbours(row, lo, hi, partner_rows), mask)
 
 
-def _decode_pass(decoders, shape: tuple[int, int, int], n_symbols: int, active: _Skewed | None = None) -> np.ndarray:
+def _decode_pass(decoders, shape: tuple[int, int, int], n_symbols: int, active: _Skewed | None = None,
+                 parents=None) -> np.ndarray:
     """Inverse of `_encode_pass`: (N, C, H, W) symbols, 0 where not active."""
     channels, height, width = shape
     count = len(decoders)
-    skewed = _Skewed((count * channels, height, width))
-    coder = _Coder(channels, n_symbols, count)
+    lags, partner_rows = _pass_layout(count, parents)
+    skewed = _Skewed((count * channels, height, width), lags)
+    coder = _Coder(channels, n_symbols, count, parents is not None)
     for row, lo, hi in skewed.steps():
         mask = None if active is None else active.run(row, lo, hi).ravel()
-        decoded = coder.decode_step(decoders, skewed.neighbours(row, lo, hi), mask)
+        decoded = coder.decode_step(decoders, skewed.neighbours(row, lo, hi, partner_rows), mask)
         skewed.run(row, lo, hi)[...] = decoded.reshape(count * channels, hi - lo)
-    return np.ascontiguousarray(skewed.view).reshape(count, channels, height, width)
+    return skewed.get().reshape(count, channels, height, width)
 
 
 def _block_flags(maps: np.ndarray) -> np.ndarray:
@@ -405,13 +493,20 @@ def _block_grid(height: int, width: int) -> tuple[int, int]:
     return -(-height // BLOCK), -(-width // BLOCK)
 
 
-def _active_cells(flags: np.ndarray, size: tuple[int, int]) -> _Skewed:
-    """The positions of flagged blocks, as a skewed mask to slice step by step."""
+def _active_cells(flags: np.ndarray, skips: np.ndarray, size: tuple[int, int], depths=None) -> _Skewed | None:
+    """The positions a version-2/3 pass codes, as a skewed mask to slice step by step: those of
+    flagged blocks in maps that skip empty blocks, every position in the others. None when
+    every position of every map is coded and no channel lags (no mask needed)."""
+    lagging = depths is not None and depths.any()
+    if not (skips.any() or lagging):
+        return None
     count, channels = flags.shape[:2]
     height, width = size
+    flags = flags.copy()
+    flags[~skips] = 1
     every = flags.repeat(BLOCK, axis=2).repeat(BLOCK, axis=3)[:, :, :height, :width]
-    active = _Skewed((count * channels, height, width))
-    active.view[...] = every.reshape(count * channels, height, width)
+    active = _Skewed((count * channels, height, width), np.tile(depths, count) if lagging else None)
+    active.put(every.reshape(count * channels, height, width))
     return active
 
 
@@ -419,3 +514,88 @@ def _family():
     import constriction
 
     return constriction.stream.model.Categorical(perfect=False)
+
+
+def design_partners(maps: np.ndarray, n_symbols: int) -> list[int]:
+    """Partner channels for version 3, from (N, C, H, W) symbol maps of a layer (calibration).
+
+    Channels of one layer often fire together: knowing a correlated channel's symbol at the same
+    position sharpens a channel's first-stage estimate (reference detector S2, 2 levels: about
+    -10 % bits). Partners form chains — each channel links to its most correlated channel,
+    a maximum spanning forest grown from the most connected channel, at most MAX_DEPTH deep —
+    and a link is kept only if it shortens the channel's adaptive code on samples not used to
+    choose it (the odd samples; all of them if there is one), so layers whose channels are
+    independent (the sparse S4) keep none. Returns one channel index or -1 per channel.
+    """
+    maps = np.asarray(maps, np.uint8)
+    count, channels = maps.shape[:2]
+    if channels < 2 or n_symbols < 2:
+        return [-1] * channels
+    choose, check = maps[::2], (maps[1::2] if count > 1 else maps)
+    parents = _spanning_forest(_channel_correlation(choose))
+    linked = parents >= 0
+    with_partner = _head_code_lengths(check, n_symbols, parents)
+    alone = _head_code_lengths(check, n_symbols, None)
+    parents[linked & (with_partner >= alone)] = -1
+    return [int(p) for p in parents]
+
+
+def _channel_correlation(maps: np.ndarray) -> np.ndarray:
+    """|Pearson correlation| between the channels' symbols, on at most about 2**16 positions
+    per channel (an even spatial subsample)."""
+    count, channels, height, width = maps.shape
+    step = max(1, int(np.sqrt(count * height * width / 2**16)))
+    values = maps[:, :, ::step, ::step].transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float32)
+    values -= values.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(values, axis=1)
+    values /= np.where(norms > 0, norms, 1)[:, None]
+    correlation = np.abs(values @ values.T)
+    np.fill_diagonal(correlation, 0)
+    return correlation
+
+
+def _spanning_forest(weights: np.ndarray) -> np.ndarray:
+    """Prim's maximum spanning tree over `weights`, rooted at the channel with the largest total,
+    where a channel at MAX_DEPTH takes no children: parent per channel (-1: the root)."""
+    channels = len(weights)
+    parents = np.full(channels, -1)
+    depths = np.full(channels, -1)
+    root = int(weights.sum(axis=1).argmax())
+    depths[root] = 0
+    best, best_from = weights[root].copy(), np.full(channels, root)
+    best[root] = -np.inf
+    for _ in range(channels - 1):
+        k = int(best.argmax())
+        parents[k], depths[k] = best_from[k], depths[best_from[k]] + 1
+        best[k] = -np.inf
+        if depths[k] < MAX_DEPTH:
+            closer = (weights[k] > best) & (depths < 0)
+            best[closer], best_from[closer] = weights[k][closer], k
+    return parents
+
+
+def _head_code_lengths(maps: np.ndarray, n_symbols: int, parents) -> np.ndarray:
+    """Bits per channel of the first-stage symbols under adaptive per-channel counts (the
+    Krichevsky-Trofimov code, which the coder's estimate tracks) in the first-stage contexts,
+    with the partner's symbol in them when `parents` is given."""
+    count, channels, height, width = maps.shape
+    coder = _Coder(channels, n_symbols, partners=parents is not None)
+    padded = np.zeros((count, channels, height + 1, width + 2), np.uint8)
+    padded[:, :, 1:, 1:-1] = maps
+    left, top = padded[:, :, 1:, :-2], padded[:, :, :-1, 1:-1]
+    top_left, top_right = padded[:, :, :-1, :-2], padded[:, :, :-1, 2:]
+    context = coder.left_top_part.take(_pair(left, top)) + coder.diagonal_part.take(_pair(top_left, top_right))
+    if parents is not None:
+        partner = np.where((parents >= 0)[:, None, None], maps[:, np.maximum(parents, 0)], 0)
+        context += coder.partner_part.take(partner)
+    head = np.minimum(maps, HEAD - 1)
+    k = coder.head_n
+    rows = (np.arange(channels)[:, None, None] * coder.head.contexts + context) * k + head
+    counts = np.bincount(rows.ravel(), minlength=channels * coder.head.contexts * k)
+    counts = counts.reshape(channels, coder.head.contexts, k)
+    totals = counts.sum(axis=2)
+    # log Γ(n + a) - log Γ(a) for integer n, by a running sum of log(j + a)
+    top = int(totals.max()) + 1
+    log_rising = lambda a: np.concatenate([[0.0], np.cumsum(np.log2(np.arange(top) + a))])  # noqa: E731
+    symbol_part, total_part = log_rising(ALPHA), log_rising(k * ALPHA)
+    return total_part[totals].sum(axis=1) - symbol_part[counts].sum(axis=(1, 2))

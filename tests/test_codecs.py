@@ -87,7 +87,8 @@ def test_constant_and_signed_input(codec_id, params):
 
 
 @pytest.mark.parametrize("name", ["raw_v1", "raw_float16_zstd_v1", "uniform_v1", "lightweight_v1",
-                                  "lightweight_signed_v1", "lightweight_blocks_v2", "lightweight_dense_v2"])
+                                  "lightweight_signed_v1", "lightweight_blocks_v2", "lightweight_dense_v2",
+                                  "lightweight_partners_v3"])
 def test_backwards_compatibility(name):
     check_backwards_compatibility(name)
 

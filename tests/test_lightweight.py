@@ -13,7 +13,15 @@ import featcodec
 import featcodec.entropy
 from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip, symbol_order
 from featcodec.container import Bitstream
-from featcodec.entropy import decode_symbol_maps, decode_symbols, encode_symbol_maps, encode_symbols
+from featcodec.entropy import (
+    MAX_DEPTH,
+    decode_symbol_maps,
+    decode_symbols,
+    design_partners,
+    encode_symbol_maps,
+    encode_symbols,
+    partner_depths,
+)
 from featcodec.errors import CorruptStreamError, FeatcodecError, InvalidInputError
 from featcodec.quantizer import (
     ActivationModel,
@@ -43,6 +51,12 @@ def gaussian_through(kind, n=2_000_000, mu=0.3, sigma=1.2, slope=0.1, seed=0):
 def real_s4():
     with h5py.File(DEMO) as f:
         return f["S4"][()]
+
+
+@pytest.fixture(scope="module")
+def real_s2():
+    with h5py.File(DEMO) as f:
+        return f["S2"][()]
 
 
 @pytest.mark.parametrize("kind", ["relu", "leaky", "none"])
@@ -272,25 +286,31 @@ def test_signed_round_trip_respects_the_quantizer_and_old_tables():
     np.testing.assert_array_equal(old.decode(payload_old, x.shape, {}), codec.decode(payload, x.shape, table))
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_decoder_robustness(version, sparse):
     rng = np.random.default_rng(0)
     symbols = _sparse(rng, (8, 32, 32), 4) if sparse else rng.integers(0, 4, (8, 16, 16)).astype(np.uint8)
-    payload = encode_symbols(symbols, 4, version)
+    parents = [-1, 0, 1, 2, 0, -1, 5, 3] if version == 3 else None
+    payload = encode_symbols(symbols, 4, version, parents)
     for cut in range(0, len(payload), max(1, len(payload) // 25)):
         with pytest.raises(FeatcodecError):
-            decode_symbols(payload[:cut], symbols.shape, 4, version)
+            decode_symbols(payload[:cut], symbols.shape, 4, version, parents)
     for _ in range(25):
         garbage = rng.integers(0, 256, len(payload)).astype(np.uint8).tobytes()
         with pytest.raises(FeatcodecError):
-            decode_symbols(garbage, symbols.shape, 4, version)
+            decode_symbols(garbage, symbols.shape, 4, version, parents)
     codec = Lightweight(levels=4)
     payload, table = codec.encode(symbols.astype(np.float32))
     with pytest.raises(CorruptStreamError):
         codec.decode(payload, symbols.shape, {"thresholds": "x"})
     with pytest.raises(CorruptStreamError, match="coder"):
+        codec.decode(payload, symbols.shape, {**table, "coder": 4})
+    with pytest.raises(CorruptStreamError, match="parents"):
         codec.decode(payload, symbols.shape, {**table, "coder": 3})
+    for parents in ([1, 0] + [-1] * 6, [-1] * 7 + [8], [-1] * 7, "01"):
+        with pytest.raises(CorruptStreamError):
+            codec.decode(payload, symbols.shape, {**table, "coder": 3, "parents": parents})
 
 
 def test_a_panic_in_the_range_coder_is_a_corrupt_stream(monkeypatch):
@@ -341,3 +361,79 @@ def test_bad_parameters():
                    {"table": {"thresholds": [1.0, 0.0], "levels": [0, 1, 2]}}):
         with pytest.raises(InvalidInputError):
             Lightweight(**params)
+
+
+def _chains(rng, channels):
+    """Random partner chains: channel k links to k - 1 for the first MAX_DEPTH + 1 channels (the
+    deepest lag), then to a random earlier channel that is not yet that deep, or to none."""
+    parents, depths = [-1], [0]
+    for k in range(1, channels):
+        allowed = [c for c in range(k) if depths[c] < MAX_DEPTH]
+        parent = k - 1 if k <= MAX_DEPTH else int(rng.choice(allowed + [-1]))
+        parents.append(parent)
+        depths.append(depths[parent] + 1 if parent >= 0 else 0)
+    return parents
+
+
+@pytest.mark.parametrize("n_levels", [1, 2, 5, 16])
+def test_partnered_coding_round_trips_alone_and_together(n_levels):
+    rng = np.random.default_rng(n_levels)
+    for shape in [(1, 1, 1), (3, 1, 9), (2, 7, 1), (5, 13, 17), (12, 17, 40)]:
+        parents = _chains(rng, shape[0])
+        dense = rng.integers(0, n_levels, (3, *shape)).astype(np.uint8)
+        for maps in (dense, _sparse(rng, (3, *shape), n_levels)):
+            linked = [c for c, p in enumerate(parents) if p >= 0][::2]
+            maps[:, linked] = maps[:, [parents[c] for c in linked]]  # some channels copy their partner
+            payloads = encode_symbol_maps(maps, n_levels, 3, parents)
+            assert payloads == [encode_symbols(m, n_levels, 3, parents) for m in maps]
+            np.testing.assert_array_equal(decode_symbol_maps(payloads, shape, n_levels, 3, parents), maps)
+
+
+def test_partners_make_copied_channels_cheap_and_no_partners_code_as_version_2():
+    rng = np.random.default_rng(3)
+    maps = _sparse(rng, (2, 8, 24, 24), 4, density=0.3)
+    maps[:, 4:] = maps[:, :4]
+    pairs = [-1, -1, -1, -1, 0, 1, 2, 3]
+    assert sum(map(len, encode_symbol_maps(maps, 4, 3, pairs))) < 0.7 * sum(map(len, encode_symbol_maps(maps, 4, 2)))
+    assert encode_symbol_maps(maps, 4, 3, [-1] * 8) == encode_symbol_maps(maps, 4, 2)
+
+
+def test_partner_chains_are_checked():
+    np.testing.assert_array_equal(partner_depths(np.array([-1, 0, 1, 0]), 4), [0, 1, 2, 1])
+    too_deep = np.arange(-1, MAX_DEPTH + 1)  # channel k links to k - 1: depth MAX_DEPTH + 1
+    for parents, channels in (([1, 0], 2), ([0], 1), ([-1, 2], 2), ([-1, -2], 2), ([-1], 2), (too_deep, len(too_deep)),
+                              (np.array([-1.0, 0.0]), 2)):
+        with pytest.raises(ValueError):
+            partner_depths(np.asarray(parents), channels)
+    symbols = np.zeros((2, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="version 3"):
+        encode_symbols(symbols, 4, 3)
+    with pytest.raises(ValueError, match="version 3"):
+        encode_symbols(symbols, 4, 2, [-1, 0])
+
+
+def test_design_partners_links_correlated_channels_only():
+    rng = np.random.default_rng(11)
+    base = _sparse(rng, (6, 4, 32, 32), 4, density=0.4)
+    noisy = np.where(rng.random(base.shape) < 0.9, base, rng.integers(0, 4, base.shape)).astype(np.uint8)
+    maps = np.concatenate([base, noisy], axis=1)  # channel k + 4 is a noisy copy of channel k
+    parents = design_partners(maps, 4)
+    links = {frozenset((c, p)) for c, p in enumerate(parents) if p >= 0}
+    assert links == {frozenset((k, k + 4)) for k in range(4)}
+    assert design_partners(_sparse(rng, (6, 8, 32, 32), 4, density=0.4), 4) == [-1] * 8  # independent channels
+
+
+def test_calibration_gives_partners_only_where_they_pay(real_s2, real_s4):
+    codec = Lightweight(levels=2).calibrate(real_s2)
+    table = codec.table
+    assert table["coder"] == 3 and len(table["parents"]) == real_s2.shape[1] and max(table["parents"]) >= 0
+    blob = featcodec.encode(real_s2, codec)
+    assert featcodec.info(blob)["codec"]["table"] == table
+    cells = quantize(real_s2, np.asarray(table["thresholds"], np.float32))
+    np.testing.assert_array_equal(featcodec.decode(blob), np.asarray(table["levels"], np.float32)[cells])
+    alone = Lightweight(table={k: v for k, v in table.items() if k != "parents"} | {"coder": 2})
+    assert len(blob) < 0.95 * len(featcodec.encode(real_s2, alone))
+    with pytest.raises(InvalidInputError, match="calibrated for 72 channels"):
+        codec.encode(real_s2[0, :8])
+    # The sparse S4's channels gain too little from partners to pay for the slower coder.
+    assert Lightweight(levels=4).calibrate(real_s4).table["coder"] == 2

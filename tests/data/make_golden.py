@@ -24,6 +24,9 @@ CASES = {
     # skipped, 21 x 29 so that the last blocks are partial; and a dense S2 crop, coded whole.
     "lightweight_blocks_v2": dict(method="lightweight", levels=6, source="S4", crop=(12, 40, 21, 29)),
     "lightweight_dense_v2": dict(method="lightweight", levels=6, source="S2"),
+    # Coder version 3 ("coder": 3 and "parents" in a calibrated table): the dense S2 crop with
+    # partner chains up to three deep, so lagging channels and the partner context are in the bytes.
+    "lightweight_partners_v3": dict(method="lightweight", levels=6, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
@@ -50,6 +53,11 @@ def main(names):
             data = real_crop(params.pop("source"), params.pop("crop", (0, 40, 24, 32)))
         else:
             data = source
+        if "parents" in params:  # a calibrated table, as `Lightweight.calibrate` would write it
+            from featcodec.codecs import Lightweight
+
+            table = Lightweight(levels=params.pop("levels")).design(data)
+            params = dict(method=Lightweight(table={**table, "coder": 3, "parents": params.pop("parents")}))
         blob = featcodec.encode(data, params.pop("method"), layer="golden/layer:0", **params)
         fcb.write_bytes(blob)
         np.save(GOLDEN / f"{name}.expected.npy", featcodec.decode(blob))
