@@ -75,13 +75,15 @@ class _Model:
     channels of one map. Channel rows of several maps coded together are stacked; each map
     keeps its own shared table, so every map's probabilities are those of coding it alone."""
 
-    def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1):
+    def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1, dtype=np.float64):
         self.n = n_symbols
         self.contexts = contexts
-        # Float64 counts (exact integers): the gathered rows need no conversion, and numpy's
-        # add.at is as fast on float64 as on int64.
-        self.channel_counts = np.zeros((channels * contexts, n_symbols), np.float64)
-        self.channel_totals = np.zeros(channels * contexts, np.int64)
+        self.dtype = dtype
+        # Float counts (exact integers): the gathered rows need no conversion, and numpy's add.at
+        # is as fast on floats as on ints. Versions 1 and 2 compute in float64; version 3, whose
+        # tables are 4x larger, in float32: half the memory traffic, 10 % faster on S2.
+        self.channel_counts = np.zeros((channels * contexts, n_symbols), dtype)
+        self.channel_totals = np.zeros(channels * contexts, np.int64 if dtype == np.float64 else dtype)
         self.shared_counts = np.zeros((maps * contexts, n_symbols), np.int64)
         self.shared_totals = np.zeros(maps * contexts, np.int64)
 
@@ -89,16 +91,18 @@ class _Model:
         # The shared estimate is small (maps × contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts + ALPHA
         shared *= _by_row(BETA / (self.shared_totals + self.n * ALPHA), self.n)
+        if self.dtype != np.float64:
+            shared = shared.astype(self.dtype)
         estimate = self.channel_counts.take(channel_index, axis=0)
         estimate += shared.take(shared_index, axis=0)
-        estimate *= _by_row(1.0 / (self.channel_totals.take(channel_index) + BETA), self.n)
-        return estimate.astype(np.float32)
+        estimate *= _by_row(self.dtype(1.0) / (self.channel_totals.take(channel_index) + self.dtype(BETA)), self.n)
+        return estimate.astype(np.float32, copy=False)
 
     def update(self, channel_index: np.ndarray, shared_index: np.ndarray, symbols: np.ndarray) -> None:
         # numpy ≥ 2 runs add.at on flat int64 indices fast; the shared tables are small enough
         # for a bincount.
-        np.add.at(self.channel_counts.reshape(-1), channel_index * self.n + symbols, 1.0)
-        np.add.at(self.channel_totals, channel_index, 1)
+        np.add.at(self.channel_counts.reshape(-1), channel_index * self.n + symbols, self.dtype(1))
+        np.add.at(self.channel_totals, channel_index, self.channel_totals.dtype.type(1))
         self.shared_counts += np.bincount(shared_index * self.n + symbols,
                                           minlength=self.shared_counts.size).reshape(self.shared_counts.shape)
         self.shared_totals += np.bincount(shared_index, minlength=self.shared_totals.size)
@@ -115,8 +119,9 @@ class _Coder:
         self.near, self.far = min(n_symbols, NEAR), min(n_symbols, FAR)
         self.partner_n = min(n_symbols, PARTNER) if partners else 1
         rows = maps * channels
-        self.head = _Model(rows, self.near * self.near * self.far * self.far * self.partner_n, self.head_n, maps)
-        self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps) if n_symbols > HEAD else None
+        dtype = np.float32 if partners else np.float64
+        self.head = _Model(rows, self.near * self.near * self.far * self.far * self.partner_n, self.head_n, maps, dtype)
+        self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps, dtype) if n_symbols > HEAD else None
         self.family = _family()
         row = np.arange(rows, dtype=np.int64)[:, None]
         self.channel_offsets = row * self.head.contexts
@@ -294,7 +299,7 @@ class _Skewed:
                 cells[:, row - 3, lo:hi], cells[:, row - 1, lo:hi])
         if partner_rows is None:
             return runs
-        return (*runs, self.cells[partner_rows, row - 1, lo + 1:hi + 1])
+        return (*runs, self.cells[:, row - 1, lo + 1:hi + 1].take(partner_rows, axis=0))
 
 
 def _maps_per_pass(channels: int, height: int, width: int, n_symbols: int, partners: bool = False) -> int:
