@@ -357,7 +357,7 @@ def test_bpe_target_is_met(real_s4):
 
 def test_bad_parameters():
     for params in ({"levels": 1}, {"levels": 17}, {"bpe": 0}, {"levels": 4, "bpe": 0.5}, {"clip": "wide"},
-                   {"activation": "tanh"}, {"activation": "leaky:2"}, {"quantizer": "vq"}, {"lam": -1},
+                   {"partners": 1}, {"activation": "tanh"}, {"activation": "leaky:2"}, {"quantizer": "vq"}, {"lam": -1},
                    {"table": {"thresholds": [1.0, 0.0], "levels": [0, 1, 2]}}):
         with pytest.raises(InvalidInputError):
             Lightweight(**params)
@@ -437,5 +437,7 @@ def test_calibration_gives_partners_only_where_they_pay(real_s2, real_s4):
     assert len(blob) < 0.95 * len(featcodec.encode(real_s2, alone))
     with pytest.raises(InvalidInputError, match="calibrated for 72 channels"):
         codec.encode(real_s2[0, :8])
-    # The sparse S4's channels gain too little from partners to pay for the slower coder.
+    # The sparse S4's channels gain too little from partners to pay for the slower coder; and a
+    # user who wants speed first turns them off.
     assert Lightweight(levels=4).calibrate(real_s4).table["coder"] == 2
+    assert Lightweight(levels=2, partners=False).calibrate(real_s2).table["coder"] == 2

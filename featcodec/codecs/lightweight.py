@@ -72,7 +72,7 @@ class Lightweight(Codec):
 
     def __init__(self, levels: int | None = None, bpe: float | None = None, snr: float | None = None,
                  clip: Any = "auto", activation: str = "auto", quantizer: str = "uniform", lam: float = 0.0,
-                 table: dict | None = None):
+                 partners: bool = True, table: dict | None = None):
         if levels is not None and (not isinstance(levels, int) or not 2 <= levels <= MAX_LEVELS):
             raise InvalidInputError(f"lightweight levels must be an integer 2..{MAX_LEVELS}, got {levels!r}")
         if bpe is not None and (not isinstance(bpe, (int, float)) or not 0 < bpe < 8):
@@ -90,6 +90,8 @@ class Lightweight(Codec):
             raise InvalidInputError(f"quantizer must be uniform or ecsq, got {quantizer!r}")
         if not isinstance(lam, (int, float)) or lam < 0:
             raise InvalidInputError(f"lam (the ECSQ Lagrangian) must be ≥ 0, got {lam!r}")
+        if not isinstance(partners, bool):
+            raise InvalidInputError(f"partners must be true or false, got {partners!r}")
         self.levels = levels
         self.bpe = None if bpe is None else float(bpe)
         self.snr = None if snr is None else float(snr)
@@ -97,6 +99,7 @@ class Lightweight(Codec):
         self.activation = activation
         self.quantizer = quantizer
         self.lam = float(lam)
+        self.partners = partners
         self.table = None if table is None else _check_table(table, InvalidInputError)
 
     # --- design ---------------------------------------------------------------------------
@@ -177,10 +180,11 @@ class Lightweight(Codec):
 
     def calibrate(self, samples: np.ndarray) -> Lightweight:
         """A copy of this codec whose quantizer is designed once from `samples` (N, C, H, W),
-        with partner channels for the entropy coder when they pay (`MIN_PARTNER_GAIN`)."""
+        with partner channels for the entropy coder when they pay (`MIN_PARTNER_GAIN`) unless
+        ``partners=False`` (faster coding, larger payloads)."""
         samples = np.asarray(samples, np.float32)
         table = self.design(samples)
-        if samples.ndim == 4:
+        if samples.ndim == 4 and self.partners:
             table = _with_partners(table, samples)
         config = self.get_config()
         config.update(table=table, bpe=None, snr=None, levels=None)
