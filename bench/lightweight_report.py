@@ -3,11 +3,13 @@
     python bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 bench/results/lightweight.md
 
 For each split layer and setting (levels 2, 3, 4, 8, 16, the default SNR target, bpe 0.6 / 0.8
-with the uniform and the entropy-constrained quantizer), quantizers are calibrated on the
-training dump and applied to held-out samples. Reported: bits per element of the context coder,
-MSE, SNR, the same symbols' order-0 entropy, zstd -19 and brotli -q 11 sizes (the better of cell
-indices and the coder's symbol numbering), and single-core encode / decode throughput (MB/s of
-float32 input; median of 3 runs after a warm-up).
+with the uniform and the entropy-constrained quantizer; 4 levels and the default again without
+partner channels), quantizers are calibrated on the training dump and applied to held-out
+samples; `coder` is the entropy coder version calibration chose (3: with partner channels).
+Reported: bits per element of the context coder, MSE, SNR, the same symbols' order-0 entropy,
+zstd -19 and brotli -q 11 sizes (the better of cell indices and the coder's symbol numbering),
+and single-core encode / decode throughput (MB/s of float32 input; median of 3 runs after a
+warm-up).
 """
 
 import json
@@ -26,7 +28,8 @@ from featcodec.entropy import decode_symbols
 from featcodec.quantizer import quantize
 
 SETTINGS = ([{"levels": n} for n in (2, 3, 4, 8, 16)] + [{}, {"bpe": 0.6}, {"bpe": 0.8}]
-            + [{"bpe": b, "quantizer": "ecsq"} for b in (0.6, 0.8)])
+            + [{"bpe": b, "quantizer": "ecsq"} for b in (0.6, 0.8)]
+            + [{"levels": 4, "partners": False}, {"partners": False}])
 SAMPLES = 3
 
 
@@ -57,7 +60,7 @@ def main(train_path, heldout_path, output):
                                              [codec.decode(p, s.shape, {}) for p, s in zip(payloads, x)])
                 version = table.get("coder", 1)
                 for s, p in zip(symbols, payloads):
-                    assert np.array_equal(s, decode_symbols(p, s.shape, n, version))
+                    assert np.array_equal(s, decode_symbols(p, s.shape, n, version, table.get("parents")))
                 elements = x.size
                 stack = np.stack(symbols)
                 p = np.bincount(stack.ravel(), minlength=n) / stack.size
@@ -72,16 +75,16 @@ def main(train_path, heldout_path, output):
                 mse = float(np.mean((y - x) ** 2))
                 rows.append({
                     "layer": layer, "setting": json.dumps(setting) if setting else "default (snr 15 dB)",
-                    "levels": n, "bits_per_element": coded, "mse": mse,
+                    "levels": n, "coder": version, "bits_per_element": coded, "mse": mse,
                     "snr_db": float(10 * np.log10(np.var(x) / mse)), "order0_entropy": order0,
                     "zstd19_bpe": zstd, "brotli11_bpe": brot, "vs_zstd_percent": 100 * (coded / zstd - 1),
                     "encode_mb_s": x.nbytes / 1e6 / encode_time, "decode_mb_s": x.nbytes / 1e6 / decode_time,
                 })
                 print(rows[-1], flush=True)
-    lines = ["| layer | setting | levels | bits/elt | MSE | SNR dB | order-0 H | zstd-19 | brotli-11 | vs zstd | "
-             "enc MB/s | dec MB/s |", "|" + "---|" * 12]
+    lines = ["| layer | setting | levels | coder | bits/elt | MSE | SNR dB | order-0 H | zstd-19 | brotli-11 | "
+             "vs zstd | enc MB/s | dec MB/s |", "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['setting']} | {r['levels']} | {r['bits_per_element']:.4f} | "
+        lines.append(f"| {r['layer']} | {r['setting']} | {r['levels']} | {r['coder']} | {r['bits_per_element']:.4f} | "
                      f"{r['mse']:.4g} | {r['snr_db']:.2f} | {r['order0_entropy']:.4f} | {r['zstd19_bpe']:.4f} | "
                      f"{r['brotli11_bpe']:.4f} | {r['vs_zstd_percent']:+.1f} % | {r['encode_mb_s']:.1f} | "
                      f"{r['decode_mb_s']:.1f} |")

@@ -118,7 +118,9 @@ def _describe(codec: Codec) -> str:
     config = codec.get_config()
     parts = [f"{k}={v}" for k, v in config.items() if k not in ("id", "table") and v not in (None, False)]
     if config.get("table"):
-        parts.append(f"calibrated {len(config['table']['levels'])}-level quantizer")
+        table = config["table"]
+        partners = " with partner channels" if "parents" in table else ""
+        parts.append(f"calibrated {len(table['levels'])}-level quantizer{partners}")
     return f"codec {config['id']}" + (f" ({', '.join(parts)})" if parts else "")
 
 
