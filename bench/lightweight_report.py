@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import zstandard
 
+from featcodec.bench import environment
 from featcodec.codecs import Lightweight
 from featcodec.codecs.lightweight import symbol_order
 from featcodec.entropy import decode_symbols
@@ -88,10 +89,14 @@ def main(train_path, heldout_path, output):
                      f"{r['mse']:.4g} | {r['snr_db']:.2f} | {r['order0_entropy']:.4f} | {r['zstd19_bpe']:.4f} | "
                      f"{r['brotli11_bpe']:.4f} | {r['vs_zstd_percent']:+.1f} % | {r['encode_mb_s']:.1f} | "
                      f"{r['decode_mb_s']:.1f} |")
+    machine = environment(threads=1)
+    lines.append(f"\n{time.strftime('%Y-%m-%d')}, one core of {machine['cpu']} ({machine['cores']} cores), "
+                 f"numpy {machine['numpy']}, constriction {machine['constriction']}. Throughput depends on the "
+                 "machine: compare rows of one run, not runs.")
     with open(output, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(output.replace(".md", ".json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"environment": machine, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
