@@ -27,7 +27,8 @@ tensor as it is coded, with no side information:
 * version 3 adds partner channels (`design_partners`, chosen once per layer by calibration):
   a channel's first-stage context also holds its partner's symbol at the same position. Each
   channel is coded as many steps late as it is deep in its chain of partners, so that symbol is
-  known by then (S2, 2-4 levels: about 10 % fewer bits, 20 % slower). Counts are float32.
+  known by then (S2, 2-4 levels: about 10 % fewer bits, 20 % slower). The first stage's β is 8
+  instead of 2 (`PARTNERED_BETA`) and counts are float32.
 
 Payload: CRC32 of the symbols (uint32), then the range coder's 32-bit words. docs/FORMAT.md
 gives the layout of each version.
@@ -44,6 +45,10 @@ from .errors import CorruptStreamError
 
 ALPHA = 0.4  # additive prior of the shared counts (KT-like)
 BETA = 2.0  # weight of the shared estimate in a channel's estimate
+# Version 3's first stage weighs the shared estimate more. Chosen on the reference detector's
+# training photos (S1, S2 at 2-8 levels; versions 1 and 2 keep BETA, their files exist): 4 to 8
+# code within 0.2 % of each other, 2 up to 1.4 % more, 16 up to 0.7 % more, 32 up to 2 % more.
+PARTNERED_BETA = 8.0
 MAX_SYMBOLS = 16
 HEAD = 4  # first-stage alphabet: 0, 1, 2 and "3 or more"
 NEAR = 8  # left and top neighbours distinguish up to 8 values in the first-stage context
@@ -79,10 +84,12 @@ class _Model:
     channels of one map. Channel rows of several maps coded together are stacked; each map
     keeps its own shared table, so every map's probabilities are those of coding it alone."""
 
-    def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1, dtype=np.float64):
+    def __init__(self, channels: int, contexts: int, n_symbols: int, maps: int = 1, dtype=np.float64,
+                 beta: float = BETA):
         self.n = n_symbols
         self.contexts = contexts
         self.dtype = dtype
+        self.beta = beta
         # Float counts (exact integers): the gathered rows need no conversion, and numpy's add.at
         # is as fast on floats as on ints. Versions 1 and 2 compute in float64; version 3, whose
         # tables are 4x larger, in float32: half the memory traffic, 10 % faster on S2.
@@ -94,12 +101,12 @@ class _Model:
     def probabilities(self, channel_index: np.ndarray, shared_index: np.ndarray) -> np.ndarray:
         # The shared estimate is small (maps × contexts × K): compute it whole, then gather rows.
         shared = self.shared_counts + ALPHA
-        shared *= _by_row(BETA / (self.shared_totals + self.n * ALPHA), self.n)
+        shared *= _by_row(self.beta / (self.shared_totals + self.n * ALPHA), self.n)
         if self.dtype != np.float64:
             shared = shared.astype(self.dtype)
         estimate = self.channel_counts.take(channel_index, axis=0)
         estimate += shared.take(shared_index, axis=0)
-        estimate *= _by_row(self.dtype(1.0) / (self.channel_totals.take(channel_index) + self.dtype(BETA)), self.n)
+        estimate *= _by_row(self.dtype(1.0) / (self.channel_totals.take(channel_index) + self.dtype(self.beta)), self.n)
         return estimate.astype(np.float32, copy=False)
 
     def update(self, channel_index: np.ndarray, shared_index: np.ndarray, symbols: np.ndarray) -> None:
@@ -124,7 +131,8 @@ class _Coder:
         self.partner_n = min(n_symbols, PARTNER) if partners else 1
         rows = maps * channels
         dtype = np.float32 if partners else np.float64
-        self.head = _Model(rows, self.near * self.near * self.far * self.far * self.partner_n, self.head_n, maps, dtype)
+        self.head = _Model(rows, self.near * self.near * self.far * self.far * self.partner_n, self.head_n, maps, dtype,
+                           PARTNERED_BETA if partners else BETA)
         self.rest = _Model(rows, REST_CONTEXTS, n_symbols - HEAD + 1, maps, dtype) if n_symbols > HEAD else None
         self.family = _family()
         row = np.arange(rows, dtype=np.int64)[:, None]
