@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -50,7 +51,8 @@ CODEC_OPTIONS = [
     ("--norm", "norm", {"type": click.Choice(["tensor", "channel"]),
                         "help": "HEVC codecs: min/max normalisation per tensor or per channel."}),
     ("--preset", "preset", {"help": "HEVC codecs: x265 preset (ultrafast … veryslow)."}),
-    ("--cr", "cr", {"type": click.Choice(["4", "16"]), "help": "autotiler: the exit (CR4 or CR16 map)."}),
+    ("--cr", "cr", {"type": int, "help": "autotiler: compression ratio, C·H·W/N values in the map "
+                                           "(see `featcodec models`)."}),
     ("--model", "model", {"help": "autotiler: model name (see `featcodec models`)."}),
 ]
 CODEC_OPTION_NAMES = {param: flag for flag, param, _ in CODEC_OPTIONS}
@@ -70,7 +72,7 @@ def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, .
     params = {k: v for k, v in options.items() if v is not None}
     if "clip" in params:
         params["clip"] = _parse_clip(params["clip"])
-    for name in ("bitdepth", "cr"):
+    for name in ("bitdepth",):
         if name in params:
             params[name] = int(params[name])
     for item in extra_params:
@@ -429,28 +431,80 @@ def _print_bench(report) -> None:
 @cli.command()
 @click.argument("dump_path", metavar="DUMP.h5")
 @click.option("--layer", "layers", multiple=True, required=True,
-              help="Dataset of the dump to train on (repeatable); the smallest gets the core auto-tiler.")
+              help="Dataset of the dump to train on (repeatable): one auto-tiler per layer.")
 @click.option("-o", "--output", required=True, help="Folder for the ONNX files and manifest.json.")
 @click.option("--name", help="Model name (default: the output folder's name).")
-@click.option("--steps", default=600, show_default=True, help="Maximum training steps per phase.")
-@click.option("--batch", default=12, show_default=True, help="Crops per step.")
-@click.option("--crop", default=64, show_default=True, help="Crop size (the networks are fully convolutional).")
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--cr", "ratios", multiple=True, type=int, default=(4, 16), show_default=True,
+              help="Compression ratios (exits) to train (repeatable); higher ones cascade on the lowest.")
+@click.option("--steps", default=4000, show_default=True, help="Maximum MSE training steps per exit.")
+@click.option("--task-steps", default=2000, show_default=True,
+              help="Maximum steps per exit of the stage with the task loss, after MSE.")
+@click.option("--minutes-per-phase", type=float,
+              help="Stop each training stage of an exit after this long, keeping its best state.")
+@click.option("--batch", default=8, show_default=True, help="Crops per step.")
+@click.option("--crop", default=64, show_default=True, help="Crop size without the task loss (fully convolutional).")
+@click.option("--task-crop", default=96, show_default=True, help="Crop size with the task loss.")
+@click.option("--task-weight", default=1.0, show_default=True,
+              help="Weight of the loss through the network's tail (0: MSE only).")
+@click.option("--network", type=click.Path(dir_okay=False, exists=True),
+              help="ONNX network for the task loss (default: the model the dump names, if bundled).")
+@click.option("--width", default=64, show_default=True, help="Channels of the hidden layers.")
+@click.option("--lr", default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
+@click.option("--max-samples", type=int, help="Use only the first N samples of the dump.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--minutes-per-phase", type=float, help="Stop a phase after this long, keeping its best state.")
-def train(dump_path, layers, output, name, steps, batch, crop, lr, seed, minutes_per_phase):
-    """Train an auto-tiler on activation dumps and export it to ONNX (needs featcodec[train])."""
+def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
+          task_weight, network, width, lr, max_samples, seed):
+    """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
+
+    Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
+    """
     from .train import require_torch
 
     require_torch()
-    from .train.autotiler import train_autotiler
+    from .train.autotiler import TrainingConfig, train_autotiler
 
-    manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name, steps=steps,
-                               batch=batch, crop=crop, lr=lr, seed=seed, minutes_per_phase=minutes_per_phase,
-                               log=lambda line: click.echo(line, err=True))
+    config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
+                            minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
+                            task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples)
+    bar = _TrainingProgress()
+    try:
+        manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name, config=config,
+                                   network=network, log=bar.log, progress=bar)
+    finally:
+        bar.stop()
     sizes = sum(f["bytes"] for f in manifest["files"].values())
-    click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, core on "
-               f"{manifest['core_layer']}", err=True)
+    click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, "
+               f"{manifest['training']['seconds'] / 60:.1f} min", err=True)
+
+
+class _TrainingProgress:
+    """A rich progress bar per training phase on a terminal; log lines either way."""
+
+    def __init__(self):
+        self.bar, self.tasks = None, {}
+
+    def log(self, line: str) -> None:
+        (self.bar.console.print if self.bar else lambda s: click.echo(s, err=True))(line)
+
+    def __call__(self, phase: str, step: int, steps: int, status: str) -> None:
+        if not _stderr_is_tty():
+            if "valid" in status:
+                click.echo(f"  {phase}: step {step}/{steps} {status}", err=True)
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                TextColumn("{task.fields[status]}"), console=_console())
+            self.bar.start()
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=steps, status="")
+        self.bar.update(self.tasks[phase], completed=step, status=status)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @cli.command()
@@ -608,12 +662,43 @@ class _progress_callback:
             self.bar.stop()
 
 
+@contextlib.contextmanager
+def _warnings_to_stderr(limit: int = 3):
+    """Show featcodec's warnings (an unreachable rate target…) as ``Warning: …`` lines on stderr,
+    at most `limit` per kind, then how many more there were."""
+    import warnings
+
+    from .video import RateWarning
+
+    counts: dict[type, int] = {}
+    previous = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if not issubclass(category, RateWarning):
+            return previous(message, category, *args, **kwargs)
+        counts[category] = counts.get(category, 0) + 1
+        if counts[category] <= limit:
+            click.echo(f"Warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RateWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
+            for count in counts.values():
+                if count > limit:
+                    click.echo(f"Warning: … and {count - limit} more like it", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure becomes one ``Error: …`` line and a non-zero exit."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        code = cli.main(args=args, prog_name="featcodec", standalone_mode=False)
+        with _warnings_to_stderr():
+            code = cli.main(args=args, prog_name="featcodec", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Error: aborted", err=True)
         code = 130

@@ -13,7 +13,9 @@ Rate control: a constant ``qp``; ``lossless``; or a target size in kilobits for 
 stack (``kbits``). x265's one-pass ABR misses by a wide margin on one or a few frames, so a
 target is met by searching the constant QP instead: the stream closest to the target without
 exceeding it by more than 10 % is kept (a log-linear model of size against QP proposes, a
-couple of encodes confirm).
+couple of encodes confirm). A target the frames cannot reach within ±10 % (too small a frame
+to spend it even at QP 0, too large to fit it at QP 51) raises a `RateWarning` naming the
+real rate, which the stream records.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import BackendError, CorruptStreamError, InvalidInputError, MissingBackendError
+
+
+class RateWarning(UserWarning):
+    """A rate target that the frames cannot reach; the stream carries the real rate."""
+
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Frames are padded to at least this on each side: with pictures of one 64-pixel CTU or less,
@@ -228,6 +236,14 @@ def _search_qp(frames, bitdepth, kbits, preset, timings) -> tuple[bytes, int]:
         qp += 1
     while qp > 0 and size_at(qp - 1) <= target * 1.1 and abs(size_at(qp - 1) - target) < abs(size_at(qp) - target):
         qp -= 1
+    size = size_at(qp)
+    if not 0.9 * target <= size <= 1.1 * target:
+        # Never hand back a different rate silently: a small frame cannot spend a large target
+        # even at QP 0, and a large one cannot fit a tiny target even at QP 51.
+        side = "spends at most" if size < target else "needs at least"
+        shape = "x".join(str(v) for v in frames.shape[-2:]) + (f" x {len(frames)} frames" if len(frames) > 1 else "")
+        warnings.warn(RateWarning(f"HEVC target {kbits:g} kbits not reachable: this {shape} stream {side} "
+                                  f"{size * 8 / 1000:.1f} kbits (QP {qp}); the real rate is recorded"), stacklevel=2)
     return tried[qp], qp
 
 

@@ -1,7 +1,8 @@
-"""Auto-tiler: training smoke test, ONNX export, the codec, model checks."""
+"""Auto-tiler: training smoke test, ONNX export, the real compression ratio, model checks."""
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -9,56 +10,111 @@ import numpy as np
 import pytest
 
 import featcodec
-from featcodec.codecs.autotiler import available_models
+from featcodec.codecs.autotiler import available_models, exit_layout
 from featcodec.errors import InvalidInputError, MissingModelError
+from featcodec.video import RateWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "reference_demo.h5"
-SHIPPED = ROOT / "models" / "autotiler" / "centernet_mbv3"
+REFERENCE = ROOT / "models" / "reference" / "centernet_mbv3_coco.onnx"
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A model trained here, in seconds, on a tiny synthetic dump (skipped without torch)."""
     pytest.importorskip("torch")
-    from featcodec.train.autotiler import train_autotiler
+    from featcodec.train.autotiler import TrainingConfig, train_autotiler
 
     root = tmp_path_factory.mktemp("autotiler")
     rng = np.random.default_rng(0)
     smooth = lambda c: np.cumsum(np.maximum(rng.normal(0, 1, (6, c, 24, 24)), 0), axis=-1).astype(np.float32)  # noqa: E731
     with h5py.File(root / "dump.h5", "w") as f:
         f.create_dataset("small", data=smooth(8)).attrs["layer"] = "small:0"
-        f.create_dataset("large", data=smooth(16)).attrs["layer"] = "large:0"
+        f.create_dataset("large", data=smooth(16) - 3).attrs["layer"] = "large:0"
+    config = TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8, valid_fraction=0.2)
     manifest = train_autotiler(str(root / "dump.h5"), ["small", "large"], str(root / "models" / "tiny"), name="tiny",
-                               steps=8, batch=2, crop=16, log=lambda line: None)
+                               config=config, log=lambda line: None)
     return root / "models", manifest
+
+
+def test_exit_layout_holds_the_real_ratio():
+    for channels in (24, 72, 128, 3, 256):
+        for ratio in (4, 16):
+            steps, latent = exit_layout(channels, ratio)
+            assert latent * (128 // 2 ** steps) ** 2 * ratio == channels * 128 * 128
+    assert exit_layout(24, 8) == (2, 48)
+    with pytest.raises(InvalidInputError, match="does not divide 3 channels"):
+        exit_layout(3, 5)
 
 
 def test_training_exports_loadable_onnx(tiny_model):
     import onnxruntime
 
     folder, manifest = tiny_model
-    assert manifest["core_layer"] == "small" and manifest["core_channels"] == 8
-    assert manifest["layers"]["large"]["compression_ratio"] == {"cr4": 4.0, "cr16": 16.0}
-    assert len(manifest["training"]["phases"]) == 4
+    assert manifest["format"] == 2 and set(manifest["layers"]) == {"small", "large"}
+    large = manifest["layers"]["large"]
+    assert large["nonnegative"] is False and manifest["layers"]["small"]["nonnegative"] is True
+    assert {r: (e["stride"], e["latent_channels"], e["ratio"]) for r, e in large["exits"].items()} == \
+        {"4": (2, 16, 4.0), "16": (4, 16, 16.0)}
+    assert large["exits"]["16"]["encoder"] == ["large_enc4.onnx", "large_enc16.onnx"]  # the cascade
+    assert [p["name"] for p in manifest["training"]["phases"]] == [
+        "small CR4 MSE", "small CR16 MSE", "large CR4 MSE", "large CR16 MSE"]
     for filename, record in manifest["files"].items():
         session = onnxruntime.InferenceSession(str(folder / "tiny" / filename))
         assert session.get_inputs()[0].name == "input"
         assert len(record["sha256"]) == 64
+    # ReLU layers decode through a final ReLU: exact zeros stay zeros, nothing goes negative.
+    dec = onnxruntime.InferenceSession(str(folder / "tiny" / "small_dec4.onnx"))
+    out = dec.run(None, {"input": np.random.default_rng(0).random((1, 8, 6, 6), np.float32)})[0]
+    assert out.shape == (1, 8, 12, 12) and out.min() >= 0
 
 
-def test_codec_with_trained_model(tiny_model, monkeypatch):
+def test_training_resumes_from_checkpoints(tiny_model, tmp_path):
+    from featcodec.train.autotiler import TrainingConfig, train_autotiler
+
+    folder, manifest = tiny_model
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder / "tiny", copy)
+    lines = []
+    again = train_autotiler(str(folder.parent / "dump.h5"), ["small", "large"], str(copy), name="tiny",
+                            config=TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8,
+                                                  valid_fraction=0.2), log=lines.append)
+    assert sum("resumed" in line for line in lines) == 4
+    assert again["files"] == manifest["files"]  # same weights, same ONNX bytes
+
+
+def test_codec_codes_the_real_ratio(tiny_model, monkeypatch):
     folder, _ = tiny_model
     monkeypatch.setenv("FEATCODEC_MODELS", str(folder))
     assert "tiny" in available_models()
-    x = np.maximum(np.random.default_rng(1).normal(0, 1, (2, 16, 20, 28)), 0).astype(np.float32)
-    for cr, map_shape in ((4, [40, 56]), (16, [20, 28])):
+    x = np.random.default_rng(1).normal(0, 1, (2, 16, 20, 28)).astype(np.float32)
+    for cr, latent, frame in ((4, [16, 10, 14], [40, 56]), (16, [16, 5, 7], [20, 28])):
         blob = featcodec.encode(x, "autotiler", cr=cr, model="tiny", qp=10, preset="ultrafast")
-        header = featcodec.info(blob)
-        assert header["samples"][0]["map"] == map_shape and header["samples"][0]["layer"] == "large"
-        assert {m["name"] for m in header["models"]} >= {"tiny/large_compat_enc.onnx", "tiny/core_enc4.onnx"}
+        sample = featcodec.info(blob)["samples"][0]
+        assert sample["latent"] == latent and sample["map"] == frame and sample["layer"] == "large"
+        assert np.prod(frame) * cr == x[0].size and sample["ratio"] == cr
+        models = {m["name"] for m in featcodec.info(blob)["models"]}
+        assert models == ({"tiny/large_enc4.onnx", "tiny/large_dec4.onnx"} if cr == 4 else
+                          {"tiny/large_enc4.onnx", "tiny/large_enc16.onnx", "tiny/large_dec16.onnx"})
         y = featcodec.decode(blob)
         assert y.shape == x.shape and np.isfinite(y).all()
+    # A size the stride does not divide is padded: the ratio reached is a little lower, and recorded.
+    odd = featcodec.encode(x[:, :, :18, :26], "autotiler", cr=4, model="tiny", qp=10, preset="ultrafast")
+    assert featcodec.info(odd)["samples"][0]["ratio"] == pytest.approx(16 * 18 * 26 / (16 * 9 * 13))
+    assert featcodec.decode(odd).shape == (2, 16, 18, 26)
+
+
+def test_ratio_not_on_offer_lists_those_that_are(tiny_model, monkeypatch, cli):
+    folder, _ = tiny_model
+    monkeypatch.setenv("FEATCODEC_MODELS", str(folder))
+    x = np.ones((1, 16, 8, 8), np.float32)
+    with pytest.raises(InvalidInputError, match="offers no CR8 for layer large; ratios on offer: 4, 16"):
+        featcodec.encode(x, "autotiler", cr=8, model="tiny")
+    with pytest.raises(InvalidInputError, match="integer compression ratio"):
+        featcodec.get_codec("autotiler", cr=1)
+    out = cli("models", check=True).stdout.decode()
+    assert "tiny (codec autotiler" in out and "large large:0 (16, 24, 24): CR4, CR16; dedicated" in out
+    assert "CR16: real ratio 16.00x, 16 latent maps of 6x6 tiled 4x4 into one 24x24 frame" in out
 
 
 def test_tampered_model_refused(tiny_model, monkeypatch, tmp_path):
@@ -70,13 +126,13 @@ def test_tampered_model_refused(tiny_model, monkeypatch, tmp_path):
     blob = featcodec.encode(x, "autotiler", model="tiny", qp=20, preset="ultrafast")
     manifest_path = copy / "tiny" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["core_dec4.onnx"]["sha256"] = "0" * 64  # as if the model had been retrained
+    manifest["files"]["small_dec4.onnx"]["sha256"] = "0" * 64  # as if the model had been retrained
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(MissingModelError, match="differs from the one the file was encoded with"):
         featcodec.decode(blob)
     shutil.copytree(folder, tmp_path / "intact")
     monkeypatch.setenv("FEATCODEC_MODELS", str(tmp_path / "intact"))
-    with open(tmp_path / "intact" / "tiny" / "core_dec4.onnx", "ab") as f:
+    with open(tmp_path / "intact" / "tiny" / "small_dec4.onnx", "ab") as f:
         f.write(b"\0")  # a damaged file on disk, manifest intact
     with pytest.raises(MissingModelError, match="does not match the sha256 in its manifest"):
         featcodec.decode(blob)
@@ -89,8 +145,31 @@ def test_unsupported_shape_and_missing_model(tiny_model, monkeypatch):
         featcodec.encode(np.ones((1, 5, 8, 8), np.float32), "autotiler", model="tiny")
     with pytest.raises(MissingModelError, match="no auto-tiler model 'nope'"):
         featcodec.encode(np.ones((1, 8, 8, 8), np.float32), "autotiler", model="nope")
-    with pytest.raises(InvalidInputError, match="--cr must be 4 or 16"):
-        featcodec.get_codec("autotiler", cr=8)
+
+
+def test_unreachable_rate_is_said_and_the_real_rate_recorded(cli, tmp_path):
+    x = np.random.default_rng(0).random((1, 4, 8, 8), np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blob = featcodec.encode(x, "tiling", kbpi=500, preset="ultrafast")
+    assert any(issubclass(w.category, RateWarning) and "not reachable" in str(w.message) for w in caught)
+    kbits = featcodec.info(blob)["samples"][0]["kbits"]
+    assert kbits < 250  # what was really spent, far from the target
+    np.save(tmp_path / "x.npy", x)
+    result = cli("encode", tmp_path / "x.npy", "-m", "tiling", "--kbpi", "500", "--preset", "ultrafast")
+    assert result.returncode == 0
+    assert result.stderr.decode().startswith("Warning: HEVC target 500 kbits not reachable")
+
+
+def test_torch_tail_matches_onnxruntime():
+    pytest.importorskip("torch")
+    from featcodec.train.tail import check_against_onnxruntime
+
+    with h5py.File(DEMO) as f:
+        for layer in ("S1", "S4"):
+            x = np.ascontiguousarray(f[layer][:1], np.float32)
+            # box maps reach a few hundred pixels: 1e-2 absolute is float32 rounding
+            assert check_against_onnxruntime(str(REFERENCE), layer, ["tower_0/keypoints", "tower_0/wh"], x) < 1e-2
 
 
 def test_train_cli_bad_inputs(cli, tmp_path):

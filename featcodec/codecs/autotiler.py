@@ -1,12 +1,15 @@
 """``autotiler``: an autoencoder tiles the channels into ONE map, which HEVC codes directly.
 
-The method of Park, Kim & Ko ("Auto-Tiler", Sensors 2021). A trained model
-(``models/autotiler/<name>/manifest.json`` plus ONNX files, see `featcodec.train.autotiler`) has
-a core auto-tiler for the smallest split layer and compatibility autoencoders for the others.
-``cr=4`` or ``cr=16`` names the exit, as in the paper: the map is (1, 2H, 2W) or (1, H, W) for a
-(C, H, W) layer, so the real ratio is C/4 or C, and is recorded per sample with the layer, the
-map size and the rate used. The header lists every ONNX file with its sha256; decoding refuses
-a file whose hash differs. Networks run with onnxruntime; torch is never imported.
+The method of Park, Kim & Ko ("Auto-Tiler", Sensors 2021). ``cr`` is the real element ratio,
+as in the paper: for a (C, H, W) layer at ``cr=N`` the bottleneck holds C·H·W/N values, laid
+out as K latent maps of (H/s, W/s) (`exit_layout`: CR4 is K = C at s = 2, CR16 K = C at
+s = 4) that the codec tiles into one frame (the tiling codec's grid) for HEVC. A trained model
+(``models/autotiler/<name>/manifest.json`` plus ONNX files, see `featcodec.train.autotiler`)
+serves some layers at some ratios; asking for another is an error that lists those on offer.
+The header records the layer, the map and latent sizes and the ratio reached (padding a map
+that the stride does not divide costs a few per cent), and every ONNX file with its sha256;
+decoding refuses a file whose hash differs. Networks run with onnxruntime; torch is never
+imported.
 
 Models are looked for in ``$FEATCODEC_MODELS`` (folders separated by ``os.pathsep``), the
 ``models/autotiler`` folder of the featcodec source tree, and ``./models/autotiler``.
@@ -15,15 +18,36 @@ Models are looked for in ``$FEATCODEC_MODELS`` (folders separated by ``os.pathse
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .. import video
 from ..errors import CorruptStreamError, InvalidInputError, MissingModelError
 from .video_base import VideoCodec
 
 DEFAULT_MODEL = "centernet_mbv3"
+MANIFEST_FORMAT = 2
+
+
+def exit_layout(channels: int, ratio: int) -> tuple[int, int]:
+    """(stride-2 steps, latent channels K) of the bottleneck for `channels` at element ratio `ratio`.
+
+    The fewest steps s with 4^s ≥ ratio, then K = C·4^s / ratio, which must be a whole number.
+
+    >>> exit_layout(72, 4), exit_layout(72, 16), exit_layout(24, 8)
+    ((1, 72), (2, 72), (2, 48))
+    """
+    if not isinstance(ratio, int) or ratio < 1:
+        raise InvalidInputError(f"compression ratio must be a positive integer, got {ratio!r}")
+    steps = math.ceil(math.log(ratio, 4) - 1e-9) if ratio > 1 else 0
+    latent, rest = divmod(channels * 4 ** steps, ratio)
+    if rest or latent < 1:
+        raise InvalidInputError(f"CR{ratio} does not divide {channels} channels into whole latent maps "
+                                f"({channels}·4^{steps}/{ratio} = {channels * 4 ** steps / ratio:g})")
+    return steps, latent
 
 
 def model_folders() -> list[Path]:
@@ -34,36 +58,61 @@ def model_folders() -> list[Path]:
 
 
 def available_models() -> dict[str, Path]:
-    """Model name → folder, for every manifest found (earlier folders win)."""
+    """Model name → folder, for every auto-tiler manifest of this format found (earlier folders win)."""
     found: dict[str, Path] = {}
     for folder in model_folders():
         if folder.is_dir():
             for manifest in sorted(folder.glob("*/manifest.json")):
                 try:
-                    name = json.loads(manifest.read_text()).get("name", manifest.parent.name)
+                    content = json.loads(manifest.read_text())
                 except (OSError, json.JSONDecodeError):
                     continue
-                found.setdefault(name, manifest.parent)
+                if content.get("kind") == "autotiler" and content.get("format") == MANIFEST_FORMAT:
+                    found.setdefault(content.get("name", manifest.parent.name), manifest.parent)
     return found
 
 
+def _offered(entry: dict) -> list[int]:
+    return sorted(int(r) for r in entry["exits"])
+
+
 def describe_models() -> list[str]:
-    """One line per model and layer it serves: what `featcodec models` prints."""
+    """What `featcodec models` prints: per model, each layer it serves, the ratios on offer and
+    how they are built, with the size of the files each exit needs."""
     lines = []
     for name, folder in sorted(available_models().items()):
         manifest = json.loads((folder / "manifest.json").read_text())
+        files = manifest["files"]
+        total = sum(f["bytes"] for f in files.values())
+        training = manifest.get("training", {})
+        lines.append(f"{name} (codec autotiler, {folder}): {len(files)} ONNX files, {total / 1e6:.2f} MB"
+                     + (f"; trained in {training['seconds'] / 60:.0f} min on {training.get('dump')}"
+                        if "seconds" in training else ""))
         for layer, entry in manifest["layers"].items():
-            ratios = ", ".join(f"{k.upper()} {v:g}x" for k, v in entry["compression_ratio"].items())
-            lines.append(f"{name}: {layer} {entry['tensor']} {tuple(entry['shape'])} ({ratios})")
+            c, h, w = entry["shape"]
+            lines.append(f"  {layer} {entry['tensor']} {tuple(entry['shape'])}: "
+                         f"{', '.join(f'CR{r}' for r in _offered(entry))}; {entry.get('structure', '')}")
+            for ratio in _offered(entry):
+                ex = entry["exits"][str(ratio)]
+                stride, k = ex["stride"], ex["latent_channels"]
+                rows, cols, _ = video.tile_grid(k)
+                enc = sum(files[f]["bytes"] for f in ex["encoder"])
+                dec = sum(files[f]["bytes"] for f in ex["decoder"])
+                lines.append(f"    CR{ratio}: real ratio {ex['ratio']:.2f}x, {k} latent maps of "
+                             f"{-(-h // stride)}x{-(-w // stride)} tiled {rows}x{cols} into one "
+                             f"{rows * -(-h // stride)}x{cols * -(-w // stride)} frame; encoder "
+                             f"{' + '.join(ex['encoder'])} ({enc / 1e3:.0f} kB), decoder "
+                             f"{' + '.join(ex['decoder'])} ({dec / 1e3:.0f} kB)")
     return lines
 
 
 class AutoTiler(VideoCodec):
-    """Auto-tiler encoder (onnxruntime) → one map → HEVC → auto-tiler decoder.
+    """Auto-tiler encoder (onnxruntime) → latent maps tiled into one frame → HEVC → decoder.
 
-    Parameters: ``cr`` (4 or 16, the exit), ``model`` (a model name, see `featcodec models`),
-    ``layer`` (which of the model's layers; default: the one whose channel count matches), and
-    the HEVC rate options of `VideoCodec` (``qp``, ``kbpi``, ``lossless``, ``bitdepth``, ``preset``).
+    Parameters: ``cr`` (the element ratio: the bottleneck holds C·H·W/cr values; `featcodec
+    models` lists those on offer), ``model`` (a model name), ``layer`` (which of the model's
+    layers; default: the one whose shape matches), and the HEVC rate options of `VideoCodec`
+    (``qp``, ``kbpi``, ``lossless``, ``bitdepth``, ``preset``).
     """
 
     codec_id = "autotiler"
@@ -71,8 +120,8 @@ class AutoTiler(VideoCodec):
     def __init__(self, cr: int = 4, model: str = DEFAULT_MODEL, layer: str | None = None, qp: int | None = None,
                  kbpi: float | None = None, lossless: bool = False, bitdepth: int = 8, preset: str = "medium"):
         super().__init__(qp=qp, kbpi=kbpi, lossless=lossless, bitdepth=bitdepth, norm="tensor", preset=preset)
-        if cr not in (4, 16):
-            raise InvalidInputError(f"autotiler --cr must be 4 or 16 (the model's exits), got {cr!r}")
+        if isinstance(cr, bool) or not isinstance(cr, int) or cr < 2:
+            raise InvalidInputError(f"autotiler --cr must be an integer compression ratio ≥ 2, got {cr!r}")
         self.cr = cr
         self.model = model
         self.layer = layer
@@ -100,18 +149,29 @@ class AutoTiler(VideoCodec):
             self._manifest = json.loads((self.folder / "manifest.json").read_text())
         return self._manifest
 
-    def _entry(self, shape: tuple[int, int, int]) -> tuple[str, dict]:
+    def _entry(self, shape: tuple[int, int, int]) -> tuple[str, dict, dict]:
+        """(layer key, layer entry, exit entry) serving a sample of `shape` at this codec's ratio."""
         layers = self.manifest["layers"]
         if self.layer is not None:
             matches = [k for k, v in layers.items() if self.layer in (k, v["tensor"])]
         else:
-            matches = [k for k, v in layers.items() if v["shape"][0] == shape[0]]
+            matches = [k for k, v in layers.items() if tuple(v["shape"]) == tuple(shape)]
+            if not matches:  # fully convolutional: another spatial size of a known channel count
+                matches = [k for k, v in layers.items() if v["shape"][0] == shape[0]]
+        served = "; ".join(f"{k} {tuple(v['shape'])} at {', '.join(f'CR{r}' for r in _offered(v))}"
+                           for k, v in layers.items())
         if len(matches) != 1 or layers[matches[0]]["shape"][0] != shape[0]:
-            served = "; ".join(describe_models()) or "none"
             what = f"layer {self.layer!r}" if self.layer else f"{shape[0]} channels"
+            hint = "; name one with --layer" if len(matches) > 1 else ""
             raise InvalidInputError(f"auto-tiler model {self.model!r} serves no tensor of shape {tuple(shape)} "
-                                    f"({what}); available: {served}")
-        return matches[0], layers[matches[0]]
+                                    f"({what}{hint}); it serves {served}")
+        key = matches[0]
+        entry = layers[key]
+        exit_entry = entry["exits"].get(str(self.cr))
+        if exit_entry is None:
+            raise InvalidInputError(f"auto-tiler model {self.model!r} offers no CR{self.cr} for layer {key}; "
+                                    f"ratios on offer: {', '.join(str(r) for r in _offered(entry))}")
+        return key, entry, exit_entry
 
     def _session(self, filename: str):
         if filename not in self._sessions:
@@ -133,13 +193,10 @@ class AutoTiler(VideoCodec):
 
     def models(self) -> list[dict[str, str]]:
         """Every ONNX file of the encoder and decoder paths used so far (decoding checks them all)."""
-        if not self._layers_coded:
-            return []
-        exit_name = f"cr{self.cr}"
-        layers = self.manifest["layers"]
+        layers = self.manifest["layers"] if self._layers_coded else {}
         used = {f for key in self._layers_coded for side in ("encoder", "decoder")
-                for f in layers[key][side][exit_name]}
-        files = self.manifest["files"]
+                for f in layers[key]["exits"][str(self.cr)][side]}
+        files = self.manifest["files"] if used else {}
         return [{"name": f"{self.model}/{f}", "sha256": files[f]["sha256"]} for f in sorted(used)]
 
     def verify_models(self, records: list[dict]) -> None:
@@ -156,41 +213,47 @@ class AutoTiler(VideoCodec):
 
     # --- coding ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _latent_shape(shape, exit_entry) -> tuple[int, int, int]:
+        stride, k = int(exit_entry["stride"]), int(exit_entry["latent_channels"])
+        return k, -(-shape[1] // stride), -(-shape[2] // stride)
+
     def encode(self, sample):
-        key, entry = self._entry(sample.shape)
+        key, _, exit_entry = self._entry(sample.shape)
         self._layers_coded.add(key)
-        exit_name = f"cr{self.cr}"
-        norm = entry["normalisation"]
+        k, lh, lw = self._latent_shape(sample.shape, exit_entry)
+        stride = int(exit_entry["stride"])
         with self.stage("normalise"):
-            mean = np.asarray(norm["mean"], np.float32)[:, None, None]
-            std = np.asarray(norm["std"], np.float32)[:, None, None]
-            x = ((sample - mean) / std)[None].astype(np.float32)
+            pad = ((0, 0), (0, lh * stride - sample.shape[1]), (0, lw * stride - sample.shape[2]))
+            x = np.pad(sample, pad, mode="edge")[None].astype(np.float32)
         with self.stage("nn_encode"):
-            bottleneck = self._run(entry["encoder"][exit_name], x)[0, 0]
+            latent = self._run(exit_entry["encoder"], x)[0]
+        if latent.shape != (k, lh, lw):
+            raise MissingModelError(f"encoder of {self.model}/{key} CR{self.cr} gave {latent.shape}, "
+                                    f"its manifest says {(k, lh, lw)}")
         with self.stage("normalise"):
             top = (1 << self.bitdepth) - 1
-            frame = np.clip(np.rint(bottleneck * top), 0, top).astype(np.uint16 if self.bitdepth > 8 else np.uint8)
+            integers = np.clip(np.rint(latent * top), 0, top).astype(np.uint16 if self.bitdepth > 8 else np.uint8)
+            rows, cols, _ = video.tile_grid(k)
+            frame = video.tile(integers, rows, cols)
         stream, video_info = self._code_frames(frame[None])
-        ratio = sample.size / bottleneck.size
-        return stream, {**video_info, "layer": key, "map": list(bottleneck.shape), "autoencoder_cr": ratio}
+        ratio = sample.size / latent.size
+        return stream, {**video_info, "layer": key, "latent": [k, lh, lw], "map": list(frame.shape),
+                        "ratio": ratio}
 
     def decode(self, payload, shape, info):
-        key, entry = self._entry(tuple(shape))
+        key, _, exit_entry = self._entry(tuple(shape))
         if info.get("layer") != key:
             raise CorruptStreamError(f"sample was coded for layer {info.get('layer')!r}, the model serves {key!r}")
-        try:
-            height, width = (int(v) for v in info["map"])
-        except (KeyError, TypeError, ValueError):
-            raise CorruptStreamError("auto-tiler side information lacks the map size") from None
-        expected = (2 * shape[1], 2 * shape[2]) if self.cr == 4 else (shape[1], shape[2])
-        if (height, width) != expected:
-            raise CorruptStreamError(f"map size {height}x{width} does not fit CR{self.cr} of {tuple(shape)}")
-        frame = self._decode_frames(payload, info, 1, height, width)[0]
+        k, lh, lw = self._latent_shape(shape, exit_entry)
+        rows, cols, _ = video.tile_grid(k)
+        if info.get("latent") != [k, lh, lw] or info.get("map") != [rows * lh, cols * lw]:
+            raise CorruptStreamError(f"latent {info.get('latent')} / map {info.get('map')} do not fit CR{self.cr} "
+                                     f"of {tuple(shape)} ({k} maps of {lh}x{lw} in a {rows}x{cols} grid)")
+        frame = self._decode_frames(payload, info, 1, rows * lh, cols * lw)[0]
         with self.stage("denormalise"):
-            bottleneck = frame.astype(np.float32)[None, None] / np.float32((1 << self.bitdepth) - 1)
+            latent = video.untile(frame, rows, cols, k, lh, lw).astype(np.float32)
+            latent = latent[None] / np.float32((1 << self.bitdepth) - 1)
         with self.stage("nn_decode"):
-            x = self._run(entry["decoder"][f"cr{self.cr}"], bottleneck)[0]
-        with self.stage("denormalise"):
-            norm = entry["normalisation"]
-            return (x * np.asarray(norm["std"], np.float32)[:, None, None]
-                    + np.asarray(norm["mean"], np.float32)[:, None, None]).astype(np.float32)
+            x = self._run(exit_entry["decoder"], latent)[0]
+        return np.ascontiguousarray(x[:, : shape[1], : shape[2]], dtype=np.float32)

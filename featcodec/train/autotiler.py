@@ -1,19 +1,26 @@
-"""Train an auto-tiler (Park, Kim & Ko) on HDF5 activation dumps and export it to ONNX.
+"""Train auto-tilers (Park, Kim & Ko) on HDF5 activation dumps and export them to ONNX.
 
-The network family, fully convolutional so it runs on whole maps after training on crops:
+For a (C, H, W) layer and a compression ratio N, the bottleneck holds C·H·W/N values, as in
+the paper: the encoder reduces the layer to K latent maps of (H/s, W/s) with K·(H/s)(W/s) =
+C·H·W/N (`featcodec.codecs.autotiler.exit_layout`: CR4 is K = C at s = 2, CR16 K = C at
+s = 4), each in [0, 1] (a sigmoid), and the codec tiles those K maps into ONE frame for HEVC.
 
-* **core** for the smallest layer (C_core channels): encoder E4 turns (C_core, H, W) into ONE
-  single-channel map (1, 2H, 2W) — a pixel shuffle then a 5×5 convolution, the bigger kernel at
-  the bottleneck — the CR4 exit; E16 reduces that map to (1, H, W), the CR16 exit, trained with
-  E4 frozen. One decoder per exit (D4, D16), trained separately.
-* **compatibility autoencoders** for every other layer (C channels → C_core and back), trained
-  with the core frozen, so one core serves several split layers; their CR16 decoders are
-  trained last, everything else frozen. Real ratios: CR4 = C/4, CR16 = C (for maps of H×W).
+Per layer, two exits with the paper's cascade:
 
-Bottleneck maps pass through a sigmoid (they become video frames in [0, 1]) and training adds
-uniform noise of a few 8-bit steps to them, so the decoders learn to live with HEVC's error.
-Loss: MSE on activations normalised per channel (mean, std from the training dump). Early
-stopping on a validation split of whole images; fixed seeds.
+* **CR4**: encoder E4 (normalise, 3×3 convs, stride-2 steps, sigmoid) and decoder D4
+  (pixel-shuffle steps back to (C, H, W), ReLU at the end when the layer is non-negative, so a
+  ReLU zero decodes to exactly 0);
+* **CR16**: E16 takes E4's latent (E4 frozen) one stride-2 step further; its own decoder D16.
+
+Losses: MSE on activations normalised per channel, plus (``task_weight`` > 0) a loss taken
+through the real tail of the network (`featcodec.train.tail`): relative error of the class
+heatmaps (weighted towards where objects are) and of the box maps where a class peaks. The
+bottleneck passes through a proxy of HEVC during training: 8-bit rounding noise, uniform
+noise of a random amplitude up to ``noise`` and, on some samples, a 3×3 blur mixed in, so the
+decoder learns to live with coding error. Early stopping on validation photos (the last ones
+of the dump: variants of a photo are stored together, so none of them leaks into training).
+
+Every phase is checkpointed in ``<output>/.checkpoints``: a killed run restarts where it was.
 """
 
 from __future__ import annotations
@@ -23,101 +30,177 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..codecs.autotiler import exit_layout
 from . import require_torch
 
 torch = require_torch()
 nn = torch.nn
+F = torch.nn.functional
 
-WIDTH = 32
-NOISE = 2.0 / 255  # bottleneck noise during training, in frame units
-
-
-def _conv(cin, cout, k):
-    return nn.Conv2d(cin, cout, k, padding=k // 2)
+NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
+DETECTOR_OUTPUTS = ["tower_0/keypoints", "tower_0/wh"]
 
 
-class CoreEncoder4(nn.Module):
-    def __init__(self, channels: int, width: int = WIDTH):
+def _conv(cin, cout, k=3, stride=1):
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class Normalise(nn.Module):
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
         super().__init__()
-        self.body = nn.Sequential(_conv(channels, width, 3), nn.PReLU(width), _conv(width, width, 3), nn.PReLU(width),
-                                  _conv(width, 4, 3), nn.PixelShuffle(2))
-        self.tile = _conv(1, 1, 5)
+        self.register_buffer("mean", torch.tensor(np.asarray(mean, np.float32)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(np.asarray(std, np.float32)).view(1, -1, 1, 1))
 
     def forward(self, x):
-        return torch.sigmoid(self.tile(self.body(x)))
+        return (x - self.mean) / self.std
 
 
-class CoreDecoder4(nn.Module):
-    def __init__(self, channels: int, width: int = WIDTH):
+def _logit(y):
+    """The inverse of the bottleneck's sigmoid, kept finite at the ends of the frame's range."""
+    y = y.clamp(1 / 510, 1 - 1 / 510)
+    return torch.log(y) - torch.log1p(-y)
+
+
+class Encoder(nn.Module):
+    """(N, cin, H, W) → (N, latent, H/2^steps, W/2^steps) in [0, 1].
+
+    Two paths summed before the sigmoid: a linear one (space-to-depth, then a 1×1 convolution
+    started at the inputs' principal components, so training starts at the linear bound) and a
+    convolutional one that starts at zero and learns what the linear path misses. A cascaded
+    encoder (``logit_input``) reads the previous exit's latent maps through the sigmoid's inverse.
+    """
+
+    def __init__(self, cin: int, latent: int, steps: int, width: int, norm: Normalise | None = None,
+                 logit_input: bool = False):
         super().__init__()
-        self.untile = nn.Sequential(_conv(1, 8, 5), nn.PReLU(8), nn.PixelUnshuffle(2))
-        self.body = nn.Sequential(_conv(32, width, 3), nn.PReLU(width), _conv(width, width, 3), nn.PReLU(width),
-                                  _conv(width, channels, 3))
-
-    def forward(self, y):
-        return self.body(self.untile(y))
-
-
-class Encoder16(nn.Module):
-    def __init__(self, width: int = WIDTH):
-        super().__init__()
-        self.body = nn.Sequential(_conv(1, 8, 5), nn.PReLU(8), nn.PixelUnshuffle(2), _conv(32, width, 3),
-                                  nn.PReLU(width), _conv(width, 1, 5))
-
-    def forward(self, y):
-        return torch.sigmoid(self.body(y))
-
-
-class Decoder16(nn.Module):
-    def __init__(self, channels: int, width: int = WIDTH):
-        super().__init__()
-        self.body = nn.Sequential(_conv(1, width, 5), nn.PReLU(width), _conv(width, width, 3), nn.PReLU(width),
-                                  _conv(width, width, 3), nn.PReLU(width), _conv(width, channels, 3))
-
-    def forward(self, y):
-        return self.body(y)
-
-
-class CompatEncoder(nn.Module):
-    def __init__(self, channels: int, core_channels: int, width: int = WIDTH):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, width, 1), nn.PReLU(width), _conv(width, core_channels, 3))
+        self.norm = norm
+        self.logit_input = logit_input
+        self.unshuffle = nn.PixelUnshuffle(2 ** steps)
+        self.linear = nn.Conv2d(cin * 4 ** steps, latent, 1)
+        layers = [_conv(cin, width), nn.PReLU(width)]
+        for _ in range(steps):
+            layers += [_conv(width, width, stride=2), nn.PReLU(width), _conv(width, width), nn.PReLU(width)]
+        layers += [_conv(width, latent)]
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.body = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.body(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.logit_input:
+            x = _logit(x)
+        return torch.sigmoid(self.linear(self.unshuffle(x)) + self.body(x))
 
 
-class CompatDecoder(nn.Module):
-    def __init__(self, core_channels: int, channels: int, width: int = WIDTH):
+class Decoder(nn.Module):
+    """(N, latent, h, w) → (N, C, h·2^steps, w·2^steps) in the layer's own units.
+
+    A linear path (the sigmoid's inverse, a 1×1 convolution fitted by least squares, depth-to-
+    space) plus a convolutional one that starts at zero; ReLU at the end for non-negative layers.
+    """
+
+    def __init__(self, latent: int, channels: int, steps: int, width: int, norm: Normalise, nonnegative: bool):
         super().__init__()
-        self.body = nn.Sequential(_conv(core_channels, width, 3), nn.PReLU(width), nn.Conv2d(width, channels, 1))
+        self.linear = nn.Conv2d(latent, channels * 4 ** steps, 1)
+        self.shuffle = nn.PixelShuffle(2 ** steps)
+        layers = [_conv(latent, width), nn.PReLU(width), _conv(width, width), nn.PReLU(width)]
+        for _ in range(steps):
+            layers += [_conv(width, 4 * width), nn.PixelShuffle(2), nn.PReLU(width), _conv(width, width),
+                       nn.PReLU(width)]
+        layers += [_conv(width, channels)]
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.body = nn.Sequential(*layers)
+        self.norm = norm
+        self.nonnegative = nonnegative
 
-    def forward(self, x):
-        return self.body(x)
+    def forward(self, y):
+        x = self.shuffle(self.linear(_logit(y))) + self.body(y)
+        x = x * self.norm.std + self.norm.mean
+        return F.relu(x) if self.nonnegative else x
 
 
-def _noisy(y):
-    return y + (torch.rand_like(y) - 0.5) * 2 * NOISE
+def init_linear_paths(encoder: Encoder, decoder: Decoder, inputs, targets) -> None:
+    """Start both linear paths at per-position PCA: the encoder's 1×1 convolution projects each
+    space-to-depth block on its leading principal components (whitened: unit variance before the
+    sigmoid), the decoder's is the least-squares map from those back to the normalised blocks."""
+    with torch.no_grad():
+        x = encoder.norm(inputs) if encoder.norm is not None else inputs
+        if encoder.logit_input:
+            x = _logit(x)
+        blocks = encoder.unshuffle(x)
+        flat = blocks.permute(0, 2, 3, 1).reshape(-1, blocks.shape[1]).double()
+        mean = flat.mean(0)
+        cov = torch.cov((flat - mean).T)
+        evals, evecs = torch.linalg.eigh(cov)
+        k = encoder.linear.out_channels
+        top = evecs[:, -k:].flip(1) / evals[-k:].flip(0).clamp(min=1e-8).sqrt()
+        encoder.linear.weight.copy_(top.T.float()[:, :, None, None])
+        encoder.linear.bias.copy_((-mean @ top).float())
+        z = _logit(encoder(inputs)).permute(0, 2, 3, 1).reshape(-1, k).double()
+        target = decoder.norm(targets)
+        target_blocks = nn.functional.pixel_unshuffle(target, decoder.shuffle.upscale_factor)
+        t = target_blocks.permute(0, 2, 3, 1).reshape(-1, target_blocks.shape[1]).double()
+        design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+        solution = torch.linalg.lstsq(design, t).solution  # (k + 1, C·4^steps)
+        # pixel_unshuffle's channel order is the one PixelShuffle reads back
+        decoder.linear.weight.copy_(solution[:k].T.float()[:, :, None, None])
+        decoder.linear.bias.copy_(solution[k].float())
+
+
+def hevc_proxy(y, noise: float = NOISE):
+    """What HEVC does to a frame, roughly and differentiably: rounding to 8 bits, noise of a random
+    amplitude per sample, and on half the samples some of a 3×3 blur (coarse QPs smooth)."""
+    n = y.shape[0]
+    amplitude = torch.rand(n, 1, 1, 1) * noise
+    blur = (torch.rand(n, 1, 1, 1) < 0.5) * torch.rand(n, 1, 1, 1) * 0.5
+    smoothed = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    y = (1 - blur) * y + blur * smoothed
+    return y + (torch.rand_like(y) - 0.5) * (2 * amplitude + 1 / 255)
+
+
+class TaskLoss:
+    """Relative error of the detector's heatmaps and box maps, decoded against original."""
+
+    def __init__(self, tail):
+        self.tail = tail
+
+    def target(self, x):
+        with torch.no_grad():
+            return self.tail(x)
+
+    def __call__(self, decoded, target):
+        heat, wh = self.tail(decoded)
+        heat_ref, wh_ref = target
+        weight = 1 + 20 * heat_ref
+        heat_loss = torch.sum((heat - heat_ref) ** 2 * weight) / (torch.sum(heat_ref ** 2 * weight) + 1e-6)
+        peaks = (heat_ref.amax(dim=-1, keepdim=True) > 0.1).float()
+        wh_loss = torch.sum(torch.abs(wh - wh_ref) * peaks) / (torch.sum(torch.abs(wh_ref) * peaks) + 1e-3)
+        return heat_loss + 0.5 * wh_loss
 
 
 @dataclass
 class LayerData:
-    """One layer's normalised training and validation maps, (N, C, H, W) float32."""
+    """One layer's training and validation maps, (N, C, H, W) float32 in the layer's own units."""
 
     name: str
     tensor: str
+    model: str | None
     train: np.ndarray
     valid: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+    nonnegative: bool
+    samples: int
 
     @classmethod
-    def load(cls, path: str, dataset: str, valid_fraction: float) -> LayerData:
+    def load(cls, path: str, dataset: str, valid_fraction: float, max_samples: int | None = None) -> LayerData:
         import h5py
 
         from ..errors import InvalidInputError
@@ -129,28 +212,27 @@ class LayerData:
             if not isinstance(node, h5py.Dataset) or node.ndim != 4:
                 raise InvalidInputError(f"{path} has no (N, C, H, W) dataset {dataset!r} (datasets: "
                                         f"{', '.join(k for k in f if isinstance(f[k], h5py.Dataset))})")
-            data = node[()].astype(np.float32)
+            count = len(node) if max_samples is None else min(len(node), max_samples)
+            data = np.empty((count, *node.shape[1:]), np.float32)
+            for i in range(count):  # one sample at a time: no float64 or second copy of a large dump
+                data[i] = node[i]
             tensor = str(node.attrs.get("layer", dataset))
-        n_valid = max(1, int(round(len(data) * valid_fraction)))
+            model = node.attrs.get("model")
+        n_valid = max(1, int(round(count * valid_fraction)))
         train, valid = data[:-n_valid], data[-n_valid:]
-        mean = train.mean(axis=(0, 2, 3))
-        std = train.std(axis=(0, 2, 3)) + 1e-6
-        norm = lambda a: (a - mean[None, :, None, None]) / std[None, :, None, None]  # noqa: E731
-        return cls(dataset.strip("/"), tensor, norm(train), norm(valid), mean, std)
+        mean = train.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        std = (train.std(axis=(0, 2, 3), dtype=np.float64) + 1e-6).astype(np.float32)
+        return cls(dataset.strip("/"), tensor, str(model) if model is not None else None, train, valid, mean, std,
+                   bool(train.min() >= 0), count)
 
     def batch(self, rng: np.random.Generator, size: int, crop: int):
-        """Random crops with random horizontal / vertical flips."""
+        """Random crops; flips only where the dump holds no mirrored photos of its own."""
         n, _, h, w = self.train.shape
         crop = min(crop, h, w)
         out = np.empty((size, self.train.shape[1], crop, crop), np.float32)
         for i in range(size):
             k, y, x = rng.integers(n), rng.integers(h - crop + 1), rng.integers(w - crop + 1)
-            patch = self.train[k, :, y : y + crop, x : x + crop]
-            if rng.random() < 0.5:
-                patch = patch[:, :, ::-1]
-            if rng.random() < 0.5:
-                patch = patch[:, ::-1, :]
-            out[i] = patch
+            out[i] = self.train[k, :, y : y + crop, x : x + crop]
         return torch.from_numpy(out)
 
 
@@ -161,55 +243,75 @@ class PhaseResult:
     seconds: float
     train_loss: float
     valid_loss: float
+    valid_nmse: float
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def train_phase(name: str, modules: list, forward: Callable, data: LayerData, *, steps: int, lr: float,
-                batch: int, crop: int, seed: int, patience: int = 6, every: int = 50, minutes: float | None = None,
-                log: Callable[[str], None] = print) -> PhaseResult:
-    """Adam on MSE of `forward(x)` against x; keep the best validation state (early stopping)."""
+def _validate(forward, norm, task, valid) -> tuple[float, float]:
+    """(total loss, normalised MSE) on whole validation maps, the same noise every time."""
+    torch.manual_seed(0)
+    totals, nmses = [], []
+    with torch.no_grad():
+        for i in range(0, len(valid), 2):
+            x = valid[i : i + 2]
+            decoded = forward(x)
+            nmse = float(torch.mean((norm(decoded) - norm(x)) ** 2))
+            total = nmse + (float(task[1](decoded, task[1].target(x))) * task[0] if task else 0.0)
+            totals.append(total)
+            nmses.append(nmse)
+    return float(np.mean(totals)), float(np.mean(nmses))
+
+
+def train_phase(name: str, modules: list, forward: Callable, data: LayerData, norm: Normalise, *, steps: int,
+                lr: float, batch: int, crop: int, seed: int, task: tuple[float, TaskLoss] | None = None,
+                patience: int = 8, every: int = 100, minutes: float | None = None,
+                progress: Callable[[str, int, int, str], None] | None = None) -> PhaseResult:
+    """Adam (cosine-decayed) on normalised MSE (+ weighted task loss) of `forward(x)` against x;
+    keeps the best validation state (early stopping), stops at `steps` or after `minutes`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = [p for m in modules for p in m.parameters()]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=lr)
-    valid = torch.from_numpy(np.ascontiguousarray(data.valid))
-    best, best_state, bad, history = float("inf"), None, 0, []
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr / 20)
+    valid = torch.from_numpy(np.ascontiguousarray(data.valid[:8]))
+    best, best_nmse, best_state, bad, history = float("inf"), float("nan"), None, 0, []
     start, loss_value, step = time.perf_counter(), float("nan"), 0
     for step in range(1, steps + 1):
         for m in modules:
             m.train()
         x = data.batch(rng, batch, crop)
-        loss = torch.mean((forward(x) - x) ** 2)
+        decoded = forward(x)
+        loss = torch.mean((norm(decoded) - norm(x)) ** 2)
+        if task:
+            loss = loss + task[0] * task[1](decoded, task[1].target(x))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        schedule.step()
         loss_value = float(loss.detach())
-        if step % every == 0 or step == steps:
+        out_of_time = minutes is not None and time.perf_counter() - start > 60 * minutes
+        if step % every == 0 or step == steps or out_of_time:
             for m in modules:
                 m.eval()
-            with torch.no_grad():
-                torch.manual_seed(0)  # the same bottleneck noise for every evaluation
-                v = float(np.mean([float(torch.mean((forward(valid[i : i + 2]) - valid[i : i + 2]) ** 2))
-                                   for i in range(0, len(valid), 2)]))
-            history.append((step, v))
-            log(f"  {name}: step {step}/{steps} train {loss_value:.4f} valid {v:.4f}")
+            v, v_nmse = _validate(forward, norm, task, valid)
+            history.append((step, round(v, 5)))
             if v < best - 1e-5:
-                best, bad = v, 0
+                best, best_nmse, bad = v, v_nmse, 0
                 best_state = [{k: t.clone() for k, t in m.state_dict().items()} for m in modules]
             else:
                 bad += 1
-                if bad >= patience:
-                    break
-            if minutes is not None and time.perf_counter() - start > 60 * minutes:
+            if progress:
+                progress(name, step, steps, f"train {loss_value:.4f} valid {v:.4f} (nmse {v_nmse:.4f})")
+            if bad >= patience or out_of_time:
                 break
+        elif progress:
+            progress(name, step, steps, f"train {loss_value:.4f}")
     if best_state is not None:
         for m, state in zip(modules, best_state):
             m.load_state_dict(state)
     for m in modules:
         m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-    return PhaseResult(name, step, time.perf_counter() - start, loss_value, best, history)
+    return PhaseResult(name, step, time.perf_counter() - start, loss_value, best, best_nmse, history)
 
 
 def export_onnx(module, channels: int, path: Path) -> str:
@@ -224,74 +326,147 @@ def export_onnx(module, channels: int, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, steps: int = 600, batch: int = 12,
-                    crop: int = 64, lr: float = 1e-3, seed: int = 0, valid_fraction: float = 0.15,
-                    minutes_per_phase: float | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train the core on the smallest layer of `layers`, compatibility autoencoders for the others,
-    export everything to ONNX in `output` and write its manifest.json. Returns the manifest."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = {d.name: d for d in (LayerData.load(dump, layer, valid_fraction) for layer in layers)}
-    core_name = min(data, key=lambda k: data[k].train[0].size)
-    core = data[core_name]
-    channels = core.train.shape[1]
-    torch.manual_seed(seed)
-    e4, d4, e16, d16 = CoreEncoder4(channels), CoreDecoder4(channels), Encoder16(), Decoder16(channels)
-    common = dict(steps=steps, batch=batch, crop=crop, minutes=minutes_per_phase, log=log)
-    phases = [train_phase("core CR4", [e4, d4], lambda x: d4(_noisy(e4(x))), core, lr=lr, seed=seed, **common)]
-    phases.append(train_phase("core CR16", [e16, d16], lambda x: d16(_noisy(e16(e4(x)))), core, lr=lr,
-                              seed=seed + 1, **common))
-    compat = {}
-    for offset, (layer_name, layer) in enumerate(sorted(data.items())):
-        if layer_name == core_name:
-            continue
-        c = layer.train.shape[1]
-        enc, dec4, dec16 = CompatEncoder(c, channels), CompatDecoder(channels, c), CompatDecoder(channels, c)
-        phases.append(train_phase(f"{layer_name} compatibility CR4", [enc, dec4],
-                                  lambda x, enc=enc, dec4=dec4: dec4(d4(_noisy(e4(enc(x))))), layer, lr=lr,
-                                  seed=seed + 10 + offset, **common))
-        phases.append(train_phase(f"{layer_name} compatibility CR16 decoder", [dec16],
-                                  lambda x, enc=enc, dec16=dec16: dec16(d16(_noisy(e16(e4(enc(x)))))), layer,
-                                  lr=lr, seed=seed + 20 + offset, **common))
-        compat[layer_name] = (enc, dec4, dec16)
+@dataclass
+class TrainingConfig:
+    ratios: tuple[int, ...] = (4, 16)
+    steps: int = 4000
+    task_steps: int = 2000
+    minutes_per_phase: float | None = None
+    batch: int = 8
+    crop: int = 64
+    task_crop: int = 96
+    lr: float = 2e-3
+    width: int = 64
+    task_weight: float = 1.0
+    noise: float = NOISE
+    seed: int = 0
+    valid_fraction: float = 0.1
+    max_samples: int | None = None
 
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
 
-    def export(module, cin, filename):
-        files[filename] = export_onnx(module, cin, out / filename)
-        return filename
-
-    core_files = {"enc4": export(e4, channels, "core_enc4.onnx"), "dec4": export(d4, 1, "core_dec4.onnx"),
-                  "enc16": export(e16, 1, "core_enc16.onnx"), "dec16": export(d16, 1, "core_dec16.onnx")}
-    manifest_layers = {}
-    for layer_name, layer in sorted(data.items()):
-        c, h, w = layer.train.shape[1:]
-        entry = {"tensor": layer.tensor, "shape": [int(c), int(h), int(w)],
-                 "normalisation": {"mean": [float(v) for v in layer.mean], "std": [float(v) for v in layer.std]}}
-        if layer_name == core_name:
-            entry["encoder"] = {"cr4": [core_files["enc4"]], "cr16": [core_files["enc4"], core_files["enc16"]]}
-            entry["decoder"] = {"cr4": [core_files["dec4"]], "cr16": [core_files["dec16"]]}
+def _phase_modules(data: LayerData, config: TrainingConfig) -> dict:
+    """The encoder/decoder pair of every exit; later exits cascade on the first one's encoder."""
+    c = data.train.shape[1]
+    norm = Normalise(data.mean, data.std)
+    modules, previous = {}, None
+    for ratio in sorted(config.ratios):
+        steps, latent = exit_layout(c, ratio)
+        if previous is None:
+            encoder = Encoder(c, latent, steps, config.width, norm)
         else:
-            enc, dec4, dec16 = compat[layer_name]
-            prefix = layer_name.lower()
-            ce = export(enc, c, f"{prefix}_compat_enc.onnx")
-            cd4 = export(dec4, channels, f"{prefix}_compat_dec4.onnx")
-            cd16 = export(dec16, channels, f"{prefix}_compat_dec16.onnx")
-            entry["encoder"] = {"cr4": [ce, core_files["enc4"]], "cr16": [ce, core_files["enc4"], core_files["enc16"]]}
-            entry["decoder"] = {"cr4": [core_files["dec4"], cd4], "cr16": [core_files["dec16"], cd16]}
-        entry["compression_ratio"] = {"cr4": c * h * w / (4 * h * w), "cr16": c * h * w / (h * w)}
-        manifest_layers[layer_name] = entry
+            prev_ratio, prev_steps, prev_latent = previous
+            encoder = Encoder(prev_latent, latent, steps - prev_steps, config.width, logit_input=True)
+        modules[ratio] = {"encoder": encoder, "steps": steps, "latent": latent, "cascade_on": previous and previous[0],
+                          "decoder": Decoder(latent, c, steps, config.width, norm, data.nonnegative)}
+        previous = previous or (ratio, steps, latent)
+    return {"norm": norm, "exits": modules}
+
+
+def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, config: TrainingConfig | None = None,
+                    network: str | None = None, log: Callable[[str], None] = print,
+                    progress: Callable[[str, int, int, str], None] | None = None) -> dict:
+    """Train one auto-tiler per layer of `dump` (every exit in ``config.ratios``), export them to
+    ONNX in `output` and write its manifest.json. Returns the manifest.
+
+    `network`: the ONNX network the dump came from, for the task loss (default: the model the
+    dump names, looked for beside featcodec's reference models; no task loss if not found)."""
+    config = config or TrainingConfig()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(output)
+    checkpoints = out / ".checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    manifest_layers, files, phases = {}, {}, []
+    for layer_index, layer in enumerate(layers):
+        data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
+        c, h, w = data.train.shape[1:]
+        built = _phase_modules(data, config)
+        norm = built["norm"]
+        task = None
+        tail_path = network or _find_network(data.model)
+        if config.task_weight > 0 and tail_path:
+            from .tail import load_tail
+
+            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
+            f"{', task loss through ' + Path(tail_path).name if task else ''}")
+        prefix = data.name.lower().replace("/", "_")
+        for ratio, exit_modules in built["exits"].items():
+            encoder, decoder = exit_modules["encoder"], exit_modules["decoder"]
+            cascade = exit_modules["cascade_on"]
+            first = built["exits"][cascade]["encoder"] if cascade else None
+            if first is not None:
+                first.eval()
+                for p in first.parameters():
+                    p.requires_grad_(False)
+                chain = lambda x, first=first, encoder=encoder: encoder(first(x))  # noqa: E731
+            else:
+                chain = encoder
+            forward = lambda x, chain=chain, decoder=decoder: decoder(hevc_proxy(chain(x), config.noise))  # noqa: E731
+            sample = torch.from_numpy(np.ascontiguousarray(data.train[:: max(1, len(data.train) // 24)][:24]))
+            with torch.no_grad():
+                inputs = first(sample) if first is not None else sample
+            init_linear_paths(encoder, decoder, inputs, sample)
+            for stage, stage_task in (("MSE", None), ("task", task)):
+                if stage == "task" and (task is None or config.task_steps <= 0):
+                    continue
+                phase_name = f"{data.name} CR{ratio} {stage}"
+                checkpoint = checkpoints / f"{prefix}_cr{ratio}_{stage.lower()}.pt"
+                if checkpoint.exists():
+                    saved = torch.load(checkpoint, weights_only=False)
+                    encoder.load_state_dict(saved["encoder"])
+                    decoder.load_state_dict(saved["decoder"])
+                    result = PhaseResult(**saved["result"])
+                    log(f"  {phase_name}: resumed from {checkpoint.name}")
+                else:
+                    # MSE first on small crops (cheap), then the task loss on larger ones at a lower rate.
+                    result = train_phase(phase_name, [encoder, decoder], forward, data, norm,
+                                         steps=config.steps if stage == "MSE" else config.task_steps,
+                                         lr=config.lr if stage == "MSE" else config.lr / 4, batch=config.batch,
+                                         crop=config.task_crop if stage_task else config.crop,
+                                         seed=config.seed + 10 * layer_index + ratio, task=stage_task,
+                                         minutes=config.minutes_per_phase, progress=progress)
+                    torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
+                                "result": asdict(result)}, checkpoint)
+                phases.append(result)
+                log(f"  {phase_name}: {result.steps} steps in {result.seconds:.0f} s, validation loss "
+                    f"{result.valid_loss:.4f} (normalised MSE {result.valid_nmse:.4f})")
+
+        entry = {"tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
+                 "structure": "dedicated (one encoder per layer; higher ratios cascade on the CR"
+                              f"{min(config.ratios)} encoder, frozen)", "exits": {}}
+        for ratio, exit_modules in built["exits"].items():
+            cascade = exit_modules["cascade_on"]
+            enc_file = f"{prefix}_enc{ratio}.onnx"
+            dec_file = f"{prefix}_dec{ratio}.onnx"
+            enc_in = built["exits"][cascade]["latent"] if cascade else c
+            files[enc_file] = export_onnx(exit_modules["encoder"], enc_in, out / enc_file)
+            files[dec_file] = export_onnx(exit_modules["decoder"], exit_modules["latent"], out / dec_file)
+            encoders = ([f"{prefix}_enc{cascade}.onnx"] if cascade else []) + [enc_file]
+            latent, steps = exit_modules["latent"], exit_modules["steps"]
+            entry["exits"][str(ratio)] = {
+                "encoder": encoders, "decoder": [dec_file], "stride": 2 ** steps, "latent_channels": latent,
+                "ratio": c * h * w / (latent * (h // 2 ** steps) * (w // 2 ** steps))}
+        manifest_layers[data.name] = entry
+        del data, built, task
+
     manifest = {
-        "name": name, "kind": "autotiler", "core_layer": core_name, "core_channels": int(channels),
-        "bottleneck": {"cr4": "(1, 2H, 2W)", "cr16": "(1, H, W)", "range": [0.0, 1.0]},
+        "name": name, "kind": "autotiler", "format": 2,
+        "bottleneck": "K latent maps in [0, 1], tiled into one frame (grid rows = largest divisor of K <= sqrt K)",
         "layers": manifest_layers,
         "files": {k: {"sha256": v, "bytes": (out / k).stat().st_size} for k, v in sorted(files.items())},
-        "training": {"dump": Path(dump).name, "layers": layers, "steps": steps, "batch": batch, "crop": crop,
-                     "lr": lr, "seed": seed, "valid_fraction": valid_fraction, "noise": NOISE,
-                     "torch": torch.__version__,
+        "training": {"dump": Path(dump).name, "layers": layers, **{k: v for k, v in asdict(config).items()},
+                     "torch": torch.__version__, "seconds": round(time.perf_counter() - started, 1),
                      "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
-                                 "final_train_loss": p.train_loss, "best_valid_loss": p.valid_loss} for p in phases]},
+                                 "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
+                                 "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _find_network(model_name: str | None) -> str | None:
+    if not model_name:
+        return None
+    candidate = Path(__file__).resolve().parents[2] / "models" / "reference" / model_name
+    return str(candidate) if candidate.is_file() else None
