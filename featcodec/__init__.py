@@ -6,7 +6,7 @@
 True
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .api import decode, encode, info  # noqa: E402
 from .codecs import AutoTiler, FramePerChannel, Lightweight, Raw, Tiling, Uniform  # noqa: E402

@@ -240,10 +240,13 @@ def _search_qp(frames, bitdepth, kbits, preset, timings) -> tuple[bytes, int]:
     if not 0.9 * target <= size <= 1.1 * target:
         # Never hand back a different rate silently: a small frame cannot spend a large target
         # even at QP 0, and a large one cannot fit a tiny target even at QP 51.
-        side = "spends at most" if size < target else "needs at least"
         shape = "x".join(str(v) for v in frames.shape[-2:]) + (f" x {len(frames)} frames" if len(frames) > 1 else "")
-        warnings.warn(RateWarning(f"HEVC target {kbits:g} kbits not reachable: this {shape} stream {side} "
-                                  f"{size * 8 / 1000:.1f} kbits (QP {qp}); the real rate is recorded"), stacklevel=2)
+        if qp == 0 or qp == 51:
+            reason = f"at QP {qp}, the {'finest' if qp == 0 else 'coarsest'} step, this {shape} stream takes"
+        else:  # size jumps past the ±10 % window between two neighbouring QPs
+            reason = f"the nearest stream of this {shape} picture (QP {qp}) takes"
+        warnings.warn(RateWarning(f"HEVC target {kbits:g} kbits not reachable within 10 %: {reason} "
+                                  f"{size * 8 / 1000:.1f} kbits; the real rate is recorded"), stacklevel=2)
     return tried[qp], qp
 
 

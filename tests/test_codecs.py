@@ -86,9 +86,9 @@ def test_constant_and_signed_input(codec_id, params):
     check_encode_decode(codec, signed)
 
 
-@pytest.mark.parametrize("name", ["raw_v1", "raw_float16_zstd_v1", "uniform_v1", "lightweight_v1",
-                                  "lightweight_signed_v1", "lightweight_blocks_v2", "lightweight_dense_v2",
-                                  "lightweight_partners_v3"])
+@pytest.mark.parametrize("name", ["raw_v1", "raw_float16_zstd_v1", "uniform_v1", "lightweight_v4",
+                                  "lightweight_signed_v4", "lightweight_blocks_v4",
+                                  "lightweight_partners_v4"])
 def test_backwards_compatibility(name):
     check_backwards_compatibility(name)
 

@@ -11,8 +11,9 @@ The codec of Cohen, Choi & Bajić for split-network activations, with no retrain
 2. **Quantize** to ``levels`` cells, uniformly or with an entropy-constrained quantizer
    (``quantizer="ecsq"``, Lagrangian ``lam``) whose end levels stay on the clip points, so a
    ReLU zero decodes to exactly 0. ``bpe=`` searches levels and λ for a rate target.
-3. **Entropy-code** the cell indices with `featcodec.entropy` (adaptive contexts from coded
-   neighbours, range coder).
+3. **Entropy-code** the cell indices with `featcodec.entropy`, the compiled kernel (adaptive
+   binary contexts from coded neighbours and partner channels, range coder); the kernel also
+   quantizes, so encoding is one pass over the float32 input, and decodes straight to levels.
 
 Without calibration the quantizer is designed for each sample and stored in the header's
 per-sample side information. `Lightweight.calibrate` designs it once from many samples and
@@ -25,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..entropy import PARTNERED, decode_symbol_maps, design_partners, encode_symbol_maps, partner_depths
 from ..entropy import VERSION as CODER_VERSION
-from ..errors import CorruptStreamError, InvalidInputError
+from ..entropy import decode_values, design_partners, encode_symbol_maps, encode_values, partner_depths
+from ..errors import CorruptStreamError, InvalidInputError, UnsupportedFormatError
 from ..quantizer import (
     ActivationModel,
     design_ecsq,
@@ -49,11 +50,8 @@ MAX_LEVELS = 16
 # S4 (training photos) 14-16 dB kept agreement mAP at 0.97-0.99 (README, lightweight section).
 DEFAULT_SNR = 15.0
 DESIGN_SAMPLE = 400_000  # values used to design clip and quantizer (a strided subsample)
-# Calibration gives a layer partner channels (entropy coder version 3) only when they cut the
-# coded size of held-out calibration samples by at least this much: partnered coding runs about
-# 20 % slower. Reference detector: S2 (-6 … -10 % bits) takes them, S1 mostly (-2 … -3 %, close to
-# the bar: 14 levels stay on version 2), S4 about 2 % at 2 levels (taken or not, by the samples)
-# and under 1 % at more (version 2).
+# Calibration gives a layer partner channels only when they cut the coded size of held-out
+# calibration samples by at least this much (bench/results/lightweight.md says which layers do).
 MIN_PARTNER_GAIN = 0.02
 PARTNER_SAMPLES = 8  # calibration samples (at most) that choose and check partner channels
 
@@ -201,10 +199,6 @@ class Lightweight(Codec):
     def decode(self, payload, shape, info):
         return self.decode_batch([payload], shape, [info])[0]
 
-    # Maps coded side by side share one wavefront pass (`featcodec.entropy.encode_symbol_maps`),
-    # each into the payload it would get alone: much faster for layers with few channels.
-    batch_size = 8
-
     def encode_batch(self, samples):
         if self.table:
             tables = [self.table] * len(samples)
@@ -213,22 +207,18 @@ class Lightweight(Codec):
         else:
             with self.stage("design"):
                 tables = [self.design(sample) for sample in samples]
-        with self.stage("quantize"):
-            symbols = [_symbols(s, t) for s, t in zip(samples, tables)]
-        with self.stage("entropy_encode"):
-            payloads = _by_coding(symbols, tables, lambda group, n, version, parents:
-                                    encode_symbol_maps(np.stack(group), n, version, parents))
+        with self.stage("entropy_encode"):  # quantization included: the kernel does both in one pass
+            payloads = [encode_values([sample], t["thresholds"], symbol_order(t), len(t["levels"]),
+                                      t.get("parents"))[0] for sample, t in zip(samples, tables)]
         return [(payload, {} if self.table else table) for payload, table in zip(payloads, tables)]
 
     def decode_batch(self, payloads, shape, infos):
         tables = [self.table or _check_table(info, CorruptStreamError) for info in infos]
         for table in tables:
             _check_partners(table, shape, CorruptStreamError)
-        with self.stage("entropy_decode"):
-            symbols = _by_coding(payloads, tables, lambda group, n, version, parents:
-                                   list(decode_symbol_maps(group, tuple(shape), n, version, parents)))
-        with self.stage("dequantize"):
-            return [lookup(_levels_by_symbol(t), s) for s, t in zip(symbols, tables)]
+        with self.stage("entropy_decode"):  # dequantization included
+            return [decode_values(payload, tuple(shape), _levels_by_symbol(t), t.get("parents"))
+                    for payload, t in zip(payloads, tables)]
 
 
 def symbol_order(table: dict) -> np.ndarray:
@@ -270,21 +260,9 @@ def _symbols(sample: np.ndarray, table: dict) -> np.ndarray:
     return cells if (order == np.arange(len(order))).all() else lookup(order, cells)
 
 
-def _by_coding(items, tables, code):
-    """`code(group, n_levels, coder_version, parents)` over the items whose tables share all
-    three (they are coded together), results in order."""
-    keys = [(len(t["levels"]), _coder_version(t), tuple(t["parents"]) if "parents" in t else None) for t in tables]
-    results = [None] * len(items)
-    for key in dict.fromkeys(keys):
-        positions = [i for i, k in enumerate(keys) if k == key]
-        for i, result in zip(positions, code([items[i] for i in positions], *key)):
-            results[i] = result
-    return results
-
-
 def _coder_version(table: dict) -> int:
-    """The entropy coder's payload version: tables written before it was recorded are 1."""
-    return table.get("coder", 1)
+    """The entropy coder version a table names (a hand-written table without one: the current)."""
+    return table.get("coder", CODER_VERSION)
 
 
 def _check_table(table, error) -> dict[str, list[float]]:
@@ -302,12 +280,15 @@ def _check_table(table, error) -> dict[str, list[float]]:
         if table["order"] != "zigzag":
             raise error(f"quantizer table order must be 'zigzag' when given, got {table['order']!r}")
         checked["order"] = "zigzag"
-    if "coder" in table:
-        if table["coder"] not in (1, 2, PARTNERED) or isinstance(table["coder"], bool):
-            raise error(f"quantizer table coder must be 1, 2 or {PARTNERED} when given, got {table['coder']!r}")
-        checked["coder"] = int(table["coder"])
-    if ("parents" in table) != (checked.get("coder") == PARTNERED):
-        raise error(f"quantizer table names partner channels ('parents') with coder {PARTNERED} and only then")
+    version = _coder_version(table)
+    if isinstance(version, bool) or version not in (1, 2, 3, CODER_VERSION):
+        raise error(f"quantizer table coder must be {CODER_VERSION}, got {table['coder']!r}")
+    if version != CODER_VERSION:
+        # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes version 4.
+        raise (UnsupportedFormatError if error is CorruptStreamError else error)(
+            f"lightweight data for entropy coder version {version}, which this featcodec no longer decodes "
+            f"(it codes version {CODER_VERSION}): decode it with featcodec 0.1, or recalibrate")
+    checked["coder"] = CODER_VERSION
     if "parents" in table:
         parents = table["parents"]
         if not isinstance(parents, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in parents):
@@ -332,7 +313,7 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
     held-out calibration samples by MIN_PARTNER_GAIN (`featcodec.entropy.design_partners`
     chooses them on the even samples and checks each link on the odd ones)."""
     n_levels = len(table["levels"])
-    if _coder_version(table) < 2 or samples.shape[1] < 2:
+    if samples.shape[1] < 2:
         return table
     stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
     symbols = np.stack([_symbols(s, table) for s in samples[::stride]])
@@ -340,11 +321,11 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
     if max(parents) < 0:
         return table
     check = symbols[1::2] if len(symbols) > 1 else symbols
-    alone = sum(map(len, encode_symbol_maps(check, n_levels, _coder_version(table))))
-    partnered = sum(map(len, encode_symbol_maps(check, n_levels, PARTNERED, parents)))
+    alone = sum(map(len, encode_symbol_maps(check, n_levels)))
+    partnered = sum(map(len, encode_symbol_maps(check, n_levels, parents)))
     if partnered > (1 - MIN_PARTNER_GAIN) * alone:
         return table
-    return {**table, "coder": PARTNERED, "parents": parents}
+    return {**table, "parents": parents}
 
 
 def _subsample(data: np.ndarray) -> np.ndarray:
@@ -422,4 +403,4 @@ def _rate_probe(data: np.ndarray) -> np.ndarray:
 
 def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]]) -> float:
     symbols = np.stack([_symbols(s, _zero_first(table)) for s in probe])
-    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]), CODER_VERSION)) * 8 / probe.size
+    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]))) * 8 / probe.size

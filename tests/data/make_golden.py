@@ -15,18 +15,17 @@ CASES = {
     "raw_v1": dict(method="raw"),
     "raw_float16_zstd_v1": dict(method="raw", dtype="float16", zstd=9),
     "uniform_v1": dict(method="uniform", levels=5),
-    # Real ReLU activations (a crop of S2 from the bundled demo dump), so that the context coder's
-    # neighbourhoods and its second stage (symbols >= 3) are all in the bytes.
-    "lightweight_v1": dict(method="lightweight", levels=6, source="S2"),
+    # Lightweight, entropy coder version 4 (the compiled kernel; versions 1-3 no longer decode).
+    # Real ReLU activations (a crop of S2 from the bundled demo dump), so that the contexts and
+    # the later binary decisions (symbols >= 2) are all in the bytes.
+    "lightweight_v4": dict(method="lightweight", levels=6, source="S2"),
     # Signed activations (S1): the quantizer table carries "order": "zigzag".
-    "lightweight_signed_v1": dict(method="lightweight", levels=7, source="S1"),
-    # Coder version 2 ("coder": 2 in the table): a sparse S4 crop whose empty 8 x 8 blocks are
-    # skipped, 21 x 29 so that the last blocks are partial; and a dense S2 crop, coded whole.
-    "lightweight_blocks_v2": dict(method="lightweight", levels=6, source="S4", crop=(12, 40, 21, 29)),
-    "lightweight_dense_v2": dict(method="lightweight", levels=6, source="S2"),
-    # Coder version 3 ("coder": 3 and "parents" in a calibrated table): the dense S2 crop with
-    # partner chains up to three deep, so lagging channels and the partner context are in the bytes.
-    "lightweight_partners_v3": dict(method="lightweight", levels=6, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
+    "lightweight_signed_v4": dict(method="lightweight", levels=7, source="S1"),
+    # A sparse S4 crop whose empty 8 x 8 blocks are skipped, 21 x 29 so the last blocks are partial.
+    "lightweight_blocks_v4": dict(method="lightweight", levels=6, source="S4", crop=(12, 40, 21, 29)),
+    # Partner chains up to three deep ("parents" in a calibrated table): coding order and the
+    # partner context are in the bytes.
+    "lightweight_partners_v4": dict(method="lightweight", levels=6, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
@@ -57,7 +56,7 @@ def main(names):
             from featcodec.codecs import Lightweight
 
             table = Lightweight(levels=params.pop("levels")).design(data)
-            params = dict(method=Lightweight(table={**table, "coder": 3, "parents": params.pop("parents")}))
+            params = dict(method=Lightweight(table={**table, "parents": params.pop("parents")}))
         blob = featcodec.encode(data, params.pop("method"), layer="golden/layer:0", **params)
         fcb.write_bytes(blob)
         np.save(GOLDEN / f"{name}.expected.npy", featcodec.decode(blob))
