@@ -103,7 +103,7 @@ def environment(threads: int) -> dict[str, Any]:
     except Exception:  # the bench still runs without video codecs
         ffmpeg = None
     return {"featcodec": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "constriction": _version("constriction"),
+            "onnxruntime": onnxruntime.__version__, "zstandard": _version("zstandard"),
             "ffmpeg": ffmpeg, "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
             "platform": platform.platform()}
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import featcodec
+from featcodec.container import Bitstream
 from featcodec.registry import codec_ids, get_codec
 from tests.common import check_backwards_compatibility, check_config, check_encode_decode, relu_activations
 
@@ -130,3 +131,23 @@ def test_unknown_parameter_is_refused():
 def test_bad_uniform_parameters(params):
     with pytest.raises(featcodec.InvalidInputError):
         get_codec("uniform", **params)
+
+
+@pytest.mark.parametrize("name", ["lightweight_v4", "lightweight_signed_v4", "lightweight_blocks_v4",
+                                  "lightweight_partners_v4"])
+def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
+    """The kernel's integer arithmetic is the same on every machine: re-encoding a golden file's
+    values must give its payloads byte for byte (a change is a new coder version, never an accident)."""
+    from featcodec.codecs.lightweight import symbol_order
+    from featcodec.entropy import encode_values
+    from tests.common import GOLDEN
+
+    blob = (GOLDEN / f"{name}.fcb").read_bytes()
+    stream = Bitstream.parse(blob)
+    expected = np.load(GOLDEN / f"{name}.expected.npy")
+    config = stream.header["codec"]
+    for i, values in enumerate(expected.reshape(-1, *expected.shape[-3:])):
+        table = config.get("table") or stream.header["samples"][i]
+        payload = encode_values([values], table["thresholds"], symbol_order(table), len(table["levels"]),
+                                table.get("parents"))[0]
+        assert payload == stream.payload(i)

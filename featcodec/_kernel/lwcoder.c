@@ -17,13 +17,24 @@
 #include "model.h"
 #include "rangecoder.h"
 
-#define CTX_FIRST 320
+#define CTX_FIRST 1280
 #define CTX_REST (7 * 8 * 2)
 #define CTX_BLOCK 4
 #define CTX_MODE 1
-#define CTX_ALL (CTX_FIRST + CTX_REST + CTX_BLOCK + CTX_MODE)
+#define CTX_A (CTX_FIRST + CTX_REST + CTX_BLOCK + CTX_MODE)
 #define CTX_REST_BASE CTX_FIRST
 #define CTX_BLOCK_BASE (CTX_FIRST + CTX_REST)
+/* The second context model: the sum of six neighbours (left, top, top-left, top-right, two to
+ * the left, two above) in 9 buckets, with the partner; for later decisions also k. */
+#define SUM_BUCKETS 9
+#define CTXB_FIRST (SUM_BUCKETS * 5)
+#define CTXB_REST (7 * SUM_BUCKETS * 3)
+#define CTX_B (CTXB_FIRST + CTXB_REST + CTX_BLOCK)
+/* The third: how active this position is in the channels coded so far (their mean symbol,
+ * capped at 3, in 8 buckets) with the left + top neighbours and the decision. */
+#define CTX_C (8 * 4 * 5 + CTX_BLOCK)
+#define CTX_ALL (CTX_A + CTX_B + CTX_C)
+#define MIX_SETS (8 * 2 + 1)
 #define SKIP_NUM 1 /* block mode when empty blocks >= SKIP_NUM / SKIP_DEN of all */
 #define SKIP_DEN 3
 
@@ -88,26 +99,50 @@ uint32_t lw_checksum(const uint8_t *data, size_t count) {
     return (uint32_t)(h ^ (h >> 32));
 }
 
+/* Tables every coder reads and none writes, filled once (lw_init). */
+static struct {
+    int ready;
+    model_tables model;
+    mix_tables mix;
+    float cost_of[4097]; /* -log2(i / 4096) */
+} TABLES;
+
+void lw_init(void) {
+    if (TABLES.ready) return;
+    model_tables_init(&TABLES.model);
+    mix_tables_init(&TABLES.mix);
+    for (int i = 0; i <= 4096; i++) TABLES.cost_of[i] = i ? (float)-log2(i / 4096.0) : 16.0f;
+    TABLES.ready = 1;
+}
+
 /* --- shared between encoder and decoder ------------------------------------------------- */
 
 typedef struct {
-    model_tables tables;
+    const model_tables *tables;
+    const mix_tables *mix;
+    mix_weights weights[MIX_SETS];
     bit_state *own;    /* channels x CTX_ALL */
     bit_state shared[CTX_ALL];
-    uint8_t *rows;     /* two padded rows: previous, current */
+    uint8_t *rows;     /* three padded rows: two above, above, current */
+    uint16_t *activity; /* per position: sum over coded channels of min(symbol, 3) */
     uint8_t *flags;    /* block flags of the channel being coded, padded row above */
     int block_mode;
     double *costs;     /* lw_cost: bits per channel, in place of the range coder */
-    float cost_of[4097];
+    const float *cost_of;
 } coder_state;
 
 static int state_init(coder_state *s, const lw_layout *l) {
-    model_tables_init(&s->tables);
+    lw_init();
+    s->tables = &TABLES.model;
+    s->mix = &TABLES.mix;
+    s->cost_of = TABLES.cost_of;
+    mix_weights_init(s->weights, MIX_SETS);
     s->own = (bit_state *)malloc(sizeof(bit_state) * (size_t)l->channels * CTX_ALL);
-    s->rows = (uint8_t *)calloc(2 * ((size_t)l->width + 2), 1);
+    s->rows = (uint8_t *)calloc(3 * ((size_t)l->width + 4), 1);
+    s->activity = (uint16_t *)calloc((size_t)l->height * l->width, sizeof(uint16_t));
     size_t bw = ((size_t)l->width + LW_BLOCK - 1) / LW_BLOCK, bh = ((size_t)l->height + LW_BLOCK - 1) / LW_BLOCK;
     s->flags = (uint8_t *)calloc((bh + 1) * (bw + 1), 1);
-    if (!s->own || !s->rows || !s->flags) return LW_NOMEM;
+    if (!s->own || !s->rows || !s->flags || !s->activity) return LW_NOMEM;
     bit_states_init(s->own, (size_t)l->channels * CTX_ALL);
     bit_states_init(s->shared, CTX_ALL);
     return LW_OK;
@@ -117,11 +152,11 @@ static void state_free(coder_state *s) {
     free(s->own);
     free(s->rows);
     free(s->flags);
+    free(s->activity);
 }
 
 static inline int first_context(int left, int top, int top_left, int top_right, int partner) {
-    int diag = cap(CAP3(top_left) + CAP3(top_right), 3);
-    return ((CAP3(left) * 4 + CAP3(top)) * 4 + diag) * 5 + partner;
+    return (((CAP3(left) * 4 + CAP3(top)) * 4 + CAP3(top_left)) * 4 + CAP3(top_right)) * 5 + partner;
 }
 
 static inline int rest_context(int k, int left, int top, int partner_value, int has_partner) {
@@ -130,84 +165,109 @@ static inline int rest_context(int k, int left, int top, int partner_value, int 
     return CTX_REST_BASE + ((cap(k, 7) - 1) * 8 + cap(m, 7)) * 2 + has_partner;
 }
 
-/* Codes (ENCODE) or decodes every channel; one function so the two cannot drift apart. */
-#define CODE_BIT(bit_expr, ctx)                                                         \
-    do {                                                                                \
-        bit_state *own_ = own + (ctx), *sh_ = s->shared + (ctx);                        \
-        uint32_t p_ = model_p(&s->tables, own_, sh_);                                   \
-        if (ENCODE) {                                                                   \
-            bit_ = (bit_expr);                                                          \
-            if (enc) rc_encode_bit(enc, p_, bit_);                                      \
-            else s->costs[c] += s->cost_of[(bit_ ? p_ : 65536 - p_) >> 4];              \
-        } else {                                                                        \
-            bit_ = rc_decode_bit(dec, p_);                                              \
-        }                                                                               \
-        model_update(&s->tables, own_, sh_, bit_);                                      \
-    } while (0)
+static const uint8_t SUM_BUCKET[43] = {0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8,
+                                       8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
 
-#define DEFINE_PASS(NAME, ENCODE_VALUE)                                                                          \
-    static void NAME(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,          \
-                     rc_encoder *enc, rc_decoder *dec) {                                                        \
-        enum { ENCODE = ENCODE_VALUE };                                                                         \
-        const int C = l->channels, H = l->height, W = l->width, n = l->n_symbols;                               \
-        const size_t plane = (size_t)H * W;                                                                     \
-        const int bw = (W + LW_BLOCK - 1) / LW_BLOCK, bh = (H + LW_BLOCK - 1) / LW_BLOCK;                       \
-        uint8_t *prev = s->rows + 1, *cur = s->rows + W + 3;                                                   \
-        int bit_;                                                                                               \
-        (void)block_flags;                                                                                      \
-        for (int i = 0; i < C; i++) {                                                                           \
-            const int c = l->order ? l->order[i] : i;                                                          \
-            bit_state *own = s->own + (size_t)c * CTX_ALL;                                                      \
-            uint8_t *out = symbols + (size_t)c * plane;                                                         \
-            const int has_partner = l->parents && l->parents[c] >= 0;                                          \
-            const uint8_t *partner = has_partner ? symbols + (size_t)l->parents[c] * plane : NULL;             \
-            memset(s->rows, 0, 2 * ((size_t)W + 2));                                                            \
-            memset(s->flags, 0, (size_t)(bh + 1) * (bw + 1));                                                   \
-            for (int y = 0; y < H; y++) {                                                                       \
-                uint8_t *frow = s->flags + (size_t)(y / LW_BLOCK + 1) * (bw + 1) + 1;                           \
-                if (s->block_mode && y % LW_BLOCK == 0) {                                                       \
-                    const uint8_t *above = frow - (bw + 1);                                                     \
-                    for (int bx = 0; bx < bw; bx++) {                                                           \
-                        int ctx = CTX_BLOCK_BASE + frow[bx - 1] + 2 * above[bx];                                \
-                        CODE_BIT(block_flags[((size_t)c * bh + y / LW_BLOCK) * bw + bx], ctx);                 \
-                        frow[bx] = (uint8_t)bit_;                                                               \
-                    }                                                                                           \
-                }                                                                                               \
-                const uint8_t *prow = partner ? partner + (size_t)y * W : NULL;                                 \
-                uint8_t *orow = out + (size_t)y * W;                                                            \
-                for (int x = 0; x < W; x++) {                                                                   \
-                    if (s->block_mode && !frow[x / LW_BLOCK]) {                                                 \
-                        cur[x] = 0;                                                                             \
-                        if (!ENCODE) orow[x] = 0;                                                               \
-                        continue;                                                                               \
-                    }                                                                                           \
-                    const int left = cur[x - 1], top = prev[x];                                                 \
-                    const int pv = prow ? prow[x] : 0;                                                          \
-                    int symbol = ENCODE ? orow[x] : 0;                                                          \
-                    CODE_BIT(symbol > 0, first_context(left, top, prev[x - 1], prev[x + 1],                    \
-                                                       has_partner ? 1 + CAP3(pv) : 0));                        \
-                    int value = 0;                                                                              \
-                    if (bit_) {                                                                                 \
-                        value = 1;                                                                              \
-                        for (int k = 1; k < n - 1; k++) {                                                       \
-                            CODE_BIT(symbol > k, rest_context(k, left, top, pv, has_partner));                 \
-                            if (!bit_) break;                                                                   \
-                            value = k + 1;                                                                      \
-                        }                                                                                       \
-                    }                                                                                           \
-                    cur[x] = (uint8_t)value;                                                                    \
-                    if (!ENCODE) orow[x] = (uint8_t)value;                                                      \
-                }                                                                                               \
-                uint8_t *swap = prev;                                                                           \
-                prev = cur;                                                                                     \
-                cur = swap;                                                                                     \
-                cur[-1] = 0;                                                                                    \
-            }                                                                                                   \
-        }                                                                                                       \
+/* One binary decision with both context models mixed; encodes `bit` or returns the decoded one. */
+static inline int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b, int ctx_c, int set, int bit,
+                           rc_encoder *enc, rc_decoder *dec, double *cost) {
+    bit_state *a = own + ctx_a, *sa = s->shared + ctx_a;
+    bit_state *b = own + CTX_A + ctx_b, *sb = s->shared + CTX_A + ctx_b;
+    bit_state *cc = own + CTX_A + CTX_B + ctx_c, *sc = s->shared + CTX_A + CTX_B + ctx_c;
+    uint32_t p[MIX_INPUTS] = {a->p, sa->p, b->p, sb->p, cc->p, sc->p};
+    int32_t st[MIX_INPUTS];
+    /* a channel's own estimates count only once they have seen something: until then the shared */
+    if (a->n == 0) p[0] = sa->p;
+    if (b->n == 0) p[2] = sb->p;
+    if (cc->n == 0) p[4] = sc->p;
+    mix_weights *m = s->weights + set;
+    uint32_t pm = mix_p(s->mix, m, p, st);
+    if (pm < P_MIN) pm = P_MIN;
+    if (pm > P_MAX) pm = P_MAX;
+    if (enc) rc_encode_bit(enc, pm, bit);
+    else if (dec) bit = rc_decode_bit(dec, pm);
+    else *cost += s->cost_of[(bit ? pm : 65536 - pm) >> 4];
+    mix_update(m, st, pm, bit, 6);
+    model_update(s->tables, a, sa, bit);
+    model_update(s->tables, b, sb, bit);
+    model_update(s->tables, cc, sc, bit);
+    return bit;
+}
+
+/* Codes (encode) or decodes every channel; one function so the two cannot drift apart. */
+static void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
+                      rc_encoder *enc, rc_decoder *dec) {
+    const int encode = dec == NULL;
+    const int C = l->channels, H = l->height, W = l->width, n = l->n_symbols;
+    const size_t plane = (size_t)H * W, stride = (size_t)W + 4;
+    const int bw = (W + LW_BLOCK - 1) / LW_BLOCK, bh = (H + LW_BLOCK - 1) / LW_BLOCK;
+    for (int i = 0; i < C; i++) {
+        const int c = l->order ? l->order[i] : i;
+        bit_state *own = s->own + (size_t)c * CTX_ALL;
+        double *cost = s->costs ? s->costs + c : NULL;
+        uint8_t *out = symbols + (size_t)c * plane;
+        const int has_partner = l->parents && l->parents[c] >= 0;
+        const uint8_t *partner = has_partner ? symbols + (size_t)l->parents[c] * plane : NULL;
+        uint8_t *above2 = s->rows + 2, *above = above2 + stride, *cur = above + stride;
+        /* mean of min(symbol, 3) over the i channels coded so far, in eighths of 3 */
+        const uint32_t act_scale = i ? (uint32_t)((8u << 16) / (3u * (uint32_t)i)) : 0;
+        memset(s->rows, 0, 3 * stride);
+        memset(s->flags, 0, (size_t)(bh + 1) * (bw + 1));
+        for (int y = 0; y < H; y++) {
+            uint8_t *frow = s->flags + (size_t)(y / LW_BLOCK + 1) * (bw + 1) + 1;
+            if (s->block_mode && y % LW_BLOCK == 0) {
+                const uint8_t *up = frow - (bw + 1);
+                for (int bx = 0; bx < bw; bx++) {
+                    int ctx = frow[bx - 1] + 2 * up[bx];
+                    int flag = encode && block_flags ? block_flags[((size_t)c * bh + y / LW_BLOCK) * bw + bx] : 0;
+                    frow[bx] = (uint8_t)code_bit(s, own, CTX_BLOCK_BASE + ctx, CTXB_FIRST + CTXB_REST + ctx,
+                                                 8 * 4 * 5 + ctx, MIX_SETS - 1, flag, enc, dec, cost);
+                }
+            }
+            const uint8_t *prow = partner ? partner + (size_t)y * W : NULL;
+            uint8_t *orow = out + (size_t)y * W;
+            const uint16_t *arow = s->activity + (size_t)y * W;
+            for (int x = 0; x < W; x++) {
+                if (s->block_mode && !frow[x / LW_BLOCK]) {
+                    cur[x] = 0;
+                    if (!encode) orow[x] = 0;
+                    continue;
+                }
+                const int left = cur[x - 1], top = above[x];
+                const int pv = prow ? prow[x] : 0;
+                int sum = left + top + above[x - 1] + above[x + 1] + cur[x - 2] + above2[x];
+                const int bucket = SUM_BUCKET[sum > 42 ? 42 : sum];
+                const int pbucket = has_partner ? 1 + CAP3(pv) : 0;
+                const int symbol = encode ? orow[x] : 0;
+                const int empty = (left | top) == 0;
+                const int act = i ? (int)(((uint32_t)arow[x] * act_scale) >> 16) : 0;
+                const int ctx_c = ((act > 7 ? 7 : act) * 4 + cap(left + top, 3)) * 5;
+                int value = 0;
+                if (n > 1 && code_bit(s, own, first_context(left, top, above[x - 1], above[x + 1], pbucket),
+                             bucket * 5 + pbucket, ctx_c, empty, symbol > 0, enc, dec, cost)) {
+                    value = 1;
+                    for (int k = 1; k < n - 1; k++) {
+                        int prel = !has_partner ? 0 : (pv > k ? 2 : (pv == k ? 1 : 0));
+                        int ctx_b = CTXB_FIRST + ((cap(k, 7) - 1) * SUM_BUCKETS + bucket) * 3 + prel;
+                        if (!code_bit(s, own, rest_context(k, left, top, pv, has_partner), ctx_b, ctx_c + cap(k, 4),
+                                      2 * cap(k, 7) + empty, symbol > k, enc, dec, cost))
+                            break;
+                        value = k + 1;
+                    }
+                }
+                cur[x] = (uint8_t)value;
+                if (!encode) orow[x] = (uint8_t)value;
+            }
+            uint8_t *spare = above2; /* rotate: the current row becomes the one above */
+            above2 = above;
+            above = cur;
+            cur = spare;
+            memset(cur - 2, 0, stride);
+        }
+        for (size_t k = 0; k < plane; k++) s->activity[k] += CAP3(out[k]);
     }
+}
 
-DEFINE_PASS(encode_pass, 1)
-DEFINE_PASS(decode_pass, 0)
 
 /* --- encoder ------------------------------------------------------------------------------ */
 
@@ -244,7 +304,7 @@ int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t 
     rc_encoder enc;
     rc_encoder_init(&enc, plane * C / 8 + 64);
     rc_encode_bit(&enc, 32768, s.block_mode);
-    encode_pass(&s, l, (uint8_t *)symbols, block_flags, &enc, NULL);
+    code_pass(&s, l, (uint8_t *)symbols, block_flags, &enc, NULL);
     rc_encoder_finish(&enc);
     free(block_flags);
     state_free(&s);
@@ -270,11 +330,10 @@ int lw_cost(const lw_layout *l, const uint8_t *symbols, double *bits) {
         state_free(&s);
         return LW_NOMEM;
     }
-    for (int i = 0; i <= 4096; i++) s.cost_of[i] = i ? (float)-log2(i / 4096.0) : 16.0f;
     for (int c = 0; c < C; c++) bits[c] = 0;
     s.costs = bits;
     s.block_mode = 0; /* the cost of every symbol, as a dense map codes them */
-    encode_pass(&s, l, (uint8_t *)symbols, NULL, NULL, NULL);
+    code_pass(&s, l, (uint8_t *)symbols, NULL, NULL, NULL);
     state_free(&s);
     return LW_OK;
 }
@@ -295,7 +354,7 @@ int lw_decode(const lw_layout *l, const uint8_t *in, size_t in_len, uint8_t *sym
     rc_decoder dec;
     rc_decoder_init(&dec, in, in_len);
     s.block_mode = rc_decode_bit(&dec, 32768);
-    decode_pass(&s, l, symbols, NULL, NULL, &dec);
+    code_pass(&s, l, symbols, NULL, NULL, &dec);
     state_free(&s);
     /* A stream lw_encode wrote ends where the decoder stops reading: nothing asked past its end,
      * at most the flushed bytes left over. */

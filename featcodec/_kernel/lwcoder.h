@@ -18,6 +18,10 @@ typedef struct {
     const int32_t *order;   /* coding order of the channels (a permutation); NULL: 0 .. C-1 */
 } lw_layout;
 
+/* Fills the read-only tables; call once before coding from several threads (the Python module
+ * does at import). The coding functions call it too, for single-threaded C users. */
+void lw_init(void);
+
 /* Checks what the coder relies on: sizes, alphabet, order a permutation, every partner coded
  * before the channel that reads it. */
 int lw_check_layout(const lw_layout *layout);

@@ -70,3 +70,64 @@ static inline void model_update(const model_tables *t, bit_state *own, bit_state
 }
 
 #endif
+
+#ifndef FEATCODEC_MIXER
+#define FEATCODEC_MIXER
+/* Logistic mixing (as in the PAQ family): the coded probability is squash(Σ w_i · stretch(p_i))
+ * over the estimates of several context models, with weights learned online per weight set
+ * (the decision being coded and whether the neighbourhood is empty), so the coder leans on
+ * whichever model predicts this map best. 12-bit probabilities in the stretched domain. */
+#define MIX_INPUTS 6
+#define MIX_SHIFT 16
+#ifndef MIX_LEARN
+#define MIX_LEARN 15
+#endif
+
+typedef struct {
+    int16_t stretch[4096]; /* ln(p / (1 - p)) · 256, p in 1/4096 */
+    int16_t squash[4096];  /* inverse, over stretch values -2048 .. 2047 */
+} mix_tables;
+
+static void mix_tables_init(mix_tables *t) {
+    for (int i = 0; i < 4096; i++) {
+        double x = (i - 2048) / 256.0;
+        int v = (int)(4096.0 / (1.0 + exp(-x)));
+        t->squash[i] = (int16_t)(v < 1 ? 1 : (v > 4095 ? 4095 : v));
+    }
+    for (int p = 0; p < 4096; p++) {
+        double q = (p + 0.5) / 4096.0;
+        int v = (int)lround(log(q / (1.0 - q)) * 256.0);
+        t->stretch[p] = (int16_t)(v < -2047 ? -2047 : (v > 2047 ? 2047 : v));
+    }
+}
+
+static inline int squash12(const mix_tables *t, int x) {
+    x += 2048;
+    return t->squash[x < 0 ? 0 : (x > 4095 ? 4095 : x)];
+}
+
+typedef struct {
+    int32_t w[MIX_INPUTS];
+} mix_weights;
+
+static void mix_weights_init(mix_weights *m, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        for (int k = 0; k < MIX_INPUTS; k++) m[i].w[k] = (1 << MIX_SHIFT) / 5;
+}
+
+/* p16 estimates in, the mixed P(bit = 1) in 16 bits out; `st` keeps the inputs for mix_update. */
+static inline uint32_t mix_p(const mix_tables *t, const mix_weights *m, const uint32_t *p16, int32_t *st) {
+    int64_t dot = 0;
+    for (int k = 0; k < MIX_INPUTS; k++) {
+        st[k] = t->stretch[p16[k] >> 4];
+        dot += (int64_t)m->w[k] * st[k];
+    }
+    int p12 = squash12(t, (int)(dot >> MIX_SHIFT));
+    return (uint32_t)p12 << 4 | 8;
+}
+
+static inline void mix_update(mix_weights *m, const int32_t *st, uint32_t p16, int bit, int rate) {
+    int32_t err = ((bit << 12) - (int32_t)(p16 >> 4)) * rate;
+    for (int k = 0; k < MIX_INPUTS; k++) m->w[k] += (st[k] * err) >> MIX_LEARN;
+}
+#endif

@@ -203,6 +203,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_coder", "The lightweight codec's coding kernel.", -1,
-                                    methods};
+                                    methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__coder(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__coder(void) {
+    lw_init(); /* under the GIL, before any thread codes */
+    return PyModule_Create(&module);
+}
