@@ -54,22 +54,30 @@ sanitize: $(PY)
 lint: $(PY)
 	$(PY) -m ruff check featcodec tests examples bench
 
-# The reference sweep: held-out photos, quantizers calibrated on the training photos.
+# The reference sweep: held-out photos, quantizers calibrated on the training photos; then the
+# auto-tiler against its PCA bound and the lightweight kernel's speed / size / task report.
 BENCH_OUT := bench/results
 bench: $(PY) data/reference_heldout.h5
 	@mkdir -p $(BENCH_OUT)
 	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
 		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
 		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
+	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 | tee $(BENCH_OUT)/autotiler_bounds.md
+	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md
 
-# Auto-tilers for the reference detector, trained on the training photos only (needs torch).
-models: $(PY) data/reference_train.h5
+# Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16), trained on the training
+# photos plus examples/images_more with flips and zooms (needs torch): about 2 h on 2 CPU cores,
+# resumable (checkpoints in the model folder's .checkpoints; delete them to start over).
+models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
-	time $(FEATCODEC) train data/reference_train.h5 --layer S1 --layer S2 --layer S4 \
-		-o models/autotiler/centernet_mbv3 --steps 600
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 8
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data
+
+data/autotiler_train.h5: $(PY)
+	$(PY) examples/make_data.py data/ --only-autotiler
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

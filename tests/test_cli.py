@@ -1,12 +1,15 @@
 """The command line, through a real subprocess."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from tests.common import relu_activations
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "reference_demo.h5"
 
 
 @pytest.fixture
@@ -159,4 +162,27 @@ def test_calibrate_then_encode_with_config(cli, tmp_path):
 
 def test_models_command_lists_shipped_autotiler(cli):
     out = cli("models", check=True).stdout.decode()
-    assert "centernet_mbv3: S4 tower_0/CenternetHead/mul:0 (128, 128, 128)" in out
+    assert out.startswith("centernet_mbv3 (codec autotiler")
+    for layer in ("S1 tower_0/MobilenetV3/expanded_conv_2/add:0 (24, 128, 128): CR4, CR16",
+                  "S2 tower_0/MobilenetV3/expanded_conv_3/expand/Relu:0 (72, 128, 128): CR4, CR16",
+                  "S4 tower_0/CenternetHead/mul:0 (128, 128, 128): CR4, CR16"):
+        assert layer in out
+    assert "CR4: real ratio 4.00x, 128 latent maps of 64x64 tiled 8x16 into one 512x1024 frame" in out
+
+
+def test_headline_command_codes_the_real_ratio(cli, tmp_path):
+    """`featcodec encode act.npy -m autotiler --cr 16` on every reference layer: C·H·W/16 values."""
+    with h5py.File(DEMO) as f:
+        for layer in ("S1", "S2", "S4"):
+            np.save(tmp_path / f"{layer}.npy", f[layer][:1])
+    for layer in ("S1", "S2", "S4"):
+        cli("encode", tmp_path / f"{layer}.npy", "-m", "autotiler", "--cr", "16", "--preset", "ultrafast", check=True)
+        header = json.loads(cli("info", tmp_path / f"{layer}.fcb", "--json", check=True).stdout)
+        sample = header["samples"][0]
+        assert sample["ratio"] == 16 and np.prod(sample["map"]) * 16 == np.prod(header["shape"][1:])
+        decoded = cli("decode", tmp_path / f"{layer}.fcb", "-o", tmp_path / f"{layer}.out.npy", check=True)
+        assert decoded.returncode == 0 and np.load(tmp_path / f"{layer}.out.npy").shape == tuple(header["shape"])
+    result = cli("encode", tmp_path / "S2.npy", "-m", "autotiler", "--cr", "8", "-f")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == ("Error: auto-tiler model 'centernet_mbv3' offers no CR8 for layer S2; "
+                                              "ratios on offer: 4, 16")
