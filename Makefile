@@ -63,7 +63,8 @@ bench: $(PY) data/reference_heldout.h5
 		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
 		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
 	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 | tee $(BENCH_OUT)/autotiler_bounds.md
-	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md
+	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
+		data/autotiler_train.h5
 
 # Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16), trained on the training
 # photos plus examples/images_more with flips and zooms (needs torch): about 2 h on 2 CPU cores,

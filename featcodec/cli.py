@@ -296,6 +296,7 @@ def info(input_spec, as_json):
         ("compression ratio", f"{summary['compression_ratio']:.2f} vs float32" if summary["compression_ratio"]
          else "-"),
         ("models", ", ".join(f"{m['name']} ({m['sha256'][:12]}…)" for m in summary["models"]) or "-"),
+        *_bottleneck_rows(summary["samples"]),
         ("written by", f"featcodec {summary.get('featcodec')}"),
     ]
     _print_pairs(input_spec, rows)
@@ -426,6 +427,18 @@ def _print_bench(report) -> None:
         click.echo(f"skipped {item['tensor']} {item['method']}@{item['point']}: {item['reason']}", err=True)
     for check in report["checks"]:
         click.echo(f"check {'passed' if check['passed'] else 'FAILED'}: {check['check']} {check['values']}", err=True)
+
+
+def _bottleneck_rows(samples: list[dict]) -> list[tuple[str, str]]:
+    """What an auto-tiler's samples record about their bottleneck: the real element ratio and the map."""
+    coded = [s for s in samples if "ratio" in s and "map" in s]
+    if not coded:
+        return []
+    ratios = sorted({round(float(s["ratio"]), 3) for s in coded})
+    maps = sorted({"x".join(str(v) for v in s["map"]) for s in coded})
+    latent = coded[0].get("latent")
+    return [("bottleneck", f"element ratio {', '.join(f'{r:g}' for r in ratios)}: {latent[0]} latent maps tiled "
+                           f"into one {', '.join(maps)} frame" if latent else f"ratio {ratios}")]
 
 
 @cli.command()

@@ -44,6 +44,7 @@ F = torch.nn.functional
 
 NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
 DETECTOR_OUTPUTS = ["tower_0/keypoints", "tower_0/wh"]
+GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
 
 
 def _conv(cin, cout, k=3, stride=1):
@@ -286,6 +287,7 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
             loss = loss + task[0] * task[1](decoded, task[1].target(x))
         optimiser.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimiser.step()
         schedule.step()
         loss_value = float(loss.detach())
@@ -298,6 +300,15 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
             if v < best - 1e-5:
                 best, best_nmse, bad = v, v_nmse, 0
                 best_state = [{k: t.clone() for k, t in m.state_dict().items()} for m in modules]
+            elif v > 3 * best and best_state is not None:
+                # Diverged (S4 once did: its final ReLU went dead at the full rate): back to the best
+                # state at half the learning rate.
+                for m, state in zip(modules, best_state):
+                    m.load_state_dict(state)
+                for group in optimiser.param_groups:
+                    group["lr"] /= 2
+                schedule.base_lrs = [lr / 2 for lr in schedule.base_lrs]
+                bad += 1
             else:
                 bad += 1
             if progress:
