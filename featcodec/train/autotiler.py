@@ -467,7 +467,10 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         "layers": manifest_layers,
         "files": {k: {"sha256": v, "bytes": (out / k).stat().st_size} for k, v in sorted(files.items())},
         "training": {"dump": Path(dump).name, "layers": layers, **{k: v for k, v in asdict(config).items()},
-                     "torch": torch.__version__, "seconds": round(time.perf_counter() - started, 1),
+                     "torch": torch.__version__, "grad_clip": GRAD_CLIP,
+                     # phases resumed from checkpoints keep the time they took when they ran
+                     "seconds": round(sum(p.seconds for p in phases), 1),
+                     "this_run_seconds": round(time.perf_counter() - started, 1),
                      "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
                                  "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
                                  "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]},
