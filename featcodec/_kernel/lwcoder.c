@@ -174,12 +174,12 @@ static inline int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b,
     bit_state *a = own + ctx_a, *sa = s->shared + ctx_a;
     bit_state *b = own + CTX_A + ctx_b, *sb = s->shared + CTX_A + ctx_b;
     bit_state *cc = own + CTX_A + CTX_B + ctx_c, *sc = s->shared + CTX_A + CTX_B + ctx_c;
-    uint32_t p[MIX_INPUTS] = {a->p, sa->p, b->p, sb->p, cc->p, sc->p};
+    uint32_t p[MIX_INPUTS] = {a->p, sa->p, b->p, cc->p};
     int32_t st[MIX_INPUTS];
     /* a channel's own estimates count only once they have seen something: until then the shared */
     if (a->n == 0) p[0] = sa->p;
     if (b->n == 0) p[2] = sb->p;
-    if (cc->n == 0) p[4] = sc->p;
+    if (cc->n == 0) p[3] = sc->p;
     mix_weights *m = s->weights + set;
     uint32_t pm = mix_p(s->mix, m, p, st);
     if (pm < P_MIN) pm = P_MIN;

@@ -23,7 +23,7 @@ typedef struct {
 #define WEIGHT_FULL 64 /* events after which the weight table is flat */
 
 typedef struct {
-    uint32_t channel_rate[CHANNEL_FINAL + 1]; /* 2^16 / (n + 1.5), then 2^16 / 32 */
+    uint32_t channel_rate[CHANNEL_FINAL + 1]; /* 2^15 / (n + 1.5), then 2^15 / 32 */
     uint32_t shared_rate[SHARED_FINAL + 1];
     uint32_t weight[WEIGHT_FULL + 1]; /* 2^8 · n / (n + 6) */
 } model_tables;
@@ -32,12 +32,12 @@ static void model_tables_init(model_tables *t) {
     for (int n = 0; n <= CHANNEL_FINAL; n++) {
         double r = n < CHANNEL_FINAL ? 1.0 / (n + 1.5) : 1.0 / CHANNEL_FINAL;
         if (r < 1.0 / CHANNEL_FINAL) r = 1.0 / CHANNEL_FINAL;
-        t->channel_rate[n] = (uint32_t)(65536.0 * r);
+        t->channel_rate[n] = (uint32_t)(32768.0 * r);
     }
     for (int n = 0; n <= SHARED_FINAL; n++) {
         double r = 1.0 / (n + 1.5);
         if (r < 1.0 / SHARED_FINAL) r = 1.0 / SHARED_FINAL;
-        t->shared_rate[n] = (uint32_t)(65536.0 * r);
+        t->shared_rate[n] = (uint32_t)(32768.0 * r);
     }
     for (int n = 0; n <= WEIGHT_FULL; n++) t->weight[n] = (uint32_t)(256.0 * n / (n + 6.0));
 }
@@ -56,10 +56,11 @@ static inline uint32_t model_p(const model_tables *t, const bit_state *own, cons
     return (uint32_t)(p < P_MIN ? P_MIN : (p > P_MAX ? P_MAX : p));
 }
 
+/* p moves towards 0 or 65535 by a rate below 2/3, so it never leaves 0 .. 65535 (the coder clamps
+ * what it codes with); rates are in 15 bits so the product fits 32 bits. */
 static inline void adapt(bit_state *s, int bit, uint32_t rate) {
     int32_t target = bit ? 65535 : 0;
-    int32_t p = (int32_t)s->p + (int32_t)(((int64_t)(target - (int32_t)s->p) * rate) >> 16);
-    s->p = (uint16_t)(p < P_MIN ? P_MIN : (p > P_MAX ? P_MAX : p));
+    s->p = (uint16_t)((int32_t)s->p + (((target - (int32_t)s->p) * (int32_t)rate) >> 15));
 }
 
 static inline void model_update(const model_tables *t, bit_state *own, bit_state *shared, int bit) {
@@ -77,7 +78,7 @@ static inline void model_update(const model_tables *t, bit_state *own, bit_state
  * over the estimates of several context models, with weights learned online per weight set
  * (the decision being coded and whether the neighbourhood is empty), so the coder leans on
  * whichever model predicts this map best. 12-bit probabilities in the stretched domain. */
-#define MIX_INPUTS 6
+#define MIX_INPUTS 4
 #define MIX_SHIFT 16
 #ifndef MIX_LEARN
 #define MIX_LEARN 15
@@ -112,7 +113,7 @@ typedef struct {
 
 static void mix_weights_init(mix_weights *m, size_t count) {
     for (size_t i = 0; i < count; i++)
-        for (int k = 0; k < MIX_INPUTS; k++) m[i].w[k] = (1 << MIX_SHIFT) / 5;
+        for (int k = 0; k < MIX_INPUTS; k++) m[i].w[k] = (1 << MIX_SHIFT) * 3 / 10;
 }
 
 /* p16 estimates in, the mixed P(bit = 1) in 16 bits out; `st` keeps the inputs for mix_update. */
