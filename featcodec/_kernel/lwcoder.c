@@ -269,17 +269,25 @@ static void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, cons
 }
 
 
+/* The layout, and every symbol inside the alphabet (what the encoder and the cost both need). */
+static int check_symbols(const lw_layout *l, const uint8_t *symbols) {
+    int status = lw_check_layout(l);
+    if (status != LW_OK) return status;
+    size_t count = (size_t)l->channels * l->height * l->width;
+    for (size_t i = 0; i < count; i++)
+        if (symbols[i] >= l->n_symbols) return LW_BAD_ARGS;
+    return LW_OK;
+}
+
 /* --- encoder ------------------------------------------------------------------------------ */
 
 int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t *out_len) {
     *out = NULL;
     *out_len = 0;
-    int status = lw_check_layout(l);
+    int status = check_symbols(l, symbols);
     if (status != LW_OK) return status;
     const int C = l->channels, H = l->height, W = l->width;
     const size_t plane = (size_t)H * W;
-    for (size_t i = 0; i < (size_t)C * plane; i++)
-        if (symbols[i] >= l->n_symbols) return LW_BAD_ARGS;
     const int bw = (W + LW_BLOCK - 1) / LW_BLOCK, bh = (H + LW_BLOCK - 1) / LW_BLOCK;
     uint8_t *block_flags = (uint8_t *)calloc((size_t)C * bh * bw, 1);
     coder_state s;
@@ -318,12 +326,9 @@ int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t 
 }
 
 int lw_cost(const lw_layout *l, const uint8_t *symbols, double *bits) {
-    int status = lw_check_layout(l);
+    int status = check_symbols(l, symbols);
     if (status != LW_OK) return status;
-    const int C = l->channels, H = l->height, W = l->width;
-    const size_t plane = (size_t)H * W;
-    for (size_t i = 0; i < (size_t)C * plane; i++)
-        if (symbols[i] >= l->n_symbols) return LW_BAD_ARGS;
+    const int C = l->channels;
     coder_state s;
     memset(&s, 0, sizeof s);
     if (state_init(&s, l) != LW_OK) {
