@@ -6,11 +6,12 @@ payloads and turns kernel failures into `CorruptStreamError`. Coder version 4 (d
 
 * each channel is coded in raster order; a symbol s is coded as binary decisions "s > k",
   k = 0, 1, …, so most symbols (small activations) cost one decision;
-* the first decision's context is the left, top, top-left + top-right neighbours and, with
-  partner channels, the partner's symbol at the same position; later decisions see k and the
-  largest neighbour;
+* each decision's probability mixes (logistically, weights learned as it codes) three context
+  models: the neighbours (left, top, top-left, top-right) with the partner channel's symbol at
+  the same position; the sum of six neighbours; and how active this position is in the
+  channels already coded;
 * each context has one adaptive estimate per channel, backed by one shared by all channels of
-  the map while the channel's own has seen few events: a map with many small channels (an
+  the map until the channel's own has seen an event: a map with many small channels (an
   uncalibrated network's 14 x 14 layer) codes well from its first symbols;
 * sparse maps (a third or more of their 8 x 8 blocks empty, like S4) code one flag per block
   first, then only the symbols of non-empty blocks.
@@ -109,24 +110,20 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int, parents=None) -> list[b
     return payloads
 
 
-def encode_values(samples, thresholds: np.ndarray, cell_to_symbol: np.ndarray, n_symbols: int,
-                  parents=None) -> list[bytes]:
-    """Quantize float32 (C, H, W) samples (cell = thresholds at or below the value, then
-    `cell_to_symbol`) and code them, in one kernel call each."""
+def encode_values(sample: np.ndarray, thresholds: np.ndarray, cell_to_symbol: np.ndarray, n_symbols: int,
+                  parents=None) -> bytes:
+    """Quantize a float32 (C, H, W) sample (cell = thresholds at or below the value, then
+    `cell_to_symbol`) and code it, in one kernel call."""
     _check_alphabet(n_symbols)
     thresholds = np.ascontiguousarray(thresholds, np.float32)
     cells = np.zeros(256, np.uint8)
     cells[: len(cell_to_symbol)] = cell_to_symbol
-    coder = kernel()
-    payloads = []
-    for sample in samples:
-        sample = np.ascontiguousarray(sample, np.float32)
-        channels, height, width = sample.shape
-        parent_bytes, order_bytes = _layout(parents, channels)
-        body, checksum = coder.encode(sample, channels, height, width, n_symbols, parent_bytes, order_bytes,
-                                      thresholds.tobytes(), cells.tobytes())
-        payloads.append(struct.pack("<I", checksum) + body)
-    return payloads
+    sample = np.ascontiguousarray(sample, np.float32)
+    channels, height, width = sample.shape
+    parent_bytes, order_bytes = _layout(parents, channels)
+    body, checksum = kernel().encode(sample, channels, height, width, n_symbols, parent_bytes, order_bytes,
+                                     thresholds.tobytes(), cells.tobytes())
+    return struct.pack("<I", checksum) + body
 
 
 def _decode(payload: bytes, shape, n_symbols: int, parents, levels):

@@ -148,6 +148,6 @@ def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
     config = stream.header["codec"]
     for i, values in enumerate(expected.reshape(-1, *expected.shape[-3:])):
         table = config.get("table") or stream.header["samples"][i]
-        payload = encode_values([values], table["thresholds"], symbol_order(table), len(table["levels"]),
-                                table.get("parents"))[0]
+        payload = encode_values(values, table["thresholds"], symbol_order(table), len(table["levels"]),
+                                table.get("parents"))
         assert payload == stream.payload(i)

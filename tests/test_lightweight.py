@@ -181,7 +181,7 @@ def test_the_kernel_quantizes_as_numpy_does_and_decodes_to_levels(real_s4):
     x = real_s4[0, :16]
     thresholds, levels = uniform_quantizer(0.0, 1.5, 5)
     order = np.array([0, 1, 2, 3, 4], np.uint8)
-    payload = featcodec.entropy.encode_values([x], thresholds, order, 5)[0]
+    payload = featcodec.entropy.encode_values(x, thresholds, order, 5)
     symbols = quantize(x, thresholds)
     assert payload == encode_symbols(symbols, 5)
     np.testing.assert_array_equal(featcodec.entropy.decode_values(payload, x.shape, levels), levels[symbols])

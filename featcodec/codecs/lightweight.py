@@ -193,32 +193,24 @@ class Lightweight(Codec):
 
     # --- coding ---------------------------------------------------------------------------
 
+    # One sample per kernel call: the kernel has no per-call overhead to spread over a batch.
     def encode(self, sample):
-        return self.encode_batch([sample])[0]
-
-    def decode(self, payload, shape, info):
-        return self.decode_batch([payload], shape, [info])[0]
-
-    def encode_batch(self, samples):
         if self.table:
-            tables = [self.table] * len(samples)
-            for sample in samples:
-                _check_partners(self.table, sample.shape, InvalidInputError)
+            table = self.table
+            _check_partners(table, sample.shape, InvalidInputError)
         else:
             with self.stage("design"):
-                tables = [self.design(sample) for sample in samples]
+                table = self.design(sample)
         with self.stage("entropy_encode"):  # quantization included: the kernel does both in one pass
-            payloads = [encode_values([sample], t["thresholds"], symbol_order(t), len(t["levels"]),
-                                      t.get("parents"))[0] for sample, t in zip(samples, tables)]
-        return [(payload, {} if self.table else table) for payload, table in zip(payloads, tables)]
+            payload = encode_values(sample, table["thresholds"], symbol_order(table), len(table["levels"]),
+                                    table.get("parents"))
+        return payload, {} if self.table else table
 
-    def decode_batch(self, payloads, shape, infos):
-        tables = [self.table or _check_table(info, CorruptStreamError) for info in infos]
-        for table in tables:
-            _check_partners(table, shape, CorruptStreamError)
+    def decode(self, payload, shape, info):
+        table = self.table or _check_table(info, CorruptStreamError)
+        _check_partners(table, shape, CorruptStreamError)
         with self.stage("entropy_decode"):  # dequantization included
-            return [decode_values(payload, tuple(shape), _levels_by_symbol(t), t.get("parents"))
-                    for payload, t in zip(payloads, tables)]
+            return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"))
 
 
 def symbol_order(table: dict) -> np.ndarray:
