@@ -18,16 +18,15 @@ from .errors import (  # noqa: E402
     InvalidInputError,
     MissingBackendError,
     MissingModelError,
+    PluginError,
     UnknownCodecError,
     UnsupportedFormatError,
 )
 from .registry import codec_ids, get_codec, register_codec  # noqa: E402
 
-for _cls in (Raw, Uniform, Lightweight, FramePerChannel, Tiling, AutoTiler):
-    register_codec(_cls)
-
 __all__ = [
     "__version__", "encode", "decode", "info", "get_codec", "register_codec", "codec_ids", "Bitstream",
     "FeatcodecError", "InvalidInputError", "CorruptStreamError", "UnsupportedFormatError",
-    "UnknownCodecError", "MissingBackendError", "MissingModelError", "BackendError",
+    "UnknownCodecError", "MissingBackendError", "MissingModelError", "BackendError", "PluginError",
+    "AutoTiler", "FramePerChannel", "Lightweight", "Raw", "Tiling", "Uniform",
 ]

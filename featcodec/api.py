@@ -101,16 +101,19 @@ def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np
     return from_nchw(out, stream.header["layout"])
 
 
-def decode_sample(stream: Bitstream, codec: Codec, index: int) -> np.ndarray:
-    """Decode sample `index` of a parsed stream to float32 (C,H,W)."""
-    return decode_samples(stream, codec, [index])[0]
-
-
 def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[np.ndarray]:
-    """Decode samples `indices` of a parsed stream to float32 (C,H,W) arrays, together."""
+    """Decode samples `indices` of a parsed stream to float32 (C,H,W) arrays, together.
+
+    Each sample's side information is validated first (`Codec.validate`): a malformed stream is a
+    `CorruptStreamError` naming the sample, and any other exception from `decode` is a bug that
+    surfaces as it is."""
     payloads = [stream.payload(i) for i in indices]
     infos = [stream.header["samples"][i % stream.n_samples] for i in indices]
-    which = f"sample {indices[0]}" if len(indices) == 1 else f"samples {indices[0]}-{indices[-1]}"
+    for index, info in zip(indices, infos):
+        try:
+            codec.validate(stream.sample_shape, info)
+        except CorruptStreamError as err:
+            raise CorruptStreamError(f"sample {index}: {err}") from err
     try:
         decoded = codec.decode_batch(payloads, stream.sample_shape, infos)
     except FeatcodecError:
@@ -118,8 +121,6 @@ def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[
             for index in indices:
                 decode_samples(stream, codec, [index])
         raise
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise CorruptStreamError(f"{which} cannot be decoded: {type(err).__name__}: {err}") from err
     for index, array in zip(indices, decoded):
         if array.shape != stream.sample_shape:
             raise CorruptStreamError(f"sample {index} decoded to shape {array.shape}, expected {stream.sample_shape}")

@@ -28,33 +28,9 @@ from . import __version__, metrics
 from .api import decode, encode, info
 from .errors import InvalidInputError, MissingModelError
 from .io import Tensor, read_tensors, to_nchw
-from .registry import codec_ids, get_codec
+from .registry import codec_class, codec_ids, get_codec
 
-KBPI_BASES = (15, 30, 60, 120, 240)  # the auto-tiler paper's bitrate bases (kilobits per tensor)
-VIDEO_POINTS = [("default", {})] + [(f"kbpi={k}", {"kbpi": k}) for k in KBPI_BASES] + [("lossless", {"lossless": True})]
-AUTOTILER_POINTS = [("default", {}), ("cr16", {"cr": 16})] + [
-    (f"cr{cr},kbpi={k}", {"cr": cr, "kbpi": k}) for cr in (4, 16) for k in KBPI_BASES] + [
-    (f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)]
-RATE_SETS: dict[str, dict[str, list[tuple[str, dict]]]] = {
-    "paper": {
-        "raw": [("default", {}), ("float16", {"dtype": "float16"}), ("float16+zstd", {"dtype": "float16", "zstd": 19})],
-        "uniform": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (4, 8, 16)],
-        "lightweight": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
-        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
-        "tiling": VIDEO_POINTS,
-        "fpc": VIDEO_POINTS,
-        "autotiler": AUTOTILER_POINTS,
-    },
-    "quick": {
-        "raw": [("default", {}), ("float16", {"dtype": "float16"})],
-        "uniform": [("default", {}), ("levels=8", {"levels": 8})],
-        "lightweight": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
-        "tiling": [("default", {}), ("kbpi=60", {"kbpi": 60})],
-        "fpc": [("default", {}), ("kbpi=60", {"kbpi": 60})],
-        "autotiler": [("default", {}), ("cr16", {"cr": 16})],
-    },
-}
-CALIBRATED = {"lightweight"}  # codecs whose quantizer is calibrated once per layer before timing
+RATE_SETS = ("paper", "quick")  # each codec's points per set: `Codec.rate_points`
 
 
 @dataclass
@@ -79,10 +55,10 @@ class PointResult:
 
 
 def points_for(method: str, rates: str) -> list[tuple[str, dict]]:
+    """The rate points codec `method` declares for the set `rates`."""
     if rates not in RATE_SETS:
         raise InvalidInputError(f"unknown rate set {rates!r}: use {', '.join(RATE_SETS)}")
-    table = RATE_SETS[rates]
-    return table.get(method) or [("default", {})]
+    return codec_class(method).points(rates)
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -132,10 +108,12 @@ def find_task_model(tensor: Tensor, search: list[Path]) -> str | None:
 
 
 def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, params: dict, *,
-              calibration: np.ndarray | None, task, reference, repeat: int) -> PointResult:
+              calibration: np.ndarray | None, task, reference, repeat: int, threads: int | None = None) -> PointResult:
     codec = get_codec(method, **params)
-    if method in CALIBRATED:
+    calibrated = codec.can_calibrate()  # designed once per layer, before timing
+    if calibrated:
         codec = codec.calibrate(calibration if calibration is not None else original)
+    codec.threads = threads
     encode(original[:1], codec)  # warm-up, excluded: caches, lazy imports, first ffmpeg start
     encode_times, decode_times = [], []
     for run in range(repeat):
@@ -153,7 +131,7 @@ def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, par
     agreement = task.agreement(original, decoded, reference) if task is not None else None
     return PointResult(
         tensor=tensor.name, layer=tensor.attrs.get("layer"), shape=list(original.shape), method=method,
-        point=label, params=codec.get_config() if method not in CALIBRATED else params,
+        point=label, params=params if calibrated else codec.get_config(),
         bits_per_element=bpe, kbpi=header["payload_bytes"] * 8 / 1000 / n,
         compression_ratio=32 / bpe if bpe else float("inf"),
         mse=metrics.mse(original, decoded), psnr=metrics.psnr(original, decoded),
@@ -223,10 +201,10 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     """Run the sweep; returns the JSON-ready report (environment, settings, results, summary)."""
     from .task import TaskModel
 
-    unknown = [m for m in methods if m not in codec_ids()]
-    if unknown:
-        raise InvalidInputError(f"unknown codec {unknown[0]!r}; available: {', '.join(codec_ids())}")
-    os.environ["FEATCODEC_THREADS"] = str(threads)
+    if methods == ["all"]:
+        methods = codec_ids()
+    for method in methods:
+        codec_class(method)  # an unknown id fails here, before any work
     tensors = [t for spec in inputs for t in read_tensors(spec)]
     calibration_file = None
     if calibrate_on:
@@ -254,7 +232,8 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                 for label, params in points_for(method, rates):
                     try:
                         results.append(run_point(original, tensor, method, label, params, calibration=calibration,
-                                                 task=task, reference=reference, repeat=repeat))
+                                                 task=task, reference=reference, repeat=repeat,
+                                                 threads=threads or None))
                     except (InvalidInputError, MissingModelError) as err:  # e.g. no model serves this layer
                         skipped.append({"tensor": tensor.name, "method": method, "point": label, "reason": str(err)})
                     done += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -14,67 +15,81 @@ import click
 import numpy as np
 
 from . import __version__, api
-from .codecs.base import Codec
+from .codecs.base import Codec, Param
 from .container import Bitstream
 from .errors import FeatcodecError, InvalidInputError
-from .io import read_tensor, split_hdf5_spec, to_nchw, write_array, write_bytes
-from .registry import codec_class, codec_from_config, codec_ids, get_codec
+from .io import read_bitstream, read_tensor, split_hdf5_spec, to_nchw, write_array, write_bytes
+from .registry import codec_class, codec_from_config, codec_ids, get_codec, loaded_codecs
 
 
-def _parse_clip(value: str | None):
-    if value is None or value in ("auto", "model"):
-        return value
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidInputError(f"--clip expects LO,HI (two numbers), auto or model, got {value!r}") from None
-    return [lo, hi]
+class _ChoiceOf(click.Choice):
+    """A choice among values of another type (bit depth 8 or 10), converted to that type."""
+
+    def __init__(self, kind: type, choices: tuple):
+        super().__init__([str(c) for c in choices])
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        return self.kind(super().convert(value, param, ctx))
 
 
-# Codec options shared by `encode`, `calibrate` and `bench`: flag, codec parameter, click settings.
-# Each codec accepts the subset its __init__ names; another one given is an error.
-CODEC_OPTIONS = [
-    ("--dtype", "dtype", {"type": click.Choice(["float32", "float16"]), "help": "raw: storage dtype."}),
-    ("--zstd", "zstd", {"type": click.IntRange(0, 22), "help": "zstd level for the payload (0 = off)."}),
-    ("--levels", "levels", {"type": int, "help": "Number of quantization levels."}),
-    ("--clip", "clip", {"help": "Clip range LO,HI; lightweight also: auto (measured) or model (Gaussian)."}),
-    ("--bpe", "bpe", {"type": float, "help": "lightweight: target bits per element (searches the levels)."}),
-    ("--snr", "snr", {"type": float, "help": "lightweight: target signal-to-noise ratio in dB (default 15)."}),
-    ("--activation", "activation", {"help": "lightweight: auto, relu, leaky:SLOPE or none."}),
-    ("--quantizer", "quantizer", {"type": click.Choice(["uniform", "ecsq"]),
-                                  "help": "lightweight: uniform or entropy-constrained scalar quantizer."}),
-    ("--lam", "lam", {"type": float, "help": "lightweight: ECSQ Lagrangian λ (rate weight)."}),
-    ("--qp", "qp", {"type": click.IntRange(0, 51), "help": "HEVC codecs: constant QP."}),
-    ("--kbpi", "kbpi", {"type": float, "help": "HEVC codecs: target kilobits per tensor (QP search)."}),
-    ("--lossless", "lossless", {"is_flag": True, "default": None, "help": "HEVC codecs: lossless HEVC."}),
-    ("--bitdepth", "bitdepth", {"type": click.Choice(["8", "10"]), "help": "HEVC codecs: frame bit depth."}),
-    ("--norm", "norm", {"type": click.Choice(["tensor", "channel"]),
-                        "help": "HEVC codecs: min/max normalisation per tensor or per channel."}),
-    ("--preset", "preset", {"help": "HEVC codecs: x265 preset (ultrafast … veryslow)."}),
-    ("--cr", "cr", {"type": int, "help": "autotiler: compression ratio, C·H·W/N values in the map "
-                                           "(see `featcodec models`)."}),
-    ("--model", "model", {"help": "autotiler: model name (see `featcodec models`)."}),
-]
-CODEC_OPTION_NAMES = {param: flag for flag, param, _ in CODEC_OPTIONS}
+def _option_from(declarations: list[tuple[str, Param]]) -> click.Option:
+    """One flag for a parameter name, from every codec that declares it (their types must agree)."""
+    first = declarations[0][1]
+    kinds = {p.kind for _, p in declarations}
+    if len(kinds) > 1:
+        raise TypeError(f"codecs declare parameter {first.name!r} with different types: {kinds}")
+    helps: dict[str, list[str]] = {}
+    for codec_id, declared in declarations:
+        helps.setdefault(declared.help, []).append(codec_id)
+    text = " ".join(f"[{', '.join(ids)}] {h}" for h, ids in helps.items())
+    if first.kind is bool:
+        return click.Option([f"{first.flag}/--no-{first.flag[2:]}", first.name], default=None, help=text)
+    kind = _ChoiceOf(first.kind, first.choices) if first.choices else {int: click.INT, float: click.FLOAT}.get(
+        first.kind, click.STRING)
+    return click.Option([first.flag, first.name], type=kind, help=text)
 
 
-def codec_options(func):
-    for flag, param, settings in reversed(CODEC_OPTIONS):
-        func = click.option(flag, param, **settings)(func)
-    return click.option(
-        "-p", "--param", "extra_params", multiple=True, metavar="KEY=VALUE",
-        help="Any codec parameter by name (VALUE parsed as JSON when it can be).",
-    )(func)
+def codec_options() -> list[click.Option]:
+    """The codec flags shared by `encode`, `calibrate` and `convert`, built from the codecs at hand:
+    one per declared parameter name, whichever codecs take it."""
+    by_name: dict[str, list[tuple[str, Param]]] = {}
+    for codec_id, cls in loaded_codecs().items():
+        for declared in cls.param_declarations():
+            if declared.cli:
+                by_name.setdefault(declared.name, []).append((codec_id, declared))
+    extra = click.Option(["-p", "--param", "extra_params"], multiple=True, metavar="KEY=VALUE",
+                         help="Any codec parameter by name (VALUE parsed as JSON when it can be).")
+    return [_option_from(declarations) for declarations in by_name.values()] + [extra]
+
+
+class CodecCommand(click.Command):
+    """A command that takes codec options: they come from the registry when the command runs, so a
+    codec registered later (or a plugin named by ``-m``) brings its own flags."""
+
+    def parse_args(self, ctx, args):
+        for i, arg in enumerate(args):  # import the plugin -m names, so that its flags exist
+            value = args[i + 1] if arg in ("-m", "--method") and i + 1 < len(args) else (
+                arg.split("=", 1)[1] if arg.startswith("--method=") else None)
+            if value and value in codec_ids():
+                codec_class(value)
+        return super().parse_args(ctx, args)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        taken = {opt for param in params for opt in param.opts}
+        return params + [o for o in codec_options() if not taken & set(o.opts)]
 
 
 def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, ...]) -> Codec:
     """The codec named `method` with the options the user set (None means: not given)."""
     params = {k: v for k, v in options.items() if v is not None}
-    if "clip" in params:
-        params["clip"] = _parse_clip(params["clip"])
-    for name in ("bitdepth",):
-        if name in params:
-            params[name] = int(params[name])
+    allowed = codec_class(method).param_names()
+    for name in params:
+        if name not in allowed:
+            flags = ", ".join(f"--{p.replace('_', '-')}" for p in allowed) or "none"
+            raise InvalidInputError(f"codec {method!r} takes no --{name.replace('_', '-')} option (its options: "
+                                    f"{flags})")
     for item in extra_params:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -83,13 +98,6 @@ def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, .
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
-    allowed = set(codec_class(method).param_names())
-    for name in params:
-        if name not in allowed and name in CODEC_OPTION_NAMES:
-            options_list = ", ".join(CODEC_OPTION_NAMES.get(p, f"-p {p}=…") for p in sorted(allowed)) or "none"
-            raise InvalidInputError(
-                f"codec {method!r} takes no {CODEC_OPTION_NAMES[name]} option (its options: {options_list})"
-            )
     return get_codec(method, **params)
 
 
@@ -110,20 +118,7 @@ def _codec_from_cli(method, config_path, options, extra_params) -> Codec:
 
 
 def _calibrated(codec: Codec, array) -> Codec:
-    if not hasattr(codec, "calibrate"):
-        raise InvalidInputError(f"codec {codec.codec_id!r} has no calibration step")
     return codec.calibrate(array if array.ndim == 4 else array[None])
-
-
-def _describe(codec: Codec) -> str:
-    """Codec id and the parameters that were set, in one short phrase (a calibrated table is not spelled out)."""
-    config = codec.get_config()
-    parts = [f"{k}={v}" for k, v in config.items() if k not in ("id", "table") and v not in (None, False)]
-    if config.get("table"):
-        table = config["table"]
-        partners = " with partner channels" if "parents" in table else ""
-        parts.append(f"calibrated {len(table['levels'])}-level quantizer{partners}")
-    return f"codec {config['id']}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _stderr_is_tty() -> bool:
@@ -195,20 +190,19 @@ def cli(debug: bool) -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=CodecCommand)
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-o", "--output", help="Output .fcb file, or - for stdout (default: INPUT with .fcb).")
 @click.option("-m", "--method", help="Codec id (see `featcodec codecs`).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Codec configuration JSON (from `featcodec calibrate`), instead of -m and options.")
 @click.option("--calibrate", is_flag=True, help="Design the quantizer once from the whole input, then code every "
-              "sample with it (lightweight).")
+              "sample with it (codecs that calibrate: see `featcodec codecs`).")
 @click.option("--layer", help="Layer name to record (default: the HDF5 dataset's 'layer' attribute).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="Axis order of the input; nhwc for channel-last dumps.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-@codec_options
 def encode(input_spec, output, method, config_path, calibrate, layer, layout, force, quiet, extra_params, **options):
     """Compress INPUT (.npy, FILE.h5[:/DATASET], or - for stdin) into a .fcb bitstream."""
     codec = _codec_from_cli(method, config_path, options, extra_params)
@@ -231,7 +225,7 @@ def encode(input_spec, output, method, config_path, calibrate, layer, layout, fo
     _say(
         f"{output if output != '-' else '<stdout>'}: {summary['n_samples']} sample(s) {summary['shape']}, "
         f"{_human_bytes(tensor.array.nbytes)} -> {_human_bytes(len(blob))}, "
-        f"{summary['file_bits_per_element']:.4g} bits/element, {_describe(codec)}",
+        f"{summary['file_bits_per_element']:.4g} bits/element, {codec.describe()}",
         quiet or output == "-",
     )
 
@@ -248,7 +242,7 @@ def decode(input_spec, output, sample, force, quiet):
     _refuse_binary_to_terminal(output)
     if output != "-" and os.path.exists(split_hdf5_spec(output)[0]) and not force:
         raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
-    data = _read_bitstream(input_spec)
+    data = read_bitstream(input_spec)
     stream = Bitstream.parse(data)
     if sample is not None and not -stream.n_samples <= sample < stream.n_samples:
         raise InvalidInputError(f"--sample {sample} is out of range: the file holds {stream.n_samples} sample(s)")
@@ -263,23 +257,12 @@ def decode(input_spec, output, sample, force, quiet):
     _say(f"{output}: {array.dtype} {tuple(array.shape)}", quiet or output == "-")
 
 
-def _read_bitstream(input_spec: str) -> bytes:
-    if input_spec == "-":
-        return sys.stdin.buffer.read()
-    if not os.path.exists(input_spec):
-        raise InvalidInputError(f"no such file: {input_spec}")
-    if os.path.isdir(input_spec):
-        raise InvalidInputError(f"{input_spec} is a directory, not a .fcb file")
-    with open(input_spec, "rb") as f:
-        return f.read()
-
-
 @cli.command()
 @click.argument("input_spec", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 def info(input_spec, as_json):
     """Show the header of a .fcb file: codec, layer, shape, sizes, rate."""
-    summary = api.info(_read_bitstream(input_spec))
+    summary = api.info(read_bitstream(input_spec))
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
@@ -296,19 +279,27 @@ def info(input_spec, as_json):
         ("compression ratio", f"{summary['compression_ratio']:.2f} vs float32" if summary["compression_ratio"]
          else "-"),
         ("models", ", ".join(f"{m['name']} ({m['sha256'][:12]}…)" for m in summary["models"]) or "-"),
-        *_bottleneck_rows(summary["samples"]),
+        *_side_info_rows(summary),
         ("written by", f"featcodec {summary.get('featcodec')}"),
     ]
     _print_pairs(input_spec, rows)
 
 
-@cli.command()
+def _side_info_rows(summary: dict) -> list[tuple[str, str]]:
+    """What the file's codec says about its samples' side information (an unknown codec: nothing)."""
+    try:
+        cls = codec_class(summary["codec"].get("id"))
+    except FeatcodecError:
+        return []
+    return cls.side_info_rows(summary["samples"])
+
+
+@cli.command(cls=CodecCommand)
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-m", "--method", required=True, help="Codec id.")
 @click.option("-o", "--output", required=True, help="Where to write the codec configuration (JSON).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-@codec_options
 def calibrate(input_spec, method, output, layout, force, extra_params, **options):
     """Design a codec's quantizer once from the samples of INPUT; write its configuration.
 
@@ -319,13 +310,13 @@ def calibrate(input_spec, method, output, layout, force, extra_params, **options
     codec = _calibrated(build_codec(method, options, extra_params), to_nchw(read_tensor(input_spec).array, layout))
     text = json.dumps(codec.get_config(), indent=1, sort_keys=True) + "\n"
     write_bytes(output, text.encode(), force)
-    click.echo(f"{output}: {_describe(codec)}", err=True)
+    click.echo(f"{output}: {codec.describe()}", err=True)
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, metavar="INPUT...")
-@click.option("-m", "--methods", default="raw,uniform,lightweight,tiling,fpc", show_default=True,
-              help="Comma-separated codec ids.")
+@click.option("-m", "--methods", default="all", show_default=True,
+              help="Comma-separated codec ids, or all (see `featcodec codecs`).")
 @click.option("--rates", default="paper", show_default=True,
               help="Rate points: paper (Kbpi bases 15-240 + lossless, levels 2-16, bpe 0.6/0.8) or quick.")
 @click.option("--task", "task_model", help="ONNX model whose tail measures task agreement (default: the model "
@@ -429,18 +420,6 @@ def _print_bench(report) -> None:
         click.echo(f"check {'passed' if check['passed'] else 'FAILED'}: {check['check']} {check['values']}", err=True)
 
 
-def _bottleneck_rows(samples: list[dict]) -> list[tuple[str, str]]:
-    """What an auto-tiler's samples record about their bottleneck: the real element ratio and the map."""
-    coded = [s for s in samples if "ratio" in s and "map" in s]
-    if not coded:
-        return []
-    ratios = sorted({round(float(s["ratio"]), 3) for s in coded})
-    maps = sorted({"x".join(str(v) for v in s["map"]) for s in coded})
-    latent = coded[0].get("latent")
-    return [("bottleneck", f"element ratio {', '.join(f'{r:g}' for r in ratios)}: {latent[0]} latent maps tiled "
-                           f"into one {', '.join(maps)} frame" if latent else f"ratio {ratios}")]
-
-
 @cli.command()
 @click.argument("dump_path", metavar="DUMP.h5")
 @click.option("--layer", "layers", multiple=True, required=True,
@@ -520,7 +499,7 @@ class _TrainingProgress:
             self.bar.stop()
 
 
-@cli.command()
+@cli.command(cls=CodecCommand)
 @click.argument("src")
 @click.argument("dst")
 @click.option("-m", "--method", help="Codec id: encode arrays / transcode .fcb. Without it: decode or repack.")
@@ -532,7 +511,6 @@ class _TrainingProgress:
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:8786): run on a cluster (featcodec[dask]).")
 @click.option("--json", "json_path", help="Write the summary as JSON.")
 @click.option("-f", "--force", is_flag=True, help="Redo and overwrite existing outputs.")
-@codec_options
 def convert(src, dst, method, config_path, workers, verify, resume, layout, scheduler, json_path, force,
             extra_params, **options):
     """Convert a whole dumped feature set: a folder tree / glob of .npy or .fcb, or an HDF5 file.
@@ -574,27 +552,31 @@ def convert(src, dst, method, config_path, workers, verify, resume, layout, sche
 
 @cli.command()
 def models():
-    """List the auto-tiler models found and the layers each serves."""
-    from .codecs.autotiler import describe_models, model_folders
-
-    lines = describe_models()
-    if not lines:
-        folders = ", ".join(str(f) for f in model_folders())
-        raise InvalidInputError(f"no auto-tiler model found (looked in {folders}; set FEATCODEC_MODELS)")
-    for line in lines:
-        click.echo(line)
+    """List the trained models of the codecs that use them, and the layers each serves."""
+    for cls in loaded_codecs().values():
+        for line in cls.describe_models():
+            click.echo(line)
 
 
 @cli.command()
 def codecs():
-    """List the registered codecs and their parameters."""
+    """List the codecs, their parameters with their defaults, and how to set them."""
     for codec_id in codec_ids():
-        cls = codec_class(codec_id)
-        defaults = cls.__init__.__defaults__ or ()
-        names = cls.param_names()
-        params = ", ".join(f"{n}={d!r}" for n, d in zip(names, (None,) * (len(names) - len(defaults)) + defaults))
+        try:
+            cls = codec_class(codec_id)
+        except FeatcodecError as err:  # a broken plugin is listed, with why
+            click.echo(f"{codec_id}: unavailable ({err})")
+            continue
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        click.echo(f"{codec_id}: {summary}\n    {params}")
+        calibrates = " Calibrates (`featcodec calibrate`)." if cls.can_calibrate() else ""
+        click.echo(f"{codec_id}: {summary}{calibrates}")
+        defaults = cls.param_defaults()
+        for declared in cls.param_declarations():
+            default = defaults[declared.name]
+            setting = declared.name if default is inspect.Parameter.empty else f"{declared.name}={default!r}"
+            how = declared.flag if declared.cli else f"-p {declared.name}=…"
+            choices = f" {' | '.join(str(c) for c in declared.choices)}" if declared.choices else ""
+            click.echo(f"    {setting}  ({how}{choices}) {declared.help}".rstrip())
 
 
 @cli.command()
@@ -681,20 +663,20 @@ def _warnings_to_stderr(limit: int = 3):
     at most `limit` per kind, then how many more there were."""
     import warnings
 
-    from .video import RateWarning
+    from .errors import FeatcodecWarning
 
     counts: dict[type, int] = {}
     previous = warnings.showwarning
 
     def show(message, category, *args, **kwargs):
-        if not issubclass(category, RateWarning):
+        if not issubclass(category, FeatcodecWarning):
             return previous(message, category, *args, **kwargs)
         counts[category] = counts.get(category, 0) + 1
         if counts[category] <= limit:
             click.echo(f"Warning: {message}", err=True)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", RateWarning)
+        warnings.simplefilter("always", FeatcodecWarning)
         warnings.showwarning = show
         try:
             yield

@@ -157,6 +157,8 @@ class Bitstream:
         n = shape[0] if h["batched"] else 1
         if n != self.n_samples or len(h["samples"]) != n:
             raise CorruptStreamError(f"header declares {n} samples, the file indexes {self.n_samples}")
+        if not all(isinstance(info, dict) for info in h["samples"]):
+            raise CorruptStreamError("header samples must be JSON objects (each sample's side information)")
         # Python ints do not overflow, so a hostile shape is caught here before any allocation.
         if int(np.prod(shape[-3:], dtype=object)) > MAX_ELEMENTS_PER_SAMPLE:
             raise CorruptStreamError(f"declared sample shape {shape[-3:]} exceeds {MAX_ELEMENTS_PER_SAMPLE} elements")

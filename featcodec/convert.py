@@ -33,7 +33,17 @@ import numpy as np
 from .api import decode, encode_samples
 from .container import Bitstream
 from .errors import FeatcodecError, InvalidInputError
-from .io import HDF5_MAGIC, atomic_write, is_hdf5_path, load_npy, npy_bytes, to_nchw, write_bytes
+from .io import (
+    HDF5_MAGIC,
+    activation_datasets,
+    atomic_write,
+    is_hdf5_path,
+    load_npy,
+    npy_bytes,
+    read_bitstream,
+    to_nchw,
+    write_bytes,
+)
 from .registry import codec_from_config
 
 TEMP_GLOB = ".featcodec-*.tmp"
@@ -52,6 +62,7 @@ class Job:
     codec: dict | None  # codec config for encode / transcode
     verify: bool = False
     layout: str = "nchw"
+    threads: int | None = None  # threads for the codec's libraries in this worker (None: theirs)
 
 
 @dataclass
@@ -110,10 +121,8 @@ def _sources(src: str) -> tuple[list[tuple[str, str | None, str]], str]:
         import h5py
 
         with h5py.File(src, "r") as f:
-            names = []
-            f.visititems(lambda n, node: names.append(n) if isinstance(node, h5py.Dataset)
-                         and "featcodec_role" not in node.attrs else None)
-        return [(src, "/" + n, n) for n in sorted(names)], "array"
+            names = activation_datasets(f)
+        return [(src, name, name.lstrip("/")) for name in sorted(names)], "array"
     if os.path.isdir(src):
         base = Path(src)
         files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix in (".npy", ".fcb"))
@@ -157,8 +166,7 @@ def _output_is_valid(path: str) -> bool:
     """A finished output: a .fcb whose every CRC passes, or a loadable .npy of the full size."""
     try:
         if path.endswith(".fcb"):
-            with open(path, "rb") as f:
-                stream = Bitstream.parse(f.read())
+            stream = Bitstream.parse(read_bitstream(path))
             for i in range(stream.n_samples):
                 stream.payload(i)
             return True
@@ -197,6 +205,52 @@ def _samples(job: Job):
     return iter(samples), array.shape, raw.dtype.name, {}
 
 
+def _encode(job: Job) -> tuple[int, int, int]:
+    """Arrays → .fcb, streaming the samples; returns (bytes in, bytes out, elements)."""
+    samples, shape, dtype, attrs = _samples(job)
+    codec = codec_from_config(job.codec)
+    codec.threads = job.threads
+    blob = encode_samples(samples, codec, shape=shape, dtype=dtype, layout=job.layout, layer=attrs.get("layer"),
+                          dataset=job.dataset or job.relative)
+    write_bytes(job.output, blob, force=True)
+    elements = int(np.prod(shape))
+    return elements * np.dtype(dtype).itemsize, len(blob), elements
+
+
+def _repack(job: Job) -> tuple[int, int, int]:
+    """Arrays → .npy, streaming the samples."""
+    samples, shape, dtype, _ = _samples(job)
+    elements = int(np.prod(shape))
+    return elements * np.dtype(dtype).itemsize, _write_npy_stream(job.output, samples, shape, dtype), elements
+
+
+def _decode(job: Job) -> tuple[int, int, int]:
+    """.fcb → .npy."""
+    data = read_bitstream(job.source)
+    array = decode(data)
+    blob = npy_bytes(array)
+    write_bytes(job.output, blob, force=True)
+    return len(data), len(blob), int(array.size)
+
+
+def _transcode(job: Job) -> tuple[int, int, int]:
+    """.fcb → .fcb with another codec, keeping layer, dataset, dtype and layout."""
+    data = read_bitstream(job.source)
+    stream = Bitstream.parse(data)
+    header = stream.header
+    nchw = to_nchw(decode(stream), header["layout"])
+    codec = codec_from_config(job.codec)
+    codec.threads = job.threads
+    blob = encode_samples(iter(nchw if nchw.ndim == 4 else nchw[None]), codec, shape=nchw.shape,
+                          dtype=header["dtype"], layout=header["layout"], layer=header.get("layer"),
+                          dataset=header.get("dataset"))
+    write_bytes(job.output, blob, force=True)
+    return len(data), len(blob), int(nchw.size)
+
+
+ACTIONS = {"encode": _encode, "repack": _repack, "decode": _decode, "transcode": _transcode}
+
+
 def convert_item(job: Job, resume: bool = False) -> ItemResult:
     """Convert one item; never raises: a failure comes back as a result with its reason."""
     start = time.perf_counter()
@@ -206,37 +260,7 @@ def convert_item(job: Job, resume: bool = False) -> ItemResult:
             result.status = "skipped"
             return result
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-        if job.kind == "fcb":
-            with open(job.source, "rb") as f:
-                data = f.read()
-            stream = Bitstream.parse(data)
-            array = decode(stream)
-            header = stream.header
-            result.bytes_in = len(data)
-            result.elements = int(array.size)
-            if job.action == "transcode":
-                nchw = to_nchw(array, header["layout"])
-                samples = nchw if nchw.ndim == 4 else nchw[None]
-                blob = encode_samples(iter(samples), codec_from_config(job.codec), shape=nchw.shape,
-                                      dtype=header["dtype"], layout=header["layout"], layer=header.get("layer"),
-                                      dataset=header.get("dataset"))
-                write_bytes(job.output, blob, force=True)
-                result.bytes_out = len(blob)
-            else:
-                blob = npy_bytes(array)
-                write_bytes(job.output, blob, force=True)
-                result.bytes_out = len(blob)
-        else:
-            samples, shape, dtype, attrs = _samples(job)
-            result.elements = int(np.prod(shape))
-            result.bytes_in = result.elements * np.dtype(dtype).itemsize
-            if job.action == "encode":
-                blob = encode_samples(samples, codec_from_config(job.codec), shape=shape, dtype=dtype,
-                                      layout=job.layout, layer=attrs.get("layer"), dataset=job.dataset or job.relative)
-                write_bytes(job.output, blob, force=True)
-                result.bytes_out = len(blob)
-            else:  # repack: stream samples into a .npy
-                result.bytes_out = _write_npy_stream(job.output, samples, shape, dtype)
+        result.bytes_in, result.bytes_out, result.elements = ACTIONS[job.action](job)
         if job.verify:
             _verify(job)
     except Exception as err:  # reported per item; the batch goes on
@@ -266,15 +290,13 @@ def _write_npy_stream(path: str, samples, shape, dtype) -> int:
 def _verify(job: Job) -> None:
     """Decode / reload the output and check shape, dtype and, for lossless codecs, the values."""
     if job.output.endswith(".fcb"):
-        with open(job.output, "rb") as f:
-            stream = Bitstream.parse(f.read())
+        stream = Bitstream.parse(read_bitstream(job.output))
         decoded = decode(stream)
         codec = codec_from_config(stream.header["codec"])
     else:
         decoded, codec = np.load(job.output, allow_pickle=False), None
     if job.kind == "fcb":
-        with open(job.source, "rb") as f:
-            original = decode(f.read())
+        original = decode(read_bitstream(job.source))
     elif job.dataset is not None:
         import h5py
 
@@ -315,6 +337,9 @@ def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | Non
             raise InvalidInputError(f"{clashes[0]} exists ({len(clashes)} outputs do): pass --resume to keep "
                                     "finished outputs or --force to redo them")
     workers = workers or os.cpu_count() or 1
+    if workers > 1 and not scheduler:  # workers share the cores: each codec library gets its share
+        for job in jobs:
+            job.threads = max(1, (os.cpu_count() or 1) // workers)
     parts_root = dst + ".parts" if to_hdf5 else dst
     Path(parts_root).mkdir(parents=True, exist_ok=True)
     _clean_temporaries(parts_root)

@@ -34,3 +34,11 @@ class MissingModelError(FeatcodecError):
 
 class BackendError(FeatcodecError):
     """An external tool (ffmpeg, onnxruntime) failed; the message carries its own words."""
+
+
+class PluginError(FeatcodecError):
+    """A third-party codec plugin could not be imported; the message names it and its distribution."""
+
+
+class FeatcodecWarning(UserWarning):
+    """Something the user should know that is not a failure (the CLI prints ``Warning: …``)."""

@@ -116,9 +116,7 @@ def _read_hdf5(source, dataset: str | None, label: str) -> list[Tensor]:
                     available = ", ".join(_dataset_names(f)[:8]) or "none"
                     raise InvalidInputError(f"{label} has no dataset {dataset!r} (datasets: {available})")
                 return [_tensor_from_dataset(node)]
-            # Reference outputs and metadata stored by `featcodec dump` are not activations.
-            names = [n for n in _dataset_names(f) if "featcodec_role" not in f[n].attrs]
-            tensors = [_tensor_from_dataset(f[name]) for name in names]
+            tensors = [_tensor_from_dataset(f[name]) for name in activation_datasets(f)]
     except OSError as err:
         raise InvalidInputError(f"{label}: cannot read HDF5: {err}") from err
     if not tensors:
@@ -131,6 +129,25 @@ def _dataset_names(h5file) -> list[str]:
     names: list[str] = []
     h5file.visititems(lambda name, node: names.append("/" + name) if isinstance(node, h5py.Dataset) else None)
     return names
+
+
+def activation_datasets(h5file) -> list[str]:
+    """The activation datasets of an open HDF5 file ("/group/name", file order), without the reference
+    outputs and metadata that `featcodec dump` stores beside them."""
+    return [name for name in _dataset_names(h5file) if "featcodec_role" not in h5file[name].attrs]
+
+
+def read_bitstream(spec: str, stdin=None) -> bytes:
+    """The bytes of a .fcb file, or of standard input for ``-``."""
+    if spec == "-":
+        return (stdin or sys.stdin.buffer).read()
+    if os.path.isdir(spec):
+        raise InvalidInputError(f"{spec} is a directory, not a .fcb file")
+    try:
+        with open(spec, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such file: {spec}") from None
 
 
 def _tensor_from_dataset(node) -> Tensor:

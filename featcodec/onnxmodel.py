@@ -155,8 +155,6 @@ def session(model, threads: int | None = None):
     ort = _ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if threads is None and os.environ.get("FEATCODEC_THREADS", "").isdigit():
-        threads = int(os.environ["FEATCODEC_THREADS"]) or None
     if threads:
         options.intra_op_num_threads = threads
     source = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()

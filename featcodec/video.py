@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BackendError, CorruptStreamError, InvalidInputError, MissingBackendError
+from .errors import BackendError, CorruptStreamError, FeatcodecWarning, InvalidInputError, MissingBackendError
 
 
-class RateWarning(UserWarning):
+class RateWarning(FeatcodecWarning):
     """A rate target that the frames cannot reach; the stream carries the real rate."""
 
 
@@ -49,12 +49,6 @@ def ffmpeg_exe() -> str:
     except ImportError as err:
         raise MissingBackendError("HEVC coding needs imageio-ffmpeg: pip install imageio-ffmpeg") from err
     return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def thread_limit() -> int | None:
-    """Worker threads for x265 and onnxruntime from FEATCODEC_THREADS (unset: their defaults)."""
-    value = os.environ.get("FEATCODEC_THREADS")
-    return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
 def backend() -> str:
@@ -109,8 +103,9 @@ def _run(args: list[str], data: bytes, what: str) -> bytes:
 
 
 def encode_frames_qp(frames: np.ndarray, bitdepth: int, qp: int | None, preset: str = "medium",
-                     lossless: bool = False) -> bytes:
-    """HEVC-encode (F, H, W) integer frames at a constant QP (or losslessly)."""
+                     lossless: bool = False, threads: int | None = None) -> bytes:
+    """HEVC-encode (F, H, W) integer frames at a constant QP (or losslessly); `threads`: x265's
+    worker pool (None: its default)."""
     count, height, width = frames.shape
     if (height, width) != padded_size(height, width):
         raise InvalidInputError(f"frame size {height}x{width} must be padded first (padded_size)")
@@ -118,7 +113,6 @@ def encode_frames_qp(frames: np.ndarray, bitdepth: int, qp: int | None, preset: 
         raise InvalidInputError(f"unknown x265 preset {preset!r}; use one of {', '.join(PRESETS)}")
     params = ["log-level=error", "info=0"]  # info=0: no SEI with the encoder's version and time
     params += ["lossless=1"] if lossless else [f"qp={int(qp)}"]
-    threads = thread_limit()
     if threads:
         params += [f"pools={threads}", "frame-threads=1"]
     if backend() == "pyav":
@@ -192,7 +186,7 @@ def _decode_pyav(stream: bytes, count: int, height: int, width: int, bitdepth: i
 
 
 def encode_frames(frames: np.ndarray, bitdepth: int = 8, *, qp: int | None = None, kbits: float | None = None,
-                  lossless: bool = False, preset: str = "medium",
+                  lossless: bool = False, preset: str = "medium", threads: int | None = None,
                   timings: VideoTimings | None = None) -> tuple[bytes, int | None]:
     """Encode frames by one rate setting; returns the stream and the QP used (None if lossless)."""
     timings = timings if timings is not None else VideoTimings()
@@ -200,19 +194,19 @@ def encode_frames(frames: np.ndarray, bitdepth: int = 8, *, qp: int | None = Non
     try:
         if lossless:
             timings.encodes += 1
-            return encode_frames_qp(frames, bitdepth, None, preset, lossless=True), None
+            return encode_frames_qp(frames, bitdepth, None, preset, lossless=True, threads=threads), None
         if kbits is None:
             qp = 32 if qp is None else qp
             if not 0 <= qp <= 51:
                 raise InvalidInputError(f"QP must be 0..51, got {qp}")
             timings.encodes += 1
-            return encode_frames_qp(frames, bitdepth, qp, preset), qp
-        return _search_qp(frames, bitdepth, kbits, preset, timings)
+            return encode_frames_qp(frames, bitdepth, qp, preset, threads=threads), qp
+        return _search_qp(frames, bitdepth, kbits, preset, timings, threads)
     finally:
         timings.encode += time.perf_counter() - start
 
 
-def _search_qp(frames, bitdepth, kbits, preset, timings) -> tuple[bytes, int]:
+def _search_qp(frames, bitdepth, kbits, preset, timings, threads=None) -> tuple[bytes, int]:
     if not kbits > 0:
         raise InvalidInputError(f"target kilobits must be positive, got {kbits}")
     target = kbits * 1000 / 8  # bytes
@@ -221,7 +215,7 @@ def _search_qp(frames, bitdepth, kbits, preset, timings) -> tuple[bytes, int]:
     def size_at(qp: int) -> int:
         if qp not in tried:
             timings.encodes += 1
-            tried[qp] = encode_frames_qp(frames, bitdepth, qp, preset)
+            tried[qp] = encode_frames_qp(frames, bitdepth, qp, preset, threads=threads)
         return len(tried[qp])
 
     qp = 32

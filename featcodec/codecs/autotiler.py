@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import video
 from ..errors import CorruptStreamError, InvalidInputError, MissingModelError
-from .video_base import VideoCodec
+from .base import Param, side_ints
+from .video_base import HEVC_PARAMS, KBPI_BASES, VideoCodec
 
 DEFAULT_MODEL = "centernet_mbv3"
 MANIFEST_FORMAT = 2
@@ -116,6 +117,18 @@ class AutoTiler(VideoCodec):
     """
 
     codec_id = "autotiler"
+    params = (
+        Param("cr", int, "Compression ratio: the map holds C·H·W/N values (see `featcodec models`)."),
+        Param("model", str, "Model name (see `featcodec models`)."),
+        Param("layer", str, "Which of the model's layers (default: the one of the input's shape).", cli=False),
+        *(p for p in HEVC_PARAMS if p.name != "norm"),  # latents are in [0, 1] already
+    )
+    rate_points = {
+        "paper": [("default", {}), ("cr16", {"cr": 16})]
+        + [(f"cr{cr},kbpi={k}", {"cr": cr, "kbpi": k}) for cr in (4, 16) for k in KBPI_BASES]
+        + [(f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)],
+        "quick": [("default", {}), ("cr16", {"cr": 16})],
+    }
 
     def __init__(self, cr: int = 4, model: str = DEFAULT_MODEL, layer: str | None = None, qp: int | None = None,
                  kbpi: float | None = None, lossless: bool = False, bitdepth: int = 8, preset: str = "medium"):
@@ -131,6 +144,27 @@ class AutoTiler(VideoCodec):
         self._layers_coded: set[str] = set()
 
     # --- models ---------------------------------------------------------------------------
+
+    @classmethod
+    def describe_models(cls) -> list[str]:
+        lines = describe_models()
+        if not lines:
+            folders = ", ".join(str(f) for f in model_folders())
+            raise MissingModelError(f"no auto-tiler model found (looked in {folders}; set FEATCODEC_MODELS)")
+        return lines
+
+    @classmethod
+    def side_info_rows(cls, infos):
+        """The real element ratio and the bottleneck map each sample records."""
+        coded = [s for s in infos if isinstance(s.get("ratio"), (int, float)) and isinstance(s.get("map"), list)]
+        if not coded:  # `info` reads files before any validation: show only what is well formed
+            return []
+        ratios = sorted({round(float(s["ratio"]), 3) for s in coded})
+        maps = sorted({"x".join(str(v) for v in s["map"]) for s in coded})
+        latent = coded[0].get("latent")
+        return [("bottleneck", f"element ratio {', '.join(f'{r:g}' for r in ratios)}: {latent[0]} latent maps tiled "
+                               f"into one {', '.join(maps)} frame" if isinstance(latent, list) and latent
+                 else f"ratio {ratios}")]
 
     @property
     def folder(self) -> Path:
@@ -183,7 +217,7 @@ class AutoTiler(VideoCodec):
                 raise MissingModelError(f"auto-tiler model file {path} is missing")
             if sha256_file(path) != record["sha256"]:
                 raise MissingModelError(f"{path} does not match the sha256 in its manifest")
-            self._sessions[filename] = session(str(path))
+            self._sessions[filename] = session(str(path), self.threads)
         return self._sessions[filename]
 
     def _run(self, files: list[str], x: np.ndarray) -> np.ndarray:
@@ -241,7 +275,8 @@ class AutoTiler(VideoCodec):
         return stream, {**video_info, "layer": key, "latent": [k, lh, lw], "map": list(frame.shape),
                         "ratio": ratio}
 
-    def decode(self, payload, shape, info):
+    def validate(self, shape, info):
+        side_ints(info, "frame", 3)  # latents are in [0, 1]: no range to check
         key, _, exit_entry = self._entry(tuple(shape))
         if info.get("layer") != key:
             raise CorruptStreamError(f"sample was coded for layer {info.get('layer')!r}, the model serves {key!r}")
@@ -250,6 +285,11 @@ class AutoTiler(VideoCodec):
         if info.get("latent") != [k, lh, lw] or info.get("map") != [rows * lh, cols * lw]:
             raise CorruptStreamError(f"latent {info.get('latent')} / map {info.get('map')} do not fit CR{self.cr} "
                                      f"of {tuple(shape)} ({k} maps of {lh}x{lw} in a {rows}x{cols} grid)")
+
+    def decode(self, payload, shape, info):
+        _, _, exit_entry = self._entry(tuple(shape))
+        k, lh, lw = self._latent_shape(shape, exit_entry)
+        rows, cols, _ = video.tile_grid(k)
         frame = self._decode_frames(payload, info, 1, rows * lh, cols * lw)[0]
         with self.stage("denormalise"):
             latent = video.untile(frame, rows, cols, k, lh, lw).astype(np.float32)

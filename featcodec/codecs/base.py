@@ -9,6 +9,11 @@ information (normalisation range, clip points…) that the header records, and b
 Parameters live in ``__init__`` keyword arguments and must be JSON-safe:
 ``get_config()`` returns ``{"id": codec_id, **params}`` and ``from_config``
 rebuilds an equal codec from it, so a file header fully describes its codec.
+
+A codec also owns what the tools need to know about it, so that the CLI and the bench hold
+no codec-specific knowledge: ``params`` declares how each parameter appears on the command
+line (type, choices, help; names and defaults come from ``__init__``), ``rate_points`` the
+points `featcodec bench` sweeps, and the optional `calibrate` / `describe` / `validate`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,77 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ..errors import CorruptStreamError, InvalidInputError
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one ``__init__`` parameter of a codec appears on the command line.
+
+    `kind` converts the option's text (int, float, str or bool: a bool is a ``--x/--no-x``
+    switch); `choices` limits it; ``cli=False`` keeps a parameter off the flags (still reachable
+    with ``-p NAME=VALUE``), for structured values such as a calibrated table.
+    """
+
+    name: str
+    kind: type = str
+    help: str = ""
+    choices: tuple = ()
+    cli: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+RatePoints = list[tuple[str, dict[str, Any]]]
+
+
+def side_numbers(info: dict[str, Any], key: str, count: int | None = None) -> Any:
+    """``info[key]`` checked for `Codec.validate`: one finite number, or (with `count`) a list of
+    `count` finite numbers; anything else raises `CorruptStreamError`."""
+    value = info.get(key) if isinstance(info, dict) else None
+    values = value if count is not None and isinstance(value, list) else [value]
+    if (count is not None and len(values) != count) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+        expected = f"{count} finite numbers" if count is not None else "a finite number"
+        raise CorruptStreamError(f"side information {key!r} must be {expected}, got {value!r}")
+    return value
+
+
+def side_ints(info: dict[str, Any], key: str, count: int) -> list[int]:
+    """``info[key]`` checked for `Codec.validate`: a list of `count` non-negative integers."""
+    value = info.get(key) if isinstance(info, dict) else None
+    if not (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise CorruptStreamError(f"side information {key!r} must be {count} non-negative integers, got {value!r}")
+    return value
+
+
+def parse_clip(value: Any, keywords: tuple[str, ...] = ()) -> list[float] | str | None:
+    """The one parser of clip ranges: ``"LO,HI"`` text or a ``[lo, hi]`` pair → ``[lo, hi]``;
+    ``None`` and any of `keywords` (e.g. ``"auto"``) pass through.
+
+    >>> parse_clip("0,1.5"), parse_clip([0, 2]), parse_clip("auto", ("auto",))
+    ([0.0, 1.5], [0.0, 2.0], 'auto')
+    """
+    if value is None or (isinstance(value, str) and value in keywords):
+        return value
+    if isinstance(value, str):
+        value = value.split(",")
+    options = " or ".join(("LO,HI", *keywords))
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"clip must be {options}, got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise InvalidInputError(f"clip must be finite with LO < HI, got {lo}, {hi}")
+    return [lo, hi]
 
 
 class Codec(ABC):
@@ -31,6 +104,13 @@ class Codec(ABC):
     """
 
     codec_id: ClassVar[str]
+    # Command-line declarations of the ``__init__`` parameters (one `Param` each).
+    params: ClassVar[tuple[Param, ...]] = ()
+    # Rate points `featcodec bench` sweeps, per rate set: (label, parameters) pairs.
+    rate_points: ClassVar[dict[str, RatePoints]] = {}
+    # Worker threads for the libraries a codec calls (x265, onnxruntime); None: theirs. A runtime
+    # setting, not a parameter: it changes speed, never bytes, so no header records it.
+    threads: int | None = None
 
     @abstractmethod
     def encode(self, sample: np.ndarray) -> tuple[bytes, dict[str, Any]]:
@@ -85,15 +165,59 @@ class Codec(ABC):
     def verify_models(self, records: list[dict]) -> None:  # noqa: B027 (a no-op unless a codec uses models)
         """Raise `MissingModelError` unless the models recorded in a file are the ones at hand."""
 
+    def validate(self, shape: tuple[int, ...], info: dict[str, Any]) -> None:  # noqa: B027 (no side info: nothing)
+        """Raise `CorruptStreamError` unless `info` is side information `decode` can use for a sample
+        of `shape`. The API calls it before `decode`, so that only a malformed stream is reported as
+        corrupt and an exception inside `decode` is a bug."""
+
+    def calibrate(self, samples: np.ndarray) -> Codec:
+        """A copy of this codec fitted once to `samples` (N, C, H, W), for codecs that have such a step
+        (`can_calibrate`)."""
+        raise InvalidInputError(f"codec {self.codec_id!r} has no calibration step")
+
+    @classmethod
+    def can_calibrate(cls) -> bool:
+        return cls.calibrate is not Codec.calibrate
+
+    def describe(self) -> str:
+        """The codec and the parameters that were set, in one short phrase (for messages)."""
+        defaults = self.param_defaults()
+        parts = [f"{k}={v}" for k, v in self.get_config().items()
+                 if k != "id" and v not in (None, False) and v != defaults.get(k)]
+        return f"codec {self.codec_id}" + (f" ({', '.join(parts)})" if parts else "")
+
+    @classmethod
+    def describe_models(cls) -> list[str]:
+        """Lines for `featcodec models`: the trained models this codec can use (none by default)."""
+        return []
+
+    @classmethod
+    def side_info_rows(cls, infos: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(label, text) rows `featcodec info` adds about the samples' side information."""
+        return []
+
+    @classmethod
+    def points(cls, rates: str) -> RatePoints:
+        """The bench's rate points of this codec in the rate set `rates` (just the default without any)."""
+        return cls.rate_points.get(rates) or [("default", {})]
+
     @classmethod
     def param_names(cls) -> list[str]:
         """The keyword parameters ``__init__`` accepts, in declaration order."""
+        return list(cls.param_defaults())
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Parameter name → default (`inspect.Parameter.empty` when it has none), keyword-only ones included."""
         signature = inspect.signature(cls.__init__)
-        return [
-            name
-            for name, p in signature.parameters.items()
-            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
+        return {name: p.default for name, p in signature.parameters.items()
+                if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @classmethod
+    def param_declarations(cls) -> list[Param]:
+        """One `Param` per ``__init__`` parameter, in declaration order (undeclared: text options)."""
+        declared = {p.name: p for p in cls.params}
+        return [declared.get(name, Param(name)) for name in cls.param_names()]
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"id": self.codec_id}

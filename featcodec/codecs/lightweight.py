@@ -40,8 +40,7 @@ from ..quantizer import (
     uniform_quantizer,
     uniform_quantizers,
 )
-from .base import Codec
-from .uniform import parse_clip
+from .base import Codec, Param, parse_clip
 
 MAX_LEVELS = 16
 # With neither levels, bpe nor snr given, the quantizer gets the fewest levels that keep this
@@ -69,6 +68,22 @@ class Lightweight(Codec):
     """
 
     codec_id = "lightweight"
+    params = (
+        Param("levels", int, "Number of quantization levels (2-16)."),
+        Param("bpe", float, "Target bits per element (searches the levels)."),
+        Param("snr", float, f"Target signal-to-noise ratio in dB (default {DEFAULT_SNR:g})."),
+        Param("clip", str, "Clip range: auto (measured), model (Gaussian) or LO,HI."),
+        Param("activation", str, "auto, relu, leaky:SLOPE or none."),
+        Param("quantizer", str, "Uniform or entropy-constrained scalar quantizer.", choices=("uniform", "ecsq")),
+        Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
+        Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
+        Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
+    )
+    rate_points = {
+        "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
+        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
+        "quick": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
+    }
 
     def __init__(self, levels: int | None = None, bpe: float | None = None, snr: float | None = None,
                  clip: Any = "auto", activation: str = "auto", quantizer: str = "uniform", lam: float = 0.0,
@@ -83,8 +98,7 @@ class Lightweight(Codec):
             raise InvalidInputError("give one of --levels, --bpe and --snr")
         if levels is None and bpe is None and snr is None and table is None:
             snr = DEFAULT_SNR
-        if clip not in ("auto", "model"):
-            clip = parse_clip(clip)
+        clip = parse_clip(clip, ("auto", "model"))
         parse_activation(activation)
         if quantizer not in ("uniform", "ecsq"):
             raise InvalidInputError(f"quantizer must be uniform or ecsq, got {quantizer!r}")
@@ -206,9 +220,17 @@ class Lightweight(Codec):
                                     table.get("parents"))
         return payload, {} if self.table else table
 
+    def describe(self) -> str:
+        if not self.table:
+            return super().describe()
+        partners = " with partner channels" if "parents" in self.table else ""
+        return f"codec {self.codec_id} (calibrated {len(self.table['levels'])}-level quantizer{partners})"
+
+    def validate(self, shape, info):
+        _check_partners(self.table or _check_table(info, CorruptStreamError), shape, CorruptStreamError)
+
     def decode(self, payload, shape, info):
         table = self.table or _check_table(info, CorruptStreamError)
-        _check_partners(table, shape, CorruptStreamError)
         with self.stage("entropy_decode"):  # dequantization included
             return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"))
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CorruptStreamError, InvalidInputError
 from ..lossless import check_zstd_level, zstd_compress, zstd_decompress
-from .base import Codec
+from .base import Codec, Param
 
 _DTYPES = ("float32", "float16")
 
@@ -27,6 +27,15 @@ class Raw(Codec):
     """
 
     codec_id = "raw"
+    params = (
+        Param("dtype", str, "Storage dtype.", choices=_DTYPES),
+        Param("zstd", int, "zstd level for the payload, 1-22 (0 = off)."),
+    )
+    rate_points = {
+        "paper": [("default", {}), ("float16", {"dtype": "float16"}),
+                  ("float16+zstd", {"dtype": "float16", "zstd": 19})],
+        "quick": [("default", {}), ("float16", {"dtype": "float16"})],
+    }
 
     def __init__(self, dtype: str = "float32", zstd: int = 0):
         if dtype not in _DTYPES:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import video
 from ..errors import CorruptStreamError
+from .base import side_ints
 from .video_base import VideoCodec
 
 
@@ -36,14 +37,15 @@ class Tiling(VideoCodec):
         stream, video_info = self._code_frames(frame)
         return stream, {**info, **video_info, "grid": [rows, cols, padded]}
 
+    def validate(self, shape, info):
+        super().validate(shape, info)
+        rows, cols, padded = side_ints(info, "grid", 3)
+        if rows * cols != padded or padded < shape[0] or padded > shape[0] + 1:
+            raise CorruptStreamError(f"recorded grid {info['grid']} does not fit {shape[0]} channels")
+
     def decode(self, payload, shape, info):
         channels, height, width = shape
-        try:
-            rows, cols, padded = (int(v) for v in info["grid"])
-        except (KeyError, TypeError, ValueError):
-            raise CorruptStreamError("tiling side information lacks the grid") from None
-        if rows * cols != padded or padded < channels or padded > channels + 1:
-            raise CorruptStreamError(f"recorded grid {info['grid']} does not fit {channels} channels")
+        rows, cols, padded = info["grid"]
         frame = self._decode_frames(payload, info, 1, rows * height, cols * width)[0]
         with self.stage("denormalise"):
             maps = video.untile(frame, rows, cols, channels, height, width)

@@ -11,20 +11,7 @@ import numpy as np
 
 from ..errors import CorruptStreamError, InvalidInputError
 from ..lossless import check_zstd_level, zstd_compress, zstd_decompress
-from .base import Codec
-
-
-def parse_clip(clip) -> list[float] | None:
-    """Validate a ``[lo, hi]`` clip range (``None`` means: the sample's min and max)."""
-    if clip is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"clip must be two numbers LO,HI, got {clip!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise InvalidInputError(f"clip must be finite with LO < HI, got {lo}, {hi}")
-    return [lo, hi]
+from .base import Codec, Param, parse_clip, side_numbers
 
 
 class Uniform(Codec):
@@ -38,6 +25,15 @@ class Uniform(Codec):
     """
 
     codec_id = "uniform"
+    params = (
+        Param("levels", int, "Number of quantization levels."),
+        Param("clip", str, "Clip range LO,HI (default: each sample's min and max)."),
+        Param("zstd", int, "zstd level for the payload, 1-22 (0 = off)."),
+    )
+    rate_points = {
+        "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (4, 8, 16)],
+        "quick": [("default", {}), ("levels=8", {"levels": 8})],
+    }
 
     def __init__(self, levels: int = 8, clip: list[float] | None = None, zstd: int = 19):
         if not isinstance(levels, int) or not 2 <= levels <= 256:
@@ -60,6 +56,10 @@ class Uniform(Codec):
             symbols = np.zeros(sample.shape, np.uint8)
         data = symbols.tobytes()
         return (zstd_compress(data, self.zstd) if self.zstd else data), info
+
+    def validate(self, shape, info):
+        if self.clip is None:
+            side_numbers(info, "lo"), side_numbers(info, "hi")
 
     def decode(self, payload, shape, info):
         lo, hi = self.clip if self.clip is not None else (info["lo"], info["hi"])

@@ -9,9 +9,18 @@ import numpy as np
 
 from .. import video
 from ..errors import CorruptStreamError, InvalidInputError
-from .base import Codec
+from .base import Codec, Param, side_ints, side_numbers
 
 DEFAULT_QP = 22
+KBPI_BASES = (15, 30, 60, 120, 240)  # the auto-tiler paper's bitrate bases (kilobits per tensor)
+HEVC_PARAMS = (
+    Param("qp", int, "Constant QP, 0-51."),
+    Param("kbpi", float, "Target kilobits per tensor (QP search)."),
+    Param("lossless", bool, "Lossless HEVC."),
+    Param("bitdepth", int, "Frame bit depth.", choices=(8, 10)),
+    Param("norm", str, "Min/max normalisation per tensor or per channel.", choices=("tensor", "channel")),
+    Param("preset", str, "x265 preset (ultrafast … veryslow)."),
+)
 
 
 class VideoCodec(Codec):
@@ -21,6 +30,13 @@ class VideoCodec(Codec):
     search) or ``lossless``; ``bitdepth`` 8 or 10; ``norm`` per ``tensor`` (min/max of the sample)
     or per ``channel``; ``preset``: the x265 speed preset.
     """
+
+    params = HEVC_PARAMS
+    rate_points = {
+        "paper": [("default", {})] + [(f"kbpi={k}", {"kbpi": k}) for k in KBPI_BASES]
+        + [("lossless", {"lossless": True})],
+        "quick": [("default", {}), ("kbpi=60", {"kbpi": 60})],
+    }
 
     def __init__(self, qp: int | None = None, kbpi: float | None = None, lossless: bool = False,
                  bitdepth: int = 8, norm: str = "tensor", preset: str = "medium"):
@@ -59,6 +75,11 @@ class VideoCodec(Codec):
         lo, hi = float(sample.min()), float(sample.max())
         return video.normalise(sample, lo, hi, self.bitdepth), {"lo": lo, "hi": hi}
 
+    def validate(self, shape, info):
+        side_ints(info, "frame", 3)
+        count = shape[0] if self.norm == "channel" else None
+        side_numbers(info, "lo", count), side_numbers(info, "hi", count)
+
     def _denormalise(self, integers: np.ndarray, info: dict) -> np.ndarray:
         lo, hi = np.asarray(info["lo"], np.float32), np.asarray(info["hi"], np.float32)
         if lo.ndim == 1:
@@ -71,7 +92,8 @@ class VideoCodec(Codec):
         """Pad, encode, and report what was used."""
         padded = video.pad_frames(frames)
         timings = video.VideoTimings()
-        stream, qp = video.encode_frames(padded, self.bitdepth, preset=self.preset, timings=timings, **self._rate())
+        stream, qp = video.encode_frames(padded, self.bitdepth, preset=self.preset, threads=self.threads,
+                                         timings=timings, **self._rate())
         self.timings["video_encode"] += timings.encode
         # HEVC decoders conceal damage instead of failing: a CRC lets the codec refuse it.
         payload = struct.pack("<I", zlib.crc32(stream) & 0xFFFFFFFF) + stream
@@ -79,10 +101,7 @@ class VideoCodec(Codec):
                          "encodes": timings.encodes}
 
     def _decode_frames(self, payload: bytes, info: dict, count: int, height: int, width: int) -> np.ndarray:
-        try:
-            frame_count, frame_height, frame_width = (int(v) for v in info["frame"])
-        except (KeyError, TypeError, ValueError):
-            raise CorruptStreamError("video side information lacks the frame size") from None
+        frame_count, frame_height, frame_width = info["frame"]
         if frame_count != count or video.padded_size(height, width) != (frame_height, frame_width):
             raise CorruptStreamError(f"recorded frame size {info['frame']} does not fit {count}x{height}x{width}")
         if len(payload) < 5 or struct.unpack_from("<I", payload)[0] != zlib.crc32(payload[4:]) & 0xFFFFFFFF:
