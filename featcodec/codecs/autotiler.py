@@ -252,7 +252,9 @@ class AutoTiler(VideoCodec):
         stride, k = int(exit_entry["stride"]), int(exit_entry["latent_channels"])
         return k, -(-shape[1] // stride), -(-shape[2] // stride)
 
-    def encode(self, sample):
+    def latent_frame(self, sample: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The network's half of `encode`: the (H', W') integer frame of tiled latent maps that HEVC
+        codes, and the side information that describes it."""
         key, _, exit_entry = self._entry(sample.shape)
         self._layers_coded.add(key)
         k, lh, lw = self._latent_shape(sample.shape, exit_entry)
@@ -270,10 +272,13 @@ class AutoTiler(VideoCodec):
             integers = np.clip(np.rint(latent * top), 0, top).astype(np.uint16 if self.bitdepth > 8 else np.uint8)
             rows, cols, _ = video.tile_grid(k)
             frame = video.tile(integers, rows, cols)
-        stream, video_info = self._code_frames(frame[None])
         ratio = sample.size / latent.size
-        return stream, {**video_info, "layer": key, "latent": [k, lh, lw], "map": list(frame.shape),
-                        "ratio": ratio}
+        return frame, {"layer": key, "latent": [k, lh, lw], "map": list(frame.shape), "ratio": ratio}
+
+    def encode(self, sample):
+        frame, info = self.latent_frame(sample)
+        stream, video_info = self._code_frames(frame[None])
+        return stream, {**video_info, **info}
 
     def validate(self, shape, info):
         side_ints(info, "frame", 3)  # latents are in [0, 1]: no range to check

@@ -26,38 +26,54 @@ CASES = {
     # Partner chains up to three deep ("parents" in a calibrated table): coding order and the
     # partner context are in the bytes.
     "lightweight_partners_v4": dict(method="lightweight", levels=6, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
+    # HEVC codecs through the bundled ffmpeg / x265, one worker thread (x265's output depends on its
+    # frame-thread count). A (C, H, W) crop of real S2 activations.
+    "tiling_v1": dict(method="tiling", qp=30, preset="fast", source="S2"),
+    "fpc_v1": dict(method="fpc", qp=30, norm="channel", preset="fast", source="S2"),
+    # Lossless HEVC, so that the latent frame can be read back from the file (tests/test_golden.py).
+    "autotiler_v1": dict(method="autotiler", cr=4, lossless=True, preset="fast", source="S2", crop=(0, 40, 32, 32),
+                         channels=72),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
 
-def real_crop(layer: str, crop=(0, 40, 24, 32)) -> np.ndarray:
-    """Six channels from `channel`, `height` x `width` from (`top`, `top`) of the first sample."""
+def real_crop(layer: str, crop=(0, 40, 24, 32), channels: int = 6) -> np.ndarray:
+    """`channels` channels from `channel`, `height` x `width` from (`top`, `top`) of the first sample."""
     import h5py
 
     channel, top, height, width = crop
     with h5py.File(DEMO_DUMP) as f:
-        return f[layer][0:1, channel:channel + 6, top:top + height, top:top + width].astype(np.float32)
+        return f[layer][0:1, channel:channel + channels, top:top + height, top:top + width].astype(np.float32)
+
+
+def golden_input(name: str):
+    """The input and the codec of golden case `name`, rebuilt exactly (tests re-encode them)."""
+    params = dict(CASES[name])
+    if "source" in params:
+        data = real_crop(params.pop("source"), params.pop("crop", (0, 40, 24, 32)), params.pop("channels", 6))
+    else:
+        rng = np.random.default_rng(2026)
+        data = np.maximum(rng.normal(0, 1, (2, 3, 5, 7)), 0).astype(np.float32)
+    method = params.pop("method")
+    if "parents" in params:  # a calibrated table, as `Lightweight.calibrate` would write it
+        from featcodec.codecs import Lightweight
+
+        table = Lightweight(levels=params.pop("levels")).design(data)
+        codec = Lightweight(table={**table, "parents": params.pop("parents")})
+    else:
+        codec = featcodec.get_codec(method, **params)
+    codec.threads = 1
+    return data, codec
 
 
 def main(names):
-    rng = np.random.default_rng(2026)
-    source = np.maximum(rng.normal(0, 1, (2, 3, 5, 7)), 0).astype(np.float32)
     for name in names:
         fcb = GOLDEN / f"{name}.fcb"
         if fcb.exists():
             print(f"{fcb} exists: golden files are never rewritten")
             continue
-        params = dict(CASES[name])
-        if "source" in params:
-            data = real_crop(params.pop("source"), params.pop("crop", (0, 40, 24, 32)))
-        else:
-            data = source
-        if "parents" in params:  # a calibrated table, as `Lightweight.calibrate` would write it
-            from featcodec.codecs import Lightweight
-
-            table = Lightweight(levels=params.pop("levels")).design(data)
-            params = dict(method=Lightweight(table={**table, "parents": params.pop("parents")}))
-        blob = featcodec.encode(data, params.pop("method"), layer="golden/layer:0", **params)
+        data, codec = golden_input(name)
+        blob = featcodec.encode(data, codec, layer="golden/layer:0")
         fcb.write_bytes(blob)
         np.save(GOLDEN / f"{name}.expected.npy", featcodec.decode(blob))
         print(f"wrote {fcb} ({len(blob)} bytes)")
