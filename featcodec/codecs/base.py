@@ -55,15 +55,19 @@ RatePoints = list[tuple[str, dict[str, Any]]]
 
 
 def side_numbers(info: dict[str, Any], key: str, count: int | None = None) -> Any:
-    """``info[key]`` checked for `Codec.validate`: one finite number, or (with `count`) a list of
-    `count` finite numbers; anything else raises `CorruptStreamError`."""
+    """``info[key]`` checked for `Codec.validate`: one number within float32's range, or (with
+    `count`) a list of `count` such numbers; anything else raises `CorruptStreamError`."""
     value = info.get(key) if isinstance(info, dict) else None
     values = value if count is not None and isinstance(value, list) else [value]
-    if (count is not None and len(values) != count) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
-        expected = f"{count} finite numbers" if count is not None else "a finite number"
+    if (count is not None and len(values) != count) or not all(_is_float32(v) for v in values):
+        expected = f"{count} float32 numbers" if count is not None else "a float32 number"
         raise CorruptStreamError(f"side information {key!r} must be {expected}, got {value!r}")
     return value
+
+
+def _is_float32(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and abs(value) <= float(np.finfo(np.float32).max))  # NaN fails too
 
 
 def side_ints(info: dict[str, Any], key: str, count: int) -> list[int]:
