@@ -11,7 +11,7 @@ import zstandard
 import featcodec
 import featcodec.entropy
 from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip, symbol_order
-from featcodec.container import Bitstream
+from featcodec.container import Bitstream, pack
 from featcodec.entropy import (
     MAX_DEPTH,
     decode_symbol_maps,
@@ -261,12 +261,16 @@ def test_decoder_robustness(partnered, sparse):
     codec = Lightweight(levels=4)
     payload, table = codec.encode(symbols.astype(np.float32))
     with pytest.raises(CorruptStreamError):
-        codec.decode(payload, symbols.shape, {"thresholds": "x"})
+        codec.validate(symbols.shape, {"thresholds": "x"})
     with pytest.raises(CorruptStreamError, match="coder must be 4"):
-        codec.decode(payload, symbols.shape, {**table, "coder": 5})
-    for parents in ([1, 0] + [-1] * 6, [-1] * 7 + [8], [-1] * 7, "01"):
+        codec.validate(symbols.shape, {**table, "coder": 5})
+    for parents in ([1, 0] + [-1] * 6, [-1] * 7 + [8], [-1] * 7, "01"):  # validated before any decode
         with pytest.raises(CorruptStreamError):
-            codec.decode(payload, symbols.shape, {**table, "parents": parents})
+            codec.validate(symbols.shape, {**table, "parents": parents})
+        blob = pack(dict(Bitstream.parse(featcodec.encode(symbols.astype(np.float32), codec)).header,
+                         samples=[{**table, "parents": parents}]), [payload])
+        with pytest.raises(CorruptStreamError):
+            featcodec.decode(blob)
 
 
 def test_old_coder_versions_say_what_to_do():
