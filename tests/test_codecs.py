@@ -116,7 +116,8 @@ def test_bad_uniform_parameters(params):
 
 
 @pytest.mark.parametrize("name", ["lightweight_v4", "lightweight_signed_v4", "lightweight_blocks_v4",
-                                  "lightweight_partners_v4"])
+                                  "lightweight_partners_v4", "lightweight_v5", "lightweight_signed_v5",
+                                  "lightweight_blocks_v5", "lightweight_partners_v5"])
 def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
     """The kernel's integer arithmetic is the same on every machine: re-encoding a golden file's
     values must give its payloads byte for byte (a change is a new coder version, never an accident)."""
@@ -131,5 +132,5 @@ def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
     for i, values in enumerate(expected.reshape(-1, *expected.shape[-3:])):
         table = config.get("table") or stream.header["samples"][i]
         payload = encode_values(values, table["thresholds"], symbol_order(table), len(table["levels"]),
-                                table.get("parents"))
+                                table.get("parents"), table["coder"])
         assert payload == stream.payload(i)

@@ -14,7 +14,10 @@ from featcodec.registry import codec_ids
 from tests.common import GOLDEN, check_backwards_compatibility
 from tests.data.make_golden import CASES, golden_input
 
-PINNED = sorted(name for name in CASES if not CASES[name]["method"] == "autotiler")
+# Lightweight version 4 is pinned at the kernel (test_codecs): its files were written before the
+# codec designed version 5 tables. The auto-tiler has a test of its own below.
+PINNED = sorted(name for name in CASES if CASES[name]["method"] != "autotiler"
+                and not (CASES[name]["method"] == "lightweight" and name.endswith("_v4")))
 
 
 def test_every_codec_has_a_golden_file():

@@ -262,8 +262,8 @@ def test_decoder_robustness(partnered, sparse):
     payload, table = codec.encode(symbols.astype(np.float32))
     with pytest.raises(CorruptStreamError):
         codec.validate(symbols.shape, {"thresholds": "x"})
-    with pytest.raises(CorruptStreamError, match="coder must be 4"):
-        codec.validate(symbols.shape, {**table, "coder": 5})
+    with pytest.raises(CorruptStreamError, match="coder must be 4 or 5"):
+        codec.validate(symbols.shape, {**table, "coder": 6})
     for parents in ([1, 0] + [-1] * 6, [-1] * 7 + [8], [-1] * 7, "01"):  # validated before any decode
         with pytest.raises(CorruptStreamError):
             codec.validate(symbols.shape, {**table, "parents": parents})
@@ -293,10 +293,11 @@ def test_fuzz_the_compiled_decoder():
         maps[:, : shape[1] // 2] = 0  # empty blocks: the block-flag path
         p = None if parents is None else np.asarray(parents, np.int32).tobytes()
         o = None if parents is None else featcodec.entropy.coding_order(parents, shape[0]).tobytes()
-        cases.append((coder.encode(maps, *shape, n, p, o, None, None)[0], shape, n, p, o))
+        for version in featcodec.entropy.VERSIONS:
+            cases.append((coder.encode(maps, *shape, n, version, p, o, None, None)[0], shape, n, version, p, o))
     runs = outcomes = 0
     while runs < 21_000:
-        body, shape, n, p, o = cases[runs % len(cases)]
+        body, shape, n, version, p, o = cases[runs % len(cases)]
         data = bytearray(body)
         kind = rng.integers(4)
         if kind == 0:  # truncate
@@ -311,7 +312,7 @@ def test_fuzz_the_compiled_decoder():
             at = rng.integers(len(data) + 1)
             data[at:at] = rng.integers(0, 256, rng.integers(1, 16)).astype(np.uint8).tobytes()
         try:
-            out, _ = coder.decode(bytes(data), *shape, n, p, o, None)
+            out, _ = coder.decode(bytes(data), *shape, n, version, p, o, None)
             assert len(out) == np.prod(shape) and max(out) < n
             outcomes += 1
         except ValueError:
@@ -324,16 +325,17 @@ def test_kernel_refuses_bad_layouts():
     coder = featcodec.entropy.kernel()
     maps = np.zeros((2, 4, 4), np.uint8)
     cycle = np.array([1, 0], np.int32).tobytes()
-    for args in ((maps, 2, 4, 4, 17, None, None), (maps, 2, 4, 4, 4, cycle, None),
-                 (maps, 3, 4, 4, 4, None, None), (maps, 2, 4, 4, 4, None, np.array([0, 0], np.int32).tobytes()),
-                 (maps, 2, 4, 4, 4, np.array([-1, 0], np.int32).tobytes(), np.array([1, 0], np.int32).tobytes())):
+    for args in ((maps, 2, 4, 4, 17, 5, None, None), (maps, 2, 4, 4, 4, 5, cycle, None),
+                 (maps, 3, 4, 4, 4, 5, None, None), (maps, 2, 4, 4, 4, 5, None, np.array([0, 0], np.int32).tobytes()),
+                 (maps, 2, 4, 4, 4, 5, np.array([-1, 0], np.int32).tobytes(), np.array([1, 0], np.int32).tobytes()),
+                 (maps, 2, 4, 4, 4, 3, None, None), (maps, 2, 4, 4, 4, 6, None, None)):
         with pytest.raises(ValueError):
             coder.encode(*args, None, None)
 
 
 def test_tables_record_the_coder_version(real_s4):
     _, table = Lightweight(levels=4).encode(real_s4[0, :8])
-    assert table["coder"] == featcodec.entropy.VERSION == 4
+    assert table["coder"] == featcodec.entropy.VERSION == 5
 
 
 def test_calibration_fixes_the_quantizer(real_s4):
@@ -429,3 +431,24 @@ def test_calibration_gives_partners_only_where_they_pay(real_s2):
     with pytest.raises(InvalidInputError, match="calibrated for 72 channels"):
         codec.encode(real_s2[0, :8])
     assert "parents" not in Lightweight(levels=2, partners=False).calibrate(real_s2).table
+
+
+def test_version_5_codes_flat_regions_of_large_symbols_cheaply():
+    """Version 4 gave every decision past the seventh one context, so plateaus of large symbols
+    (a text detector's map at 16 levels) cost bits; version 5's contexts are relative to k."""
+    rng = np.random.default_rng(5)
+    plateaus = rng.integers(8, 16, (6, 4, 4)).astype(np.uint8)
+    maps = np.kron(plateaus, np.ones((8, 8), np.uint8))  # 6 maps of 32 x 32, flat 8 x 8 blocks
+    noisy = maps.copy()
+    flips = rng.random(maps.shape) < 0.05
+    noisy[flips] = rng.integers(0, 16, int(flips.sum()))
+    for symbols in (maps, noisy):
+        v4 = len(encode_symbols(symbols, 16, version=4))
+        v5 = len(encode_symbols(symbols, 16, version=5))
+        assert v5 < 0.8 * v4, (v4, v5)
+        np.testing.assert_array_equal(decode_symbols(encode_symbols(symbols, 16, version=4), symbols.shape, 16,
+                                                     version=4), symbols)
+    # Version 4 data decodes only as version 4 (the version is in the table, not in the bytes).
+    payload = encode_symbols(noisy, 16, version=4)
+    with pytest.raises(CorruptStreamError):
+        decode_symbols(payload, noisy.shape, 16, version=5)

@@ -37,7 +37,8 @@ int main(int argc, char **argv) {
             order[k] = k; /* partners are earlier channels: the identity order is topological */
             parents[k] = partnered && k > 0 && below(2) ? below(k) : -1;
         }
-        lw_layout layout = {c, h, w, n, partnered ? parents : NULL, partnered ? order : NULL};
+        lw_layout layout = {c, h, w, n, LW_VERSION_MIN + below(2), partnered ? parents : NULL,
+                            partnered ? order : NULL};
         uint8_t *symbols = malloc(count), *decoded = malloc(count);
         int kind = below(3);
         for (size_t i = 0; i < count; i++)

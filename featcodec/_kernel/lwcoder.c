@@ -44,6 +44,7 @@ static inline int cap(int v, int top) { return v < top ? v : top; }
 int lw_check_layout(const lw_layout *l) {
     if (l->channels < 1 || l->height < 1 || l->width < 1 || l->n_symbols < 1 || l->n_symbols > LW_MAX_SYMBOLS)
         return LW_BAD_ARGS;
+    if (l->version < LW_VERSION_MIN || l->version > LW_VERSION) return LW_BAD_ARGS;
     if ((uint64_t)l->channels * (uint64_t)l->height * (uint64_t)l->width > ((uint64_t)1 << 40)) return LW_BAD_ARGS;
     int c = l->channels;
     uint8_t *seen = (uint8_t *)calloc((size_t)c, 1);
@@ -159,10 +160,22 @@ static inline int first_context(int left, int top, int top_left, int top_right, 
     return (((CAP3(left) * 4 + CAP3(top)) * 4 + CAP3(top_left)) * 4 + CAP3(top_right)) * 5 + partner;
 }
 
-static inline int rest_context(int k, int left, int top, int partner_value, int has_partner) {
+/* Context of the decision "s > k" (k >= 1) from the largest of left, top and the partner, m.
+ * Version 4: m itself (capped at 7). Version 5: k - m, so that above 7 levels, where every
+ * decision shares k's context, a flat region of 12s is still told from one of 8s. */
+static inline int rest_context(int version, int k, int left, int top, int partner_value, int has_partner) {
     int m = left > top ? left : top;
     if (has_partner && partner_value > m) m = partner_value;
-    return CTX_REST_BASE + ((cap(k, 7) - 1) * 8 + cap(m, 7)) * 2 + has_partner;
+    const int d = k - m;
+    const int neighbourhood = version >= 5 ? (d < -3 ? 0 : (d > 3 ? 7 : d + 4)) : cap(m, 7);
+    return CTX_REST_BASE + ((cap(k, 7) - 1) * 8 + neighbourhood) * 2 + has_partner;
+}
+
+/* Version 5: the six neighbours' sum against 6k, for the decision "s > k" (as rest_context). */
+static inline int relative_bucket(int sum, int k) {
+    const int r = sum - 6 * k;
+    return r <= -12 ? 0 : r <= -6 ? 1 : r <= -3 ? 2 : r <= -1 ? 3 : r == 0 ? 4 : r <= 2 ? 5 : r <= 5 ? 6
+         : r <= 11 ? 7 : 8;
 }
 
 static const uint8_t SUM_BUCKET[43] = {0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8,
@@ -248,8 +261,10 @@ static void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, cons
                     value = 1;
                     for (int k = 1; k < n - 1; k++) {
                         int prel = !has_partner ? 0 : (pv > k ? 2 : (pv == k ? 1 : 0));
-                        int ctx_b = CTXB_FIRST + ((cap(k, 7) - 1) * SUM_BUCKETS + bucket) * 3 + prel;
-                        if (!code_bit(s, own, rest_context(k, left, top, pv, has_partner), ctx_b, ctx_c + cap(k, 4),
+                        const int kb = l->version >= 5 ? relative_bucket(sum, k) : bucket;
+                        int ctx_b = CTXB_FIRST + ((cap(k, 7) - 1) * SUM_BUCKETS + kb) * 3 + prel;
+                        if (!code_bit(s, own, rest_context(l->version, k, left, top, pv, has_partner), ctx_b,
+                                      ctx_c + cap(k, 4),
                                       2 * cap(k, 7) + empty, symbol > k, enc, dec, cost))
                             break;
                         value = k + 1;

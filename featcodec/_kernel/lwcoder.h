@@ -12,8 +12,12 @@
 
 enum { LW_OK = 0, LW_NOMEM = 1, LW_BAD_ARGS = 2, LW_CORRUPT = 3 };
 
+#define LW_VERSION_MIN 4
+#define LW_VERSION 5
+
 typedef struct {
     int channels, height, width, n_symbols;
+    int version; /* coder version: 4, or 5 (contexts of the decisions "s > k" relative to k) */
     const int32_t *parents; /* per channel: partner channel coded earlier, or -1; NULL: none */
     const int32_t *order;   /* coding order of the channels (a permutation); NULL: 0 .. C-1 */
 } lw_layout;

@@ -15,11 +15,13 @@ static PyObject *raise_status(int status) {
 }
 
 /* parents / order: None or int32 buffers of `channels` entries. */
-static int get_layout(lw_layout *l, int c, int h, int w, int n, Py_buffer *parents, Py_buffer *order) {
+static int get_layout(lw_layout *l, int c, int h, int w, int n, int version, Py_buffer *parents,
+                      Py_buffer *order) {
     l->channels = c;
     l->height = h;
     l->width = w;
     l->n_symbols = n;
+    l->version = version;
     l->parents = NULL;
     l->order = NULL;
     if (c < 1 || h < 1 || w < 1) {
@@ -54,19 +56,20 @@ static void release(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) {
         if (all[i] && all[i]->obj) PyBuffer_Release(all[i]);
 }
 
-/* encode(data, channels, height, width, n_symbols, parents, order, thresholds, cell_to_symbol)
+/* encode(data, channels, height, width, n_symbols, version, parents, order, thresholds, cell_to_symbol)
  *   data: float32 values (with thresholds and cell_to_symbol) or uint8 symbols (both None).
  *   -> (payload bytes, checksum of the symbols) */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_buffer data = {0}, parents = {0}, order = {0}, thresholds = {0}, cells = {0};
-    int c, h, w, n;
-    if (!PyArg_ParseTuple(args, "y*iiiiz*z*z*z*", &data, &c, &h, &w, &n, &parents, &order, &thresholds, &cells))
+    int c, h, w, n, version;
+    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*z*", &data, &c, &h, &w, &n, &version, &parents, &order, &thresholds,
+                          &cells))
         return NULL;
     PyObject *result = NULL;
     lw_layout l;
     uint8_t *symbols = NULL, *out = NULL;
     size_t out_len = 0;
-    if (!get_layout(&l, c, h, w, n, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
     size_t count = (size_t)c * h * w;
     int quantizing = thresholds.buf != NULL;
     if (quantizing != (cells.buf != NULL) || (quantizing && (cells.len != 256 || thresholds.len % 4 ||
@@ -116,16 +119,17 @@ done:
     return result;
 }
 
-/* decode(payload, channels, height, width, n_symbols, parents, order, level_of_symbol)
+/* decode(payload, channels, height, width, n_symbols, version, parents, order, level_of_symbol)
  *   -> (bytearray of uint8 symbols, or of float32 values when level_of_symbol is given, checksum) */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_buffer payload = {0}, parents = {0}, order = {0}, levels = {0};
-    int c, h, w, n;
-    if (!PyArg_ParseTuple(args, "y*iiiiz*z*z*", &payload, &c, &h, &w, &n, &parents, &order, &levels)) return NULL;
+    int c, h, w, n, version;
+    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*", &payload, &c, &h, &w, &n, &version, &parents, &order, &levels))
+        return NULL;
     PyObject *result = NULL, *array = NULL;
     uint8_t *symbols = NULL;
     lw_layout l;
-    if (!get_layout(&l, c, h, w, n, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
     size_t count = (size_t)c * h * w;
     if (levels.buf && levels.len != 4 * (Py_ssize_t)n) {
         PyErr_SetString(PyExc_ValueError, "level_of_symbol must hold one float32 per symbol");
@@ -160,14 +164,14 @@ done:
     return result;
 }
 
-/* cost(symbols, channels, height, width, n_symbols, parents, order) -> bytes of float64 bits per channel */
+/* cost(symbols, channels, height, width, n_symbols, version, parents, order) -> bytes of float64 bits per channel */
 static PyObject *py_cost(PyObject *self, PyObject *args) {
     Py_buffer data = {0}, parents = {0}, order = {0};
-    int c, h, w, n;
-    if (!PyArg_ParseTuple(args, "y*iiiiz*z*", &data, &c, &h, &w, &n, &parents, &order)) return NULL;
+    int c, h, w, n, version;
+    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*", &data, &c, &h, &w, &n, &version, &parents, &order)) return NULL;
     PyObject *result = NULL;
     lw_layout l;
-    if (!get_layout(&l, c, h, w, n, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
     if ((size_t)data.len != (size_t)c * h * w) {
         PyErr_SetString(PyExc_ValueError, "data size does not match the shape");
         goto done;

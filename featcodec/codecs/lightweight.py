@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..entropy import VERSION as CODER_VERSION
+from ..entropy import VERSIONS as CODER_VERSIONS
 from ..entropy import decode_values, design_partners, encode_symbol_maps, encode_values, partner_depths
 from ..errors import CorruptStreamError, InvalidInputError, UnsupportedFormatError
 from ..quantizer import (
@@ -217,7 +218,7 @@ class Lightweight(Codec):
                 table = self.design(sample)
         with self.stage("entropy_encode"):  # quantization included: the kernel does both in one pass
             payload = encode_values(sample, table["thresholds"], symbol_order(table), len(table["levels"]),
-                                    table.get("parents"))
+                                    table.get("parents"), _coder_version(table))
         return payload, {} if self.table else table
 
     def describe(self) -> str:
@@ -232,7 +233,8 @@ class Lightweight(Codec):
     def decode(self, payload, shape, info):
         table = self.table or _check_table(info, CorruptStreamError)
         with self.stage("entropy_decode"):  # dequantization included
-            return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"))
+            return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"),
+                                 _coder_version(table))
 
 
 def symbol_order(table: dict) -> np.ndarray:
@@ -295,14 +297,14 @@ def _check_table(table, error) -> dict[str, list[float]]:
             raise error(f"quantizer table order must be 'zigzag' when given, got {table['order']!r}")
         checked["order"] = "zigzag"
     version = _coder_version(table)
-    if isinstance(version, bool) or version not in (1, 2, 3, CODER_VERSION):
-        raise error(f"quantizer table coder must be {CODER_VERSION}, got {table['coder']!r}")
-    if version != CODER_VERSION:
-        # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes version 4.
+    if isinstance(version, bool) or version not in (1, 2, 3, *CODER_VERSIONS):
+        raise error(f"quantizer table coder must be {' or '.join(map(str, CODER_VERSIONS))}, got {table['coder']!r}")
+    if version not in CODER_VERSIONS:
+        # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes versions 4 and 5.
         raise (UnsupportedFormatError if error is CorruptStreamError else error)(
             f"lightweight data for entropy coder version {version}, which this featcodec no longer decodes "
             f"(it codes version {CODER_VERSION}): decode it with featcodec 0.1, or recalibrate")
-    checked["coder"] = CODER_VERSION
+    checked["coder"] = version
     if "parents" in table:
         parents = table["parents"]
         if not isinstance(parents, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in parents):

@@ -26,6 +26,12 @@ CASES = {
     # Partner chains up to three deep ("parents" in a calibrated table): coding order and the
     # partner context are in the bytes.
     "lightweight_partners_v4": dict(method="lightweight", levels=6, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
+    # Entropy coder version 5 (decisions "s > k" in contexts relative to k): 12-16 levels, so that
+    # decisions past the seventh, where versions 4 and 5 differ most, are in the bytes.
+    "lightweight_v5": dict(method="lightweight", levels=12, source="S2"),
+    "lightweight_signed_v5": dict(method="lightweight", levels=14, source="S1"),
+    "lightweight_blocks_v5": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29)),
+    "lightweight_partners_v5": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
     # HEVC codecs through the bundled ffmpeg / x265, one worker thread (x265's output depends on its
     # frame-thread count). A (C, H, W) crop of real S2 activations.
     "tiling_v1": dict(method="tiling", qp=30, preset="fast", source="S2"),
