@@ -84,10 +84,10 @@ class CodecCommand(click.Command):
 def build_codec(method: str, options: dict[str, Any], extra_params: tuple[str, ...]) -> Codec:
     """The codec named `method` with the options the user set (None means: not given)."""
     params = {k: v for k, v in options.items() if v is not None}
-    allowed = codec_class(method).param_names()
+    declared = codec_class(method).param_declarations()
     for name in params:
-        if name not in allowed:
-            flags = ", ".join(f"--{p.replace('_', '-')}" for p in allowed) or "none"
+        if name not in {p.name for p in declared}:
+            flags = ", ".join(p.flag if p.cli else f"-p {p.name}=…" for p in declared) or "none"
             raise InvalidInputError(f"codec {method!r} takes no --{name.replace('_', '-')} option (its options: "
                                     f"{flags})")
     for item in extra_params:
@@ -444,8 +444,10 @@ def _print_bench(report) -> None:
 @click.option("--lr", default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
 @click.option("--max-samples", type=int, help="Use only the first N samples of the dump.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--extend", is_flag=True, help="OUTPUT holds a model: keep its exits (loaded from its ONNX files), "
+              "train only the ratios it lacks, cascaded on its lowest-ratio encoder.")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
-          task_weight, network, width, lr, max_samples, seed):
+          task_weight, network, width, lr, max_samples, seed, extend):
     """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -461,7 +463,7 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
     bar = _TrainingProgress()
     try:
         manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name, config=config,
-                                   network=network, log=bar.log, progress=bar)
+                                   network=network, log=bar.log, progress=bar, extend=extend)
     finally:
         bar.stop()
     sizes = sum(f["bytes"] for f in manifest["files"].values())

@@ -83,6 +83,40 @@ def test_training_resumes_from_checkpoints(tiny_model, tmp_path):
     assert again["files"] == manifest["files"]  # same weights, same ONNX bytes
 
 
+def test_extend_adds_an_exit_and_keeps_the_others(tiny_model, tmp_path, monkeypatch):
+    """--extend loads a model's exits from its ONNX files, keeps them byte for byte, and trains only
+    the missing ratio, cascaded on the existing CR4 encoder."""
+    from featcodec.train.autotiler import TrainingConfig, train_autotiler
+
+    folder, manifest = tiny_model
+    copy = tmp_path / "models" / "tiny"
+    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
+    before = {f: (copy / f).read_bytes() for f in manifest["files"]}
+    lines = []
+    extended = train_autotiler(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
+                               config=TrainingConfig(ratios=(4, 64), steps=8, task_steps=0, batch=2, crop=16, width=8,
+                                                     valid_fraction=0.2), log=lines.append, extend=True)
+    assert any("small CR4: kept from the existing model" in line for line in lines)
+    assert {f: (copy / f).read_bytes() for f in manifest["files"]} == before
+    small = extended["layers"]["small"]["exits"]
+    assert sorted(small, key=int) == ["4", "16", "64"]  # CR16, not asked for, stays
+    assert small["64"]["encoder"] == ["small_enc4.onnx", "small_enc64.onnx"]
+    assert set(extended["layers"]["large"]["exits"]) == {"4", "16"}
+    assert [p["name"] for p in extended["training"]["extensions"][0]["phases"]] == ["small CR64 MSE"]
+    monkeypatch.setenv("FEATCODEC_MODELS", str(copy.parent))
+    x = np.random.default_rng(1).random((1, 8, 24, 24)).astype(np.float32)
+    header = featcodec.info(featcodec.encode(x, "autotiler", model="tiny", cr=64, lossless=True))
+    assert header["samples"][0]["latent"] == [8, 3, 3] and header["samples"][0]["ratio"] == 64.0
+
+
+def test_load_onnx_weights_refuses_another_module(tiny_model):
+    from featcodec.train.autotiler import Encoder, load_onnx_weights
+
+    folder, _ = tiny_model
+    with pytest.raises(ValueError, match="holds no weight"):
+        load_onnx_weights(Encoder(8, 8, 1, 16), folder / "tiny" / "small_enc4.onnx")  # other width
+
+
 def test_codec_codes_the_real_ratio(tiny_model, monkeypatch):
     folder, _ = tiny_model
     monkeypatch.setenv("FEATCODEC_MODELS", str(folder))

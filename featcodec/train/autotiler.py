@@ -21,6 +21,9 @@ decoder learns to live with coding error. Early stopping on validation photos (t
 of the dump: variants of a photo are stored together, so none of them leaks into training).
 
 Every phase is checkpointed in ``<output>/.checkpoints``: a killed run restarts where it was.
+``extend=True`` adds exits to a model already in ``<output>``: the exits it has are loaded from
+its ONNX files (checked against onnxruntime) and kept byte for byte, and only the missing ones
+are trained, cascaded on the existing lowest-ratio encoder.
 """
 
 from __future__ import annotations
@@ -337,6 +340,36 @@ def export_onnx(module, channels: int, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def load_onnx_weights(module, path: Path) -> None:
+    """Load into `module` the weights that `export_onnx` wrote to `path` (its inverse), and check
+    that both compute the same function on a random input."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ..onnxmodel import session
+
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    # torch's exporter names PReLU slopes by node number ("onnx::PRelu_45"), in graph order
+    slopes = sorted((k for k in weights if k.startswith("onnx::PRelu_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    slope_keys = [f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.PReLU)]
+    state = {}
+    for key, value in module.state_dict().items():
+        source = weights.get(key)
+        if source is None and key in slope_keys and len(slopes) == len(slope_keys):
+            source = weights[slopes[slope_keys.index(key)]]
+        if source is None or source.size != value.numel():
+            raise ValueError(f"{path.name} holds no weight of shape {tuple(value.shape)} for {key}")
+        state[key] = torch.from_numpy(source.reshape(value.shape).copy())
+    module.load_state_dict(state)
+    module.eval()
+    x = torch.rand(1, module.body[0].in_channels, 32, 32)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    got = session(str(path)).run(None, {"input": x.numpy()})[0]
+    if not np.allclose(got, expected, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(expected).max()))):
+        raise ValueError(f"{path.name} does not compute what the module loaded from it computes")
+
+
 @dataclass
 class TrainingConfig:
     ratios: tuple[int, ...] = (4, 16)
@@ -375,13 +408,15 @@ def _phase_modules(data: LayerData, config: TrainingConfig) -> dict:
 
 def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, config: TrainingConfig | None = None,
                     network: str | None = None, log: Callable[[str], None] = print,
-                    progress: Callable[[str, int, int, str], None] | None = None) -> dict:
+                    progress: Callable[[str, int, int, str], None] | None = None, extend: bool = False) -> dict:
     """Train one auto-tiler per layer of `dump` (every exit in ``config.ratios``), export them to
     ONNX in `output` and write its manifest.json. Returns the manifest.
 
     `network`: the ONNX network the dump came from, for the task loss (default: the model the
-    dump names, looked for beside featcodec's reference models; no task loss if not found)."""
+    dump names, looked for beside featcodec's reference models; no task loss if not found).
+    `extend`: `output` holds a model; keep its exits, train the missing ones (module docstring)."""
     config = config or TrainingConfig()
+    existing = _existing_model(Path(output), name) if extend else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(output)
     checkpoints = out / ".checkpoints"
@@ -402,7 +437,10 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
             f"{', task loss through ' + Path(tail_path).name if task else ''}")
         prefix = data.name.lower().replace("/", "_")
+        kept = _load_existing_exits(existing, data.name, built, out, config, log) if existing else {}
         for ratio, exit_modules in built["exits"].items():
+            if ratio in kept:
+                continue
             encoder, decoder = exit_modules["encoder"], exit_modules["decoder"]
             cascade = exit_modules["cascade_on"]
             first = built["exits"][cascade]["encoder"] if cascade else None
@@ -447,6 +485,11 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                  "structure": "dedicated (one encoder per layer; higher ratios cascade on the CR"
                               f"{min(config.ratios)} encoder, frozen)", "exits": {}}
         for ratio, exit_modules in built["exits"].items():
+            if ratio in kept:  # exported already: the files stay as they are
+                entry["exits"][str(ratio)] = kept[ratio]
+                for f in (*kept[ratio]["encoder"], *kept[ratio]["decoder"]):
+                    files[f] = existing["files"][f]["sha256"]
+                continue
             cascade = exit_modules["cascade_on"]
             enc_file = f"{prefix}_enc{ratio}.onnx"
             dec_file = f"{prefix}_dec{ratio}.onnx"
@@ -461,6 +504,8 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         manifest_layers[data.name] = entry
         del data, built, task
 
+    if existing:
+        return _write_extension(existing, out, manifest_layers, files, config, dump, layers, phases, started)
     manifest = {
         "name": name, "kind": "autotiler", "format": 2,
         "bottleneck": "K latent maps in [0, 1], tiled into one frame (grid rows = largest divisor of K <= sqrt K)",
@@ -475,6 +520,61 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                                  "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
                                  "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]},
     }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _existing_model(out: Path, name: str) -> dict:
+    path = out / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--extend: {out} holds no manifest.json to extend")
+    manifest = json.loads(path.read_text())
+    if manifest.get("kind") != "autotiler" or manifest.get("name") != name:
+        raise ValueError(f"--extend: {path} is not the auto-tiler {name!r}")
+    return manifest
+
+
+def _load_existing_exits(existing: dict, layer: str, built: dict, out: Path, config: TrainingConfig,
+                         log: Callable[[str], None]) -> dict[int, dict]:
+    """Load the exits `existing` has for `layer` into the modules built for them; their entries."""
+    entry = existing["layers"].get(layer, {"exits": {}})
+    kept = {}
+    for ratio, exit_modules in built["exits"].items():
+        old = entry["exits"].get(str(ratio))
+        if old is None:
+            continue
+        if (old["stride"], old["latent_channels"]) != (2 ** exit_modules["steps"], exit_modules["latent"]):
+            raise ValueError(f"--extend: {layer} CR{ratio} of the existing model has another layout")
+        load_onnx_weights(exit_modules["encoder"], out / old["encoder"][-1])
+        load_onnx_weights(exit_modules["decoder"], out / old["decoder"][0])
+        kept[ratio] = old
+        log(f"  {layer} CR{ratio}: kept from the existing model ({', '.join(old['encoder'] + old['decoder'])})")
+    if min(config.ratios) not in kept and entry["exits"]:
+        raise ValueError(f"--extend: new exits of {layer} cascade on CR{min(config.ratios)}, which the model lacks")
+    return kept
+
+
+def _write_extension(existing: dict, out: Path, layers_built: dict, files: dict, config: TrainingConfig, dump: str,
+                     layers: list[str], phases: list, started: float) -> dict:
+    """The existing manifest with the new exits added and the extension's training recorded."""
+    manifest = dict(existing)
+    manifest["layers"] = dict(existing["layers"])
+    for layer, entry in layers_built.items():  # exits this run did not build stay as they were
+        old = existing["layers"].get(layer, {})
+        manifest["layers"][layer] = {**entry, **{k: v for k, v in old.items() if k != "exits"},
+                                     "exits": {**old.get("exits", {}), **entry["exits"]}}
+    manifest["files"] = {**existing["files"], **{k: {"sha256": v, "bytes": (out / k).stat().st_size}
+                                                 for k, v in files.items()}}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    training = dict(existing["training"])
+    training.setdefault("extensions", []).append({
+        "dump": Path(dump).name, "layers": layers, **asdict(config), "torch": torch.__version__,
+        "seconds": round(sum(p.seconds for p in phases), 1),
+        "this_run_seconds": round(time.perf_counter() - started, 1),
+        "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
+                    "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
+                    "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]})
+    manifest["training"] = training
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
