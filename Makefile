@@ -66,12 +66,15 @@ bench: $(PY) data/reference_heldout.h5
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
 
-# Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16), trained on the training
-# photos plus examples/images_more with flips and zooms (needs torch): about 2 h on 2 CPU cores,
-# resumable (checkpoints in the model folder's .checkpoints; delete them to start over).
+# Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16, and S4 at CR64 for low
+# rates, cascaded on S4's CR4 encoder), trained on the training photos plus examples/images_more
+# with flips and zooms (needs torch): about 2 h on 2 CPU cores, resumable (checkpoints in the model
+# folder's .checkpoints; delete them to start over).
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 7
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 4 --cr 64 --extend \
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 8
 
 data/reference_heldout.h5 data/reference_train.h5:

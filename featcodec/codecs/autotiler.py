@@ -86,9 +86,9 @@ def describe_models() -> list[str]:
         files = manifest["files"]
         total = sum(f["bytes"] for f in files.values())
         training = manifest.get("training", {})
+        seconds = training.get("seconds", 0) + sum(e.get("seconds", 0) for e in training.get("extensions", []))
         lines.append(f"{name} (codec autotiler, {folder}): {len(files)} ONNX files, {total / 1e6:.2f} MB"
-                     + (f"; trained in {training['seconds'] / 60:.0f} min on {training.get('dump')}"
-                        if "seconds" in training else ""))
+                     + (f"; trained in {seconds / 60:.0f} min on {training.get('dump')}" if seconds else ""))
         for layer, entry in manifest["layers"].items():
             c, h, w = entry["shape"]
             lines.append(f"  {layer} {entry['tensor']} {tuple(entry['shape'])}: "
@@ -126,7 +126,10 @@ class AutoTiler(VideoCodec):
     rate_points = {
         "paper": [("default", {}), ("cr16", {"cr": 16})]
         + [(f"cr{cr},kbpi={k}", {"cr": cr, "kbpi": k}) for cr in (4, 16) for k in KBPI_BASES]
-        + [(f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)],
+        + [(f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)]
+        # low rates: the models that offer CR64 (S4 of the reference model); others are skipped
+        + [(f"cr64,kbpi={k}", {"cr": 64, "kbpi": k}) for k in KBPI_BASES[:3]]
+        + [("cr64,lossless", {"cr": 64, "lossless": True})],
         "quick": [("default", {}), ("cr16", {"cr": 16})],
     }
 
