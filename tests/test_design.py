@@ -293,3 +293,12 @@ def test_readme_codec_example_runs():
         assert registry.codec_class("scaled").points("paper")[1] == ("scale=4", {"scale": 4.0})
     finally:
         registry._CODECS.pop("scaled")
+
+
+def test_crafted_model_records_are_corrupt():
+    x = _s1_crop((1, 24, 16, 16))
+    stream = Bitstream.parse(featcodec.encode(x, "autotiler", preset="ultrafast"))
+    for models in (["x"], "x", [1, 2]):
+        blob = pack(dict(stream.header, models=models), [stream.payload(0)])
+        with pytest.raises(CorruptStreamError, match="header models"):
+            featcodec.decode(blob)

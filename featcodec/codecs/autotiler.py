@@ -239,6 +239,8 @@ class AutoTiler(VideoCodec):
     def verify_models(self, records: list[dict]) -> None:
         """Refuse to decode with model files whose sha256 differs from what the encoder used."""
         files = self.manifest["files"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise CorruptStreamError(f"header models must be a list of {{name, sha256}} records, got {records!r}")
         for record in records:
             name = str(record.get("name", "")).split("/", 1)[-1]
             if name not in files:
