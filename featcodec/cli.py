@@ -264,7 +264,7 @@ def info(input_spec, as_json):
     """Show the header of a .fcb file: codec, layer, shape, sizes, rate."""
     summary = api.info(read_bitstream(input_spec))
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        click.echo(json.dumps(_strict_json(summary), indent=2, sort_keys=True, allow_nan=False))
         return
     rows = [
         ("codec", json.dumps(summary["codec"], sort_keys=True)),
@@ -360,7 +360,8 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
     report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]])
     _print_bench(report)
     if json_path:
-        write_bytes(json_path, (json.dumps(report, indent=1, default=_json_default) + "\n").encode(), force)
+        text = json.dumps(_strict_json(report), indent=1, default=_json_default, allow_nan=False)
+        write_bytes(json_path, (text + "\n").encode(), force)
     if csv_path:
         write_bytes(csv_path, write_csv(report).encode(), force)
     if plot_path:
@@ -373,7 +374,20 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
 def _point(row):
     from .bench import PointResult
 
-    return PointResult(**row)
+    # strict JSON has no infinity: a lossless point's PSNR and SNR were written as null
+    return PointResult(**{**row, **{k: float("inf") for k in ("psnr", "snr") if row.get(k) is None}})
+
+
+def _strict_json(value):
+    """`value` with every non-finite float replaced by None (null), so that every JSON parser reads it
+    (Python's json writes Infinity and NaN, which JavaScript's and Go's parsers reject)."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):

@@ -61,9 +61,16 @@ def test_bench_cli_json_csv_and_checks(cli, tiny_dump, tmp_path):
     result = cli("bench", tiny_dump, "-m", "raw,uniform", "--rates", "quick", "--json", out, "--csv",
                  tmp_path / "r.csv", "--check", "raw@float16.bpe<=16.01", "--check", "uniform.ssim>=0.5")
     assert result.returncode == 0, result.stderr.decode()
-    data = json.loads(out.read_text())
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")  # what JavaScript's and Go's parsers do
+
+    data = json.loads(out.read_text(), parse_constant=refuse)
     assert {"environment", "settings", "results", "summary", "checks"} <= set(data)
     assert all(c["passed"] for c in data["checks"])
+    lossless = [r for r in data["results"] if r["method"] == "raw" and r["point"] == "default"]
+    assert lossless and all(r["psnr"] is None and r["mse"] == 0 for r in lossless)
+    again = cli("bench", "--from-json", out, "--check", "raw.psnr>=100")  # null reads back as infinite
+    assert again.returncode == 0, again.stderr.decode()
     assert (tmp_path / "r.csv").read_text().startswith("tensor,layer,method,point,bits_per_element")
     failing = cli("bench", tiny_dump, "-m", "raw", "--rates", "quick", "--check", "raw.bpe<=8")
     assert failing.returncode != 0
