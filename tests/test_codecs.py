@@ -134,3 +134,33 @@ def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
         payload = encode_values(values, table["thresholds"], symbol_order(table), len(table["levels"]),
                                 table.get("parents"), table["coder"])
         assert payload == stream.payload(i)
+
+
+@pytest.mark.parametrize("declared", [1 << 40, 20 << 30])
+def test_zstd_frame_declaring_a_huge_size_is_corrupt_not_an_allocation(declared):
+    """A crafted frame (valid CRCs around it) declares a content size of 1 TB / 20 GB: refused
+    without allocating it (python-zstandard's one-shot decompress would try)."""
+    import struct
+
+    from featcodec.lossless import zstd_decompress
+
+    # magic, header: 8-byte content size + single segment, then one raw last block of 1 byte
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + struct.pack("<Q", declared) + b"\x09\x00\x00" + b"\x00"
+    with pytest.raises(featcodec.CorruptStreamError):
+        zstd_decompress(frame, 64)
+    x = relu_activations((1, 2, 4, 4))
+    stream = Bitstream.parse(featcodec.encode(x, "uniform", levels=4))
+    from featcodec.container import pack
+
+    with pytest.raises(featcodec.CorruptStreamError):
+        featcodec.decode(pack(stream.header, [frame]))
+
+
+def test_zstd_payload_longer_than_declared_is_corrupt():
+    from featcodec.lossless import zstd_compress, zstd_decompress
+
+    frame = zstd_compress(b"\x01" * 100, 3)
+    assert zstd_decompress(frame, 100) == b"\x01" * 100
+    for expected in (99, 101):
+        with pytest.raises(featcodec.CorruptStreamError):
+            zstd_decompress(frame, expected)
