@@ -138,3 +138,35 @@ def test_bad_convert_arguments(tree, tmp_path):
         convert(str(src), str(tmp_path / "x.h5"), featcodec.get_codec("raw").get_config())
     with pytest.raises(InvalidInputError, match="nothing matches"):
         convert(str(tmp_path / "nothing*.npy"), str(tmp_path / "o"), None)
+
+
+def test_dask_worker_killed_mid_run_loses_nothing(tmp_path):
+    """A worker process killed while the cluster converts: its tasks rerun on the other (or its
+    restarted self), every output is written once and equals the local run's bytes."""
+    import threading
+
+    distributed = pytest.importorskip("dask.distributed")
+    src = tmp_path / "src"
+    arrays = make_tree(src, count=60, shape=(4, 16, 48, 48))
+    codec = featcodec.get_codec("lightweight", levels=8).get_config()
+    convert(str(src), str(tmp_path / "local"), codec, workers=1)
+    out = tmp_path / "dask"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = {}
+        run = threading.Thread(target=lambda: result.update(
+            summary=convert(str(src), str(out), codec, scheduler=cluster.scheduler_address)))
+        run.start()
+        deadline = time.monotonic() + 60
+        while len(list(out.rglob("*.fcb"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done_at_kill = len(list(out.rglob("*.fcb")))
+        nanny = next(iter(cluster.workers.values()))
+        os.kill(nanny.process.process.pid, signal.SIGKILL)
+        run.join(180)
+    assert not run.is_alive()
+    assert done_at_kill < len(arrays)  # the kill came mid-run
+    summary = result["summary"]
+    assert not summary.failed and len(summary.items) == len(arrays)
+    assert not list(out.rglob("*.tmp"))
+    for rel in arrays:
+        assert (tmp_path / "local" / f"{rel}.fcb").read_bytes() == (out / f"{rel}.fcb").read_bytes()
