@@ -170,3 +170,43 @@ def test_dask_worker_killed_mid_run_loses_nothing(tmp_path):
     assert not list(out.rglob("*.tmp"))
     for rel in arrays:
         assert (tmp_path / "local" / f"{rel}.fcb").read_bytes() == (out / f"{rel}.fcb").read_bytes()
+
+
+def test_convert_streams_a_4_gb_dump_in_bounded_memory(tmp_path):
+    """A 4 GB HDF5 dump (two 2 GB datasets) converts with -j 2 under 1 GB of peak resident memory in
+    every process: samples are streamed, never loaded whole. Made here, removed after."""
+    import shutil
+
+    if shutil.disk_usage(tmp_path).free < 12 << 30:
+        pytest.skip("needs 12 GB of free disk for the 4 GB dump")
+    dump = tmp_path / "big.h5"
+    sample = relu_activations((1, 128, 128, 128), seed=5)  # 8 MiB
+    block = np.repeat(sample, 16, axis=0)  # 128 MiB, written 16 times per dataset
+    with h5py.File(dump, "w") as f:
+        for name in ("S4a", "S4b"):
+            node = f.create_dataset(name, shape=(256, 128, 128, 128), dtype=np.float32, chunks=(1, 128, 128, 128))
+            for start in range(0, 256, 16):
+                node[start : start + 16] = block
+    del block
+    assert dump.stat().st_size >= 4 << 30
+    code = (
+        "import resource, json, featcodec\n"
+        "from featcodec.convert import convert\n"
+        f"s = convert({str(dump)!r}, {str(tmp_path / 'out')!r}, featcodec.get_codec('lightweight', levels=4)"
+        ".get_config(), workers=2)\n"
+        "peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "print(json.dumps({'failed': len(s.failed), 'done': len(s.items), 'peak_kib': peak, 's': s.seconds}))\n"
+    )
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=600, check=True)
+    finally:
+        dump.unlink()
+    import json
+
+    report = json.loads(run.stdout.decode().strip().splitlines()[-1])
+    assert report["failed"] == 0 and report["done"] == 2
+    assert report["peak_kib"] < 1 << 20, report  # under 1 GiB in the parent and in each worker
+    print(f"4 GiB dump converted with -j 2 in {report['s']:.1f} s, peak RSS {report['peak_kib'] / 1024:.0f} MiB")
+    header = featcodec.info((tmp_path / "out" / "S4a.fcb").read_bytes())
+    assert header["shape"] == [256, 128, 128, 128] and header["n_samples"] == 256
