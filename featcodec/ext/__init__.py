@@ -6,6 +6,8 @@ They are registered by entry point (``numcodecs.codecs``: ``featcodec.lightweigh
 the same names), so a reader needs featcodec installed and nothing else imported.
 """
 
-from ..registry import BUILTIN_CODECS
 
-CODEC_IDS = tuple(f"featcodec.{codec_id}" for codec_id in BUILTIN_CODECS)
+
+def class_name(codec_id: str) -> str:
+    """The wrapper class name of a featcodec codec id: ``lightweight`` -> ``Lightweight``."""
+    return "".join(part.capitalize() for part in codec_id.split("_"))

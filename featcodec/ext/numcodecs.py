@@ -17,6 +17,7 @@ from numcodecs.compat import ensure_bytes, ndarray_copy
 import featcodec
 
 from ..registry import BUILTIN_CODECS, get_codec
+from . import class_name
 
 
 class FeatcodecNumcodec(NumcodecsCodec):
@@ -43,7 +44,7 @@ class FeatcodecNumcodec(NumcodecsCodec):
 
 
 def _make(codec_id: str) -> type[FeatcodecNumcodec]:
-    name = "".join(part.capitalize() for part in codec_id.split("_"))
+    name = class_name(codec_id)
     return type(name, (FeatcodecNumcodec,), {"codec_id": f"featcodec.{codec_id}", "featcodec_id": codec_id,
                                              "__doc__": f"featcodec's {codec_id!r} codec for numcodecs."})
 

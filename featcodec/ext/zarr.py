@@ -22,6 +22,7 @@ from zarr.core.common import parse_named_configuration
 import featcodec
 
 from ..registry import BUILTIN_CODECS, get_codec
+from . import class_name
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class FeatcodecZarrCodec(ArrayBytesCodec):
     def __init__(self, **params: Any) -> None:
         codec = get_codec(self.featcodec_id, **params)  # refuses unknown parameters
         object.__setattr__(self, "params", {k: v for k, v in codec.get_config().items() if k != "id"})
+        object.__setattr__(self, "_codec", codec)  # built once, not per chunk (an auto-tiler loads networks)
 
     @property
     def name(self) -> str:
@@ -54,7 +56,7 @@ class FeatcodecZarrCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array, chunk_spec):
         array = np.asarray(chunk_array.as_numpy_array())
-        blob = featcodec.encode(array, get_codec(self.featcodec_id, **self.params))
+        blob = featcodec.encode(array, self._codec)
         return chunk_spec.prototype.buffer.from_bytes(blob)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
@@ -71,7 +73,7 @@ class FeatcodecZarrCodec(ArrayBytesCodec):
 
 
 def _make(codec_id: str) -> type[FeatcodecZarrCodec]:
-    name = "".join(part.capitalize() for part in codec_id.split("_"))
+    name = class_name(codec_id)
     return dataclass(frozen=True, init=False)(type(name, (FeatcodecZarrCodec,), {
         "featcodec_id": codec_id, "__doc__": f"featcodec's {codec_id!r} codec for Zarr v3.",
         "__init__": FeatcodecZarrCodec.__init__}))

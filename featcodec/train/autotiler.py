@@ -516,12 +516,17 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                      # phases resumed from checkpoints keep the time they took when they ran
                      "seconds": round(sum(p.seconds for p in phases), 1),
                      "this_run_seconds": round(time.perf_counter() - started, 1),
-                     "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
-                                 "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
-                                 "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]},
+                     "phases": _phase_records(phases)},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _phase_records(phases: list) -> list[dict]:
+    """What the manifest records of each training phase."""
+    return [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
+             "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
+             "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]
 
 
 def _existing_model(out: Path, name: str) -> dict:
@@ -571,9 +576,7 @@ def _write_extension(existing: dict, out: Path, layers_built: dict, files: dict,
         "dump": Path(dump).name, "layers": layers, **asdict(config), "torch": torch.__version__,
         "seconds": round(sum(p.seconds for p in phases), 1),
         "this_run_seconds": round(time.perf_counter() - started, 1),
-        "phases": [{"name": p.name, "steps": p.steps, "seconds": round(p.seconds, 1),
-                    "final_train_loss": round(p.train_loss, 5), "best_valid_loss": round(p.valid_loss, 5),
-                    "best_valid_nmse": round(p.valid_nmse, 5)} for p in phases]})
+        "phases": _phase_records(phases)})
     manifest["training"] = training
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
