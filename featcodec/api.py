@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import bisect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,12 +48,18 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
     batched = len(shape) == 4
     total = shape[0] if batched else 1
     payloads, infos = [], []
-    for chunk in _chunks(samples, codec.batch_size):
-        for payload, info in codec.encode_batch([np.ascontiguousarray(s, dtype=np.float32) for s in chunk]):
+    encoder = codec.sequence_encoder()
+    for sample in samples:
+        for payload, info in encoder.push(sample):
             payloads.append(payload)
             infos.append(info)
-        if progress:
-            progress(len(payloads), total)
+            if progress:
+                progress(len(payloads), total)
+    for payload, info in encoder.finish():
+        payloads.append(payload)
+        infos.append(info)
+    if progress:
+        progress(len(payloads), total)
     if len(payloads) != total:
         raise InvalidInputError(f"expected {total} samples, got {len(payloads)}")
     payload_bytes = sum(len(p) for p in payloads)
@@ -68,6 +74,7 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
         "dtype": dtype,
         "layout": layout,
         "samples": infos,
+        **({"groups": list(range(0, total, codec.gop))} if codec.gop > 1 and total else {}),
         "models": codec.models(),
         "payload_bytes": payload_bytes,
         "bits_per_element": 8 * payload_bytes / elements,
@@ -76,62 +83,96 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
     return pack(header, payloads)
 
 
-def decode(data, *, sample: int | None = None, codec: Codec | None = None) -> np.ndarray:
+def decode(data, *, sample: int | None = None, samples: slice | range | None = None,
+           codec: Codec | None = None) -> np.ndarray:
     """Decompress a ``.fcb`` bytestring to an array of its original shape, dtype and layout.
 
-    With `sample`, decode only that sample of a batch, as (C,H,W) (or (H,W,C) for nhwc).
+    With `sample`, decode only that sample of a batch, as (C,H,W) (or (H,W,C) for nhwc); with
+    `samples` (a slice or range of step 1), those samples as a batch. A sequence coded in groups
+    (``gop``) is decoded from the start of the group that holds the first sample asked for.
     `codec` reuses a codec object (e.g. to read its stage timings); it must match the header.
     """
     stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)
-    if codec is None:
-        codec = codec_from_config(stream.header["codec"])
-    elif codec.get_config() != stream.header["codec"]:
-        raise InvalidInputError("the codec given does not match the one recorded in the file")
-    codec.verify_models(stream.header.get("models") or [])
+    codec = codec_for(stream, codec)
     dtype = np.dtype(stream.header["dtype"])
-    indices = range(stream.n_samples) if sample is None else [sample]
-    out = np.empty((len(indices), *stream.sample_shape), dtype)
-    row = 0
-    for chunk in _chunks(indices, codec.batch_size):
-        for decoded in decode_samples(stream, codec, chunk):
-            out[row] = decoded
-            row += 1
+    if sample is not None and samples is not None:
+        raise InvalidInputError("give sample or samples, not both")
+    if sample is not None:
+        if not -stream.n_samples <= sample < stream.n_samples:
+            raise IndexError(f"sample {sample} out of range: the file holds {stream.n_samples}")
+        sample %= stream.n_samples
+        wanted = range(sample, sample + 1)
+    else:
+        wanted = range(stream.n_samples)[samples if samples is not None else slice(None)]
+        if wanted.step != 1:
+            raise InvalidInputError("samples must be a contiguous range (step 1)")
+    out = np.empty((len(wanted), *stream.sample_shape), dtype)
+    for index, decoded in decode_range(stream, codec, wanted.start, wanted.stop):
+        out[index - wanted.start] = decoded
     if sample is not None or not stream.header["batched"]:
         out = out[0]
     return from_nchw(out, stream.header["layout"])
 
 
-def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[np.ndarray]:
-    """Decode samples `indices` of a parsed stream to float32 (C,H,W) arrays, together.
+def codec_for(stream: Bitstream, codec: Codec | None = None) -> Codec:
+    """The codec a parsed stream names (or `codec`, checked against it), its models verified."""
+    if codec is None:
+        codec = codec_from_config(stream.header["codec"])
+    elif codec.get_config() != stream.header["codec"]:
+        raise InvalidInputError("the codec given does not match the one recorded in the file")
+    codec.verify_models(stream.header.get("models") or [])
+    return codec
 
-    Each sample's side information is validated first (`Codec.validate`): a malformed stream is a
-    `CorruptStreamError` naming the sample, and any other exception from `decode` is a bug that
-    surfaces as it is."""
-    payloads = [stream.payload(i) for i in indices]
-    infos = [stream.header["samples"][i % stream.n_samples] for i in indices]
-    for index, info in zip(indices, infos):
+
+def group_start(stream: Bitstream, index: int) -> int:
+    """The first sample of the group that holds sample `index` (itself when every sample is coded alone)."""
+    starts = stream.group_starts
+    return starts[bisect.bisect_right(starts, index) - 1]
+
+
+def decode_range(stream: Bitstream, codec: Codec, start: int, stop: int,
+                 decoded: list[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, float32 (C,H,W) array) for samples start..stop-1 of a parsed stream, in order, decoding
+    from the start of the group that holds `start`; `decoded`, when given, receives how many samples
+    were decoded in all (random access into a group decodes its samples before `start` too)."""
+    if start >= stop:
+        return
+    first = group_start(stream, start)
+    starts = set(stream.group_starts)
+    decoder = codec.sequence_decoder(stream.sample_shape)
+    index = first
+
+    def emit(arrays):
+        nonlocal index
+        for array in arrays:
+            if array.shape != stream.sample_shape:
+                raise CorruptStreamError(f"sample {index} decoded to shape {array.shape}, "
+                                         f"expected {stream.sample_shape}")
+            if decoded is not None:
+                decoded.append(index)
+            if index >= start:
+                yield index, array
+            index += 1
+
+    for position in range(first, stop):
+        info = stream.header["samples"][position]
         try:
             codec.validate(stream.sample_shape, info)
         except CorruptStreamError as err:
-            raise CorruptStreamError(f"sample {index}: {err}") from err
-    try:
-        decoded = codec.decode_batch(payloads, stream.sample_shape, infos)
-    except FeatcodecError:
-        if len(indices) > 1:  # decode one by one, so that the error names the sample
-            for index in indices:
-                decode_samples(stream, codec, [index])
-        raise
-    for index, array in zip(indices, decoded):
-        if array.shape != stream.sample_shape:
-            raise CorruptStreamError(f"sample {index} decoded to shape {array.shape}, expected {stream.sample_shape}")
-    return decoded
+            raise CorruptStreamError(f"sample {position}: {err}") from err
+        try:
+            ready = decoder.push(stream.payload(position), info, position in starts)
+        except CorruptStreamError as err:
+            raise CorruptStreamError(f"sample {position}: {err}") from err
+        yield from emit(ready)
+    yield from emit(decoder.finish())
 
 
-def _chunks(items, size: int) -> Iterator[list]:
-    """Consecutive lists of up to `size` items (a lazy iterator stays lazy)."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[np.ndarray]:
+    """Decode samples `indices` (consecutive) of a parsed stream to float32 (C,H,W) arrays."""
+    if not indices:
+        return []
+    return [array for _, array in decode_range(stream, codec, indices[0], indices[-1] + 1)]
 
 
 def info(data) -> dict[str, Any]:

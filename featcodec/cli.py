@@ -633,9 +633,16 @@ def split(model_path, tensor, outputs, force, tolerance):
               help="HDF5 compression of the stored activations (lzf and none are faster).")
 @click.option("--augment", "augmentations", multiple=True, type=click.Choice(["flip", "zoom", "shrink"]),
               help="Also dump variants of every image (repeatable), for training data.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(1),
+              help="Videos: keep every K-th frame.")
+@click.option("--max-frames", type=click.IntRange(1), help="Videos: at most N frames from each.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-def dump(model_path, images, layers, output, batch_size, compression, augmentations, force):
-    """Run MODEL.onnx on IMAGES (files, folders, globs) and store layer activations in HDF5."""
+def dump(model_path, images, layers, output, batch_size, compression, augmentations, every, max_frames, force):
+    """Run MODEL.onnx on IMAGES (photos, videos, folders, globs) and store layer activations in HDF5.
+
+    A video (.mp4, .avi, …) gives its frames in order (every K-th, at most N), each one sample,
+    with its frame index and the video's fps recorded: a feature sequence for `encode --gop`.
+    """
     from .dump import dump as run_dump
 
     if os.path.exists(output) and not force:
@@ -643,7 +650,8 @@ def dump(model_path, images, layers, output, batch_size, compression, augmentati
     progress = _progress_callback("dumping")
     try:
         summary = run_dump(model_path, list(layers), list(images), output, batch_size=batch_size, force=force,
-                           compression=compression, augmentations=tuple(augmentations), progress=progress)
+                           compression=compression, augmentations=tuple(augmentations), every=every,
+                           max_frames=max_frames, progress=progress)
     finally:
         progress.stop()
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary.layers.items())

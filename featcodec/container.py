@@ -83,6 +83,12 @@ class Bitstream:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.header["shape"][-3:])
 
+    @property
+    def group_starts(self) -> list[int]:
+        """The samples that start a group (decode from one of them): the header's ``groups`` index,
+        or every sample when the codec codes each alone."""
+        return self.header.get("groups") or list(range(self.n_samples))
+
     def payload(self, index: int) -> bytes:
         """The payload of sample `index`, CRC-checked; the others are not read."""
         if not -self.n_samples <= index < self.n_samples:
@@ -162,5 +168,11 @@ class Bitstream:
         # Python ints do not overflow, so a hostile shape is caught here before any allocation.
         if int(np.prod(shape[-3:], dtype=object)) > MAX_ELEMENTS_PER_SAMPLE:
             raise CorruptStreamError(f"declared sample shape {shape[-3:]} exceeds {MAX_ELEMENTS_PER_SAMPLE} elements")
+        groups = h.get("groups")
+        if groups is not None and not (
+                isinstance(groups, list) and groups and groups[0] == 0
+                and all(isinstance(g, int) and not isinstance(g, bool) for g in groups)
+                and all(a < b for a, b in zip(groups, groups[1:])) and groups[-1] < max(n, 1)):
+            raise CorruptStreamError("header groups must be increasing sample indices from 0")
         if h["dtype"] not in DTYPES or h["layout"] not in LAYOUTS:
             raise CorruptStreamError(f"unknown dtype {h['dtype']!r} or layout {h['layout']!r} in header")

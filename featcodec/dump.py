@@ -5,13 +5,20 @@ File layout (one file per dump)::
     /<alias or tensor name>   (N, C, H, W) float32 activations, one dataset per layer;
                               attrs: layer, model, model_sha256, images, preprocessing
     /reference/<output>       the model's own outputs per image (attrs featcodec_role=reference)
-    /images                   the image file names (attrs featcodec_role=meta)
+    /images                   the image file names (attrs featcodec_role=meta); a video frame is
+                              named ``clip.mp4#frame=K``
+    /frames                   per sample: the frame index in its video, -1 for a photo (meta);
+                              attrs fps: JSON {video file name: frames per second}
+
+Videos (anything the bundled ffmpeg reads: .mp4, .avi, .mkv, …) give their frames in order,
+every `every`-th, at most `max_frames` per video: a feature sequence for ``--gop`` coding.
 
 Reading ``dump.h5`` as a whole in featcodec yields only the activation datasets.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -48,6 +55,36 @@ COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 4, "shuffle"
 
 
 AUGMENTATIONS = ("flip", "zoom", "shrink")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
+
+
+def is_video(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+def video_frames(path: str, every: int = 1, max_frames: int | None = None):
+    """(frame index, uint8 RGB frame) of a video, every `every`-th from the first, at most
+    `max_frames`; and the video's frame rate first, as one float."""
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(path)
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as err:
+        raise InvalidInputError(f"cannot read video {path}: {str(err).strip().splitlines()[-1] if str(err) else err}"
+                                ) from None
+    yield float(meta.get("fps") or 0.0)
+    width, height = meta["size"]
+    kept = 0
+    try:
+        for index, raw in enumerate(reader):
+            if max_frames is not None and kept >= max_frames:
+                break
+            if index % every == 0:
+                kept += 1
+                yield index, np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()
 
 
 def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
@@ -66,9 +103,10 @@ def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
 
 def dump(model_path: str, layers: list[str], images: list[str], output: str, *, batch_size: int = 4,
          force: bool = False, threads: int | None = None, compression: str = "gzip",
-         augmentations: tuple[str, ...] = (),
+         augmentations: tuple[str, ...] = (), every: int = 1, max_frames: int | None = None,
          progress: Callable[[int, int], None] | None = None) -> DumpSummary:
-    """Run `model_path` on `images` and write the activations of `layers` to HDF5 `output`."""
+    """Run `model_path` on `images` (photos and videos) and write the activations of `layers` to
+    HDF5 `output`; a video contributes every `every`-th frame, at most `max_frames`."""
     import h5py
 
     manifest = Manifest.for_model(model_path)
@@ -80,16 +118,32 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     for kind in augmentations:
         if kind not in AUGMENTATIONS:
             raise InvalidInputError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
-    # Image-major order: the variants of one photo stay together, so a split by position keeps
-    # every variant of a validation photo out of training.
-    sources = [(p, kind) for p in expand_images(images) for kind in ("", *augmentations)]
-    paths = [p for p, _ in sources]
-    names = [os.path.basename(p) + (f"#{kind}" if kind else "") for p, kind in sources]
+    if every < 1 or (max_frames is not None and max_frames < 1):
+        raise InvalidInputError("--every and --max-frames must be at least 1")
+    paths = expand_images(images, VIDEO_SUFFIXES)
+    fps: dict[str, float] = {}
+    total = len([p for p in paths if not is_video(p)]) * (1 + len(augmentations))  # frames are counted as read
+
+    def inputs():
+        """(name, frame index or -1, RGB image) in order: photos with their variants (image-major, so
+        that a split by position keeps every variant of a validation photo out of training), video frames."""
+        for path in paths:
+            name = os.path.basename(path)
+            if is_video(path):
+                frames = video_frames(path, every, max_frames)
+                fps[name] = next(frames)
+                for index, rgb in frames:
+                    yield f"{name}#frame={index}", index, rgb
+                continue
+            rgb = load_image(path)
+            for kind in ("", *augmentations):
+                yield name + (f"#{kind}" if kind else ""), -1, augment(rgb, kind) if kind else rgb
+
     common = {
         "model": os.path.basename(model_path), "model_sha256": sha256_file(model_path),
-        "images": json.dumps(names), "preprocessing": json.dumps(spec, sort_keys=True),
-        "featcodec": __version__,
+        "preprocessing": json.dumps(spec, sort_keys=True), "featcodec": __version__,
     }
+    names: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     start = time.perf_counter()
 
@@ -97,31 +151,45 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
         with h5py.File(tmp, "w") as f:
             for key, value in common.items():
                 f.attrs[key] = value
-            f.create_dataset("images", data=np.array(names, dtype=h5py.string_dtype())).attrs["featcodec_role"] = "meta"
             datasets = {}
-            for begin in range(0, len(paths), batch_size):
-                batch_sources = sources[begin : begin + batch_size]
-                batch = np.stack([preprocess(augment(load_image(p), kind) if kind else load_image(p), spec)
-                                  for p, kind in batch_sources])
+            frame_indices: list[int] = []
+            items = inputs()
+            while batch_items := list(itertools.islice(items, batch_size)):
+                begin = len(names)
+                names.extend(name for name, _, _ in batch_items)
+                frame_indices.extend(index for _, index, _ in batch_items)
+                batch = np.stack([preprocess(rgb, spec) for _, _, rgb in batch_items])
                 fetched = sess.run(list(tensors.values()) + model_outputs, {spec["input"]: batch})
                 results = dict(zip(list(tensors) + [f"reference/{o}" for o in model_outputs], fetched))
                 for key, value in results.items():
                     if key not in datasets:
-                        datasets[key] = _create(f, key, value, len(paths), compression)
+                        datasets[key] = _create(f, key, value, compression)
                         if key in tensors:
                             datasets[key].attrs.update({**common, "layer": tensors[key]})
                         else:
                             datasets[key].attrs["featcodec_role"] = "reference"
-                    datasets[key][begin : begin + len(batch_sources)] = value
+                    datasets[key].resize(len(names), axis=0)
+                    datasets[key][begin:] = value
                 if progress:
-                    progress(begin + len(batch_sources), len(paths))
+                    progress(len(names), max(total, len(names)))
+            if not names:
+                raise InvalidInputError("the videos given have no frames")
+            meta = {"images": np.array(names, dtype=h5py.string_dtype()),
+                    "frames": np.array(frame_indices, np.int64)}
+            for key, value in meta.items():
+                f.create_dataset(key, data=value).attrs["featcodec_role"] = "meta"
+            f["frames"].attrs["fps"] = json.dumps(fps)
+            f.attrs["images"] = json.dumps(names)
+            for key in tensors:
+                datasets[key].attrs["images"] = json.dumps(names)
             shapes.update({k: datasets[k].shape for k in tensors})
 
     atomic_write(output, write, force)
-    return DumpSummary(len(paths), shapes, time.perf_counter() - start)
+    return DumpSummary(len(names), shapes, time.perf_counter() - start)
 
 
-def _create(f, key: str, value: np.ndarray, n: int, compression: str):
-    # One chunk per sample: a reader (convert, bench) streams sample by sample.
-    return f.create_dataset(key, shape=(n, *value.shape[1:]), dtype=value.dtype,
-                            chunks=(1, *value.shape[1:]), **COMPRESSIONS[compression])
+def _create(f, key: str, value: np.ndarray, compression: str):
+    # One chunk per sample: a reader (convert, bench) streams sample by sample. The first axis
+    # grows as samples come (a video's frame count is known once it has been read).
+    return f.create_dataset(key, shape=(0, *value.shape[1:]), maxshape=(None, *value.shape[1:]),
+                            dtype=value.dtype, chunks=(1, *value.shape[1:]), **COMPRESSIONS[compression])

@@ -117,9 +117,13 @@ def encode_symbol_maps(maps: np.ndarray, n_symbols: int, parents=None, version: 
 
 
 def encode_values(sample: np.ndarray, thresholds: np.ndarray, cell_to_symbol: np.ndarray, n_symbols: int,
-                  parents=None, version: int = VERSION) -> bytes:
+                  parents=None, version: int = VERSION, *, reference: np.ndarray | None = None,
+                  keep_symbols: bool = False):
     """Quantize a float32 (C, H, W) sample (cell = thresholds at or below the value, then
-    `cell_to_symbol`) and code it, in one kernel call."""
+    `cell_to_symbol`) and code it, in one kernel call.
+
+    `reference`: the previous sample's symbols (inter coding, see lwcoder.c). With `keep_symbols`
+    the result is ``(payload, symbols)``, the symbols being the next sample's reference."""
     _check_alphabet(n_symbols)
     thresholds = np.ascontiguousarray(thresholds, np.float32)
     cells = np.zeros(256, np.uint8)
@@ -127,25 +131,39 @@ def encode_values(sample: np.ndarray, thresholds: np.ndarray, cell_to_symbol: np
     sample = np.ascontiguousarray(sample, np.float32)
     channels, height, width = sample.shape
     parent_bytes, order_bytes = _layout(parents, channels)
-    body, checksum = kernel().encode(sample, channels, height, width, n_symbols, version, parent_bytes,
-                                     order_bytes, thresholds.tobytes(), cells.tobytes())
-    return struct.pack("<I", checksum) + body
+    reference = _reference(reference, sample.shape)
+    body, checksum, *kept = kernel().encode(sample, channels, height, width, n_symbols, version, parent_bytes,
+                                            order_bytes, thresholds.tobytes(), cells.tobytes(), reference,
+                                            keep_symbols)
+    payload = struct.pack("<I", checksum) + body
+    return (payload, np.frombuffer(kept[0], np.uint8).reshape(sample.shape)) if keep_symbols else payload
 
 
-def _decode(payload: bytes, shape, n_symbols: int, parents, levels, version: int):
+def _reference(reference, shape):
+    if reference is None:
+        return None
+    if reference.shape != tuple(shape) or reference.dtype != np.uint8:
+        raise ValueError(f"reference symbols must be uint8 of shape {tuple(shape)}, got {reference.dtype} "
+                         f"{reference.shape}")
+    return np.ascontiguousarray(reference)
+
+
+def _decode(payload: bytes, shape, n_symbols: int, parents, levels, version: int, reference=None,
+            keep_symbols=False):
     _check_alphabet(n_symbols)
     channels, height, width = shape
     if len(payload) < 9:
         raise CorruptStreamError(f"entropy-coded payload is truncated ({len(payload)} bytes)")
     parent_bytes, order_bytes = _layout(parents, channels)
+    reference = _reference(reference, shape)
     try:
-        out, checksum = kernel().decode(memoryview(payload)[4:], channels, height, width, n_symbols, version,
-                                        parent_bytes, order_bytes, levels)
+        out, checksum, *kept = kernel().decode(memoryview(payload)[4:], channels, height, width, n_symbols,
+                                               version, parent_bytes, order_bytes, levels, reference, keep_symbols)
     except ValueError as err:
         raise CorruptStreamError(f"entropy-coded payload is corrupt ({err})") from None
     if checksum != struct.unpack_from("<I", payload)[0]:
         raise CorruptStreamError("entropy-coded payload is corrupt: symbol checksum mismatch")
-    return out
+    return (out, np.frombuffer(kept[0], np.uint8).reshape(shape)) if keep_symbols else out
 
 
 def decode_symbols(payload: bytes, shape: tuple[int, int, int], n_symbols: int, parents=None,
@@ -162,10 +180,14 @@ def decode_symbol_maps(payloads: list[bytes], shape: tuple[int, int, int], n_sym
 
 
 def decode_values(payload: bytes, shape: tuple[int, int, int], level_of_symbol: np.ndarray,
-                  parents=None, version: int = VERSION) -> np.ndarray:
-    """Decode a payload straight to float32 values, ``level_of_symbol[symbol]`` each."""
+                  parents=None, version: int = VERSION, *, reference: np.ndarray | None = None,
+                  keep_symbols: bool = False):
+    """Decode a payload straight to float32 values, ``level_of_symbol[symbol]`` each (with
+    `keep_symbols`: ``(values, symbols)``; `reference` as in `encode_values`)."""
     levels = np.ascontiguousarray(level_of_symbol, np.float32)
-    out = _decode(payload, shape, len(levels), parents, levels.tobytes(), version)
+    out = _decode(payload, shape, len(levels), parents, levels.tobytes(), version, reference, keep_symbols)
+    if keep_symbols:
+        return np.frombuffer(out[0], np.float32).reshape(shape), out[1]
     return np.frombuffer(out, np.float32).reshape(shape)
 
 

@@ -211,12 +211,12 @@ def random_input(sess, seed: int = 0, high: float = 255.0) -> dict[str, np.ndarr
 
 # --- images -----------------------------------------------------------------------------------
 
-def expand_images(specs: list[str]) -> list[str]:
-    """Files, directories (their images, sorted) and globs, in the order given."""
+def expand_images(specs: list[str], also: tuple[str, ...] = ()) -> list[str]:
+    """Files, directories (their images, and files ending in `also`, sorted) and globs, in the order given."""
     paths: list[str] = []
     for spec in specs:
         if os.path.isdir(spec):
-            paths += sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + also)
         elif any(c in spec for c in "*?["):
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:

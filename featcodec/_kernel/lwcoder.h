@@ -20,6 +20,11 @@ typedef struct {
     int version; /* coder version: 4, or 5 (contexts of the decisions "s > k" relative to k) */
     const int32_t *parents; /* per channel: partner channel coded earlier, or -1; NULL: none */
     const int32_t *order;   /* coding order of the channels (a permutation); NULL: 0 .. C-1 */
+    /* Inter coding (sequences): the previous sample's symbols (C·H·W, each < n_symbols), or NULL.
+     * With it, the co-located reference symbol takes the partner's place in the contexts, the
+     * third model reads it and whether the left and top neighbours kept their reference value,
+     * and block skipping copies blocks equal to the reference instead of zero blocks. */
+    const uint8_t *reference;
 } lw_layout;
 
 /* Fills the read-only tables; call once before coding from several threads (the Python module

@@ -16,7 +16,7 @@ static PyObject *raise_status(int status) {
 
 /* parents / order: None or int32 buffers of `channels` entries. */
 static int get_layout(lw_layout *l, int c, int h, int w, int n, int version, Py_buffer *parents,
-                      Py_buffer *order) {
+                      Py_buffer *order, Py_buffer *reference) {
     l->channels = c;
     l->height = h;
     l->width = w;
@@ -24,9 +24,17 @@ static int get_layout(lw_layout *l, int c, int h, int w, int n, int version, Py_
     l->version = version;
     l->parents = NULL;
     l->order = NULL;
+    l->reference = NULL;
     if (c < 1 || h < 1 || w < 1) {
         PyErr_SetString(PyExc_ValueError, "shape must be positive");
         return 0;
+    }
+    if (reference && reference->buf) {
+        if ((size_t)reference->len != (size_t)c * h * w) {
+            PyErr_SetString(PyExc_ValueError, "reference must hold one uint8 symbol per element");
+            return 0;
+        }
+        l->reference = (const uint8_t *)reference->buf;
     }
     if (parents->buf) {
         if (parents->len != (Py_ssize_t)(4 * (size_t)c)) {
@@ -56,20 +64,22 @@ static void release(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) {
         if (all[i] && all[i]->obj) PyBuffer_Release(all[i]);
 }
 
-/* encode(data, channels, height, width, n_symbols, version, parents, order, thresholds, cell_to_symbol)
- *   data: float32 values (with thresholds and cell_to_symbol) or uint8 symbols (both None).
- *   -> (payload bytes, checksum of the symbols) */
+/* encode(data, channels, height, width, n_symbols, version, parents, order, thresholds, cell_to_symbol
+ *        [, reference, keep_symbols])
+ *   data: float32 values (with thresholds and cell_to_symbol) or uint8 symbols (both None);
+ *   reference: None or the previous sample's uint8 symbols (inter coding).
+ *   -> (payload bytes, checksum of the symbols[, the symbols as bytes when keep_symbols]) */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
-    Py_buffer data = {0}, parents = {0}, order = {0}, thresholds = {0}, cells = {0};
-    int c, h, w, n, version;
-    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*z*", &data, &c, &h, &w, &n, &version, &parents, &order, &thresholds,
-                          &cells))
+    Py_buffer data = {0}, parents = {0}, order = {0}, thresholds = {0}, cells = {0}, reference = {0};
+    int c, h, w, n, version, keep = 0;
+    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*z*|z*p", &data, &c, &h, &w, &n, &version, &parents, &order,
+                          &thresholds, &cells, &reference, &keep))
         return NULL;
     PyObject *result = NULL;
     lw_layout l;
     uint8_t *symbols = NULL, *out = NULL;
     size_t out_len = 0;
-    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order, &reference)) goto done;
     size_t count = (size_t)c * h * w;
     int quantizing = thresholds.buf != NULL;
     if (quantizing != (cells.buf != NULL) || (quantizing && (cells.len != 256 || thresholds.len % 4 ||
@@ -95,11 +105,12 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     }
     int status;
     uint32_t checksum;
+    const uint8_t *coded;
     Py_BEGIN_ALLOW_THREADS
     if (quantizing)
         lw_quantize((const float *)data.buf, count, (const float *)thresholds.buf, (int)(thresholds.len / 4),
                     (const uint8_t *)cells.buf, symbols);
-    const uint8_t *coded = quantizing ? symbols : (const uint8_t *)data.buf;
+    coded = quantizing ? symbols : (const uint8_t *)data.buf;
     checksum = lw_checksum(coded, count);
     status = lw_encode(&l, coded, &out, &out_len);
     Py_END_ALLOW_THREADS
@@ -108,28 +119,35 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
         goto done;
     }
     PyObject *payload = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len);
-    if (payload) {
+    if (payload && keep) {
+        PyObject *kept = PyBytes_FromStringAndSize((const char *)coded, (Py_ssize_t)count);
+        result = kept ? Py_BuildValue("(NIN)", payload, (unsigned int)checksum, kept) : NULL;
+        if (!kept) Py_DECREF(payload);
+    } else if (payload) {
         result = Py_BuildValue("(NI)", payload, (unsigned int)checksum);
     }
 done:
     free(symbols);
     free(out);
     release(&data, &parents, &order, &thresholds);
-    if (cells.obj) PyBuffer_Release(&cells);
+    release(&cells, &reference, NULL, NULL);
     return result;
 }
 
-/* decode(payload, channels, height, width, n_symbols, version, parents, order, level_of_symbol)
- *   -> (bytearray of uint8 symbols, or of float32 values when level_of_symbol is given, checksum) */
+/* decode(payload, channels, height, width, n_symbols, version, parents, order, level_of_symbol
+ *        [, reference, keep_symbols])
+ *   -> (bytearray of uint8 symbols, or of float32 values when level_of_symbol is given, checksum
+ *       [, the symbols as bytes when keep_symbols]) */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
-    Py_buffer payload = {0}, parents = {0}, order = {0}, levels = {0};
-    int c, h, w, n, version;
-    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*", &payload, &c, &h, &w, &n, &version, &parents, &order, &levels))
+    Py_buffer payload = {0}, parents = {0}, order = {0}, levels = {0}, reference = {0};
+    int c, h, w, n, version, keep = 0;
+    if (!PyArg_ParseTuple(args, "y*iiiiiz*z*z*|z*p", &payload, &c, &h, &w, &n, &version, &parents, &order, &levels,
+                          &reference, &keep))
         return NULL;
     PyObject *result = NULL, *array = NULL;
     uint8_t *symbols = NULL;
     lw_layout l;
-    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order, &reference)) goto done;
     size_t count = (size_t)c * h * w;
     if (levels.buf && levels.len != 4 * (Py_ssize_t)n) {
         PyErr_SetString(PyExc_ValueError, "level_of_symbol must hold one float32 per symbol");
@@ -156,11 +174,17 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         raise_status(status);
         goto done;
     }
-    result = Py_BuildValue("(OI)", array, (unsigned int)checksum);
+    if (keep) {
+        PyObject *kept = PyBytes_FromStringAndSize((const char *)symbols, (Py_ssize_t)count);
+        result = kept ? Py_BuildValue("(OIN)", array, (unsigned int)checksum, kept) : NULL;
+    } else {
+        result = Py_BuildValue("(OI)", array, (unsigned int)checksum);
+    }
 done:
     Py_XDECREF(array);
     free(symbols);
     release(&payload, &parents, &order, &levels);
+    if (reference.obj) PyBuffer_Release(&reference);
     return result;
 }
 
@@ -171,7 +195,7 @@ static PyObject *py_cost(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*iiiiiz*z*", &data, &c, &h, &w, &n, &version, &parents, &order)) return NULL;
     PyObject *result = NULL;
     lw_layout l;
-    if (!get_layout(&l, c, h, w, n, version, &parents, &order)) goto done;
+    if (!get_layout(&l, c, h, w, n, version, &parents, &order, NULL)) goto done;
     if ((size_t)data.len != (size_t)c * h * w) {
         PyErr_SetString(PyExc_ValueError, "data size does not match the shape");
         goto done;

@@ -52,6 +52,16 @@ class Param:
 
 
 RatePoints = list[tuple[str, dict[str, Any]]]
+MAX_GOP = 1024
+GOP_PARAM = Param("gop", int, "Samples per group for sequences (video frames): the first of each group is coded "
+                  "alone, the others from the samples before it; 1: every sample alone.")
+
+
+def check_gop(gop: Any) -> int:
+    """A group size: an integer 1..MAX_GOP."""
+    if isinstance(gop, bool) or not isinstance(gop, int) or not 1 <= gop <= MAX_GOP:
+        raise InvalidInputError(f"gop must be an integer 1..{MAX_GOP}, got {gop!r}")
+    return gop
 
 
 def side_numbers(info: dict[str, Any], key: str, count: int | None = None) -> Any:
@@ -112,6 +122,9 @@ class Codec(ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     # Rate points `featcodec bench` sweeps, per rate set: (label, parameters) pairs.
     rate_points: ClassVar[dict[str, RatePoints]] = {}
+    # Samples per group of a sequence (a codec that codes samples from the ones before them takes a
+    # ``gop`` parameter); 1: every sample is coded alone and decodes alone.
+    gop: int = 1
     # Worker threads for the libraries a codec calls (x265, onnxruntime); None: theirs. A runtime
     # setting, not a parameter: it changes speed, never bytes, so no header records it.
     threads: int | None = None
@@ -137,6 +150,26 @@ class Codec(ABC):
                      ) -> list[np.ndarray]:
         """`decode` for several payloads of one shape (see `encode_batch`)."""
         return [self.decode(payload, shape, info) for payload, info in zip(payloads, infos)]
+
+    # --- sequences ------------------------------------------------------------------------
+
+    def sequence_encoder(self) -> SequenceEncoder:
+        """An encoder that takes the samples of a sequence in order (`SequenceEncoder`)."""
+        return SequenceEncoder(self)
+
+    def sequence_decoder(self, shape: tuple[int, ...]) -> SequenceDecoder:
+        """A decoder that takes the payloads of a sequence in order from a group start."""
+        return SequenceDecoder(self, shape)
+
+    def encode_group(self, samples: list[np.ndarray]) -> list[tuple[bytes, dict[str, Any]]]:
+        """Code the samples of one group (at most `gop`), each into its own payload; a codec with a
+        ``gop`` parameter implements it (or its own `sequence_encoder`)."""
+        raise NotImplementedError(f"codec {self.codec_id!r} codes every sample alone")
+
+    def decode_group(self, payloads: list[bytes], shape: tuple[int, ...], infos: list[dict[str, Any]]
+                     ) -> list[np.ndarray]:
+        """Decode the first ``len(payloads)`` samples of one group (see `encode_group`)."""
+        raise NotImplementedError(f"codec {self.codec_id!r} codes every sample alone")
 
     @property
     def timings(self) -> Counter:
@@ -227,6 +260,8 @@ class Codec(ABC):
         config: dict[str, Any] = {"id": self.codec_id}
         for name in self.param_names():
             config[name] = getattr(self, name)
+        if config.get("gop") == 1:  # intra coding: the header of featcodec before sequences, which it still reads
+            del config["gop"]
         return config
 
     @classmethod
@@ -243,3 +278,59 @@ class Codec(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
         return f"{type(self).__name__}({params})"
+
+
+class SequenceEncoder:
+    """Codes a sequence sample by sample: `push` a sample, get back the (payload, info) pairs that are
+    ready (none while a batch or group fills); `finish` codes what is left. The payloads come in
+    sample order; a sample's payload needs only those of its group before it.
+
+    This one codes every sample alone (in batches of `Codec.batch_size`), or, for ``gop > 1``,
+    whole groups with `Codec.encode_group`.
+    """
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.pending: list[np.ndarray] = []
+
+    def push(self, sample: np.ndarray) -> list[tuple[bytes, dict[str, Any]]]:
+        self.pending.append(np.ascontiguousarray(sample, dtype=np.float32))
+        size = self.codec.gop if self.codec.gop > 1 else self.codec.batch_size
+        return self.finish() if len(self.pending) >= size else []
+
+    def finish(self) -> list[tuple[bytes, dict[str, Any]]]:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return []
+        return self.codec.encode_group(pending) if self.codec.gop > 1 else self.codec.encode_batch(pending)
+
+
+class SequenceDecoder:
+    """Decodes a sequence from a group start: `push` (payload, info, starts_group) in sample order,
+    get back the samples that are ready; `finish` decodes what is left (a group cut short).
+
+    This one decodes every sample alone, or, for ``gop > 1``, each group once it is complete
+    (`Codec.decode_group`).
+    """
+
+    def __init__(self, codec: Codec, shape: tuple[int, ...]):
+        self.codec, self.shape = codec, tuple(shape)
+        self.payloads: list[bytes] = []
+        self.infos: list[dict[str, Any]] = []
+
+    def push(self, payload: bytes, info: dict[str, Any], starts_group: bool) -> list[np.ndarray]:
+        if self.codec.gop <= 1:
+            return self.codec.decode_batch([payload], self.shape, [info])
+        ready = self.finish() if starts_group else []
+        if not starts_group and not self.payloads:
+            raise CorruptStreamError("a sequence must be decoded from the start of a group")
+        self.payloads.append(payload)
+        self.infos.append(info)
+        if len(self.payloads) == self.codec.gop:
+            ready += self.finish()
+        return ready
+
+    def finish(self) -> list[np.ndarray]:
+        payloads, infos = self.payloads, self.infos
+        self.payloads, self.infos = [], []
+        return self.codec.decode_group(payloads, self.shape, infos) if payloads else []

@@ -41,7 +41,7 @@ from ..quantizer import (
     uniform_quantizer,
     uniform_quantizers,
 )
-from .base import Codec, Param, parse_clip
+from .base import GOP_PARAM, Codec, Param, SequenceDecoder, SequenceEncoder, check_gop, parse_clip
 
 MAX_LEVELS = 16
 # With neither levels, bpe nor snr given, the quantizer gets the fewest levels that keep this
@@ -79,6 +79,7 @@ class Lightweight(Codec):
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
+        GOP_PARAM,
     )
     rate_points = {
         "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
@@ -88,7 +89,7 @@ class Lightweight(Codec):
 
     def __init__(self, levels: int | None = None, bpe: float | None = None, snr: float | None = None,
                  clip: Any = "auto", activation: str = "auto", quantizer: str = "uniform", lam: float = 0.0,
-                 partners: bool = True, table: dict | None = None):
+                 partners: bool = True, table: dict | None = None, gop: int = 1):
         if levels is not None and (not isinstance(levels, int) or not 2 <= levels <= MAX_LEVELS):
             raise InvalidInputError(f"lightweight levels must be an integer 2..{MAX_LEVELS}, got {levels!r}")
         if bpe is not None and (not isinstance(bpe, (int, float)) or not 0 < bpe < 8):
@@ -116,6 +117,7 @@ class Lightweight(Codec):
         self.lam = float(lam)
         self.partners = partners
         self.table = None if table is None else _check_table(table, InvalidInputError)
+        self.gop = check_gop(gop)
 
     # --- design ---------------------------------------------------------------------------
 
@@ -221,6 +223,12 @@ class Lightweight(Codec):
                                     table.get("parents"), _coder_version(table))
         return payload, {} if self.table else table
 
+    def sequence_encoder(self) -> SequenceEncoder:
+        return _InterEncoder(self) if self.gop > 1 else super().sequence_encoder()
+
+    def sequence_decoder(self, shape) -> SequenceDecoder:
+        return _InterDecoder(self, shape) if self.gop > 1 else super().sequence_decoder(shape)
+
     def describe(self) -> str:
         if not self.table:
             return super().describe()
@@ -235,6 +243,60 @@ class Lightweight(Codec):
         with self.stage("entropy_decode"):  # dequantization included
             return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"),
                                  _coder_version(table))
+
+
+class _InterEncoder(SequenceEncoder):
+    """Sequences (``gop > 1``): the first sample of a group is coded alone, each next one with the
+    previous sample's symbols as context (`featcodec.entropy.encode_values`, ``reference``). The
+    quantizer is the calibrated one, or designed on the group's first sample and kept for the group
+    (a reference symbol means the same level), recorded in every sample's side information."""
+
+    def __init__(self, codec: Lightweight):
+        super().__init__(codec)
+        self.position, self.table, self.reference = 0, None, None
+
+    def push(self, sample):
+        codec = self.codec
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.position % codec.gop == 0:
+            if codec.table:
+                _check_partners(codec.table, sample.shape, InvalidInputError)
+                self.table = codec.table
+            else:
+                with codec.stage("design"):
+                    self.table = codec.design(sample)
+            self.reference = None
+        table = self.table
+        if self.reference is not None and self.reference.shape != sample.shape:
+            raise InvalidInputError(f"sample of shape {sample.shape} in a sequence of {self.reference.shape}")
+        with codec.stage("entropy_encode"):
+            payload, self.reference = encode_values(
+                sample, table["thresholds"], symbol_order(table), len(table["levels"]), table.get("parents"),
+                _coder_version(table), reference=self.reference, keep_symbols=True)
+        self.position += 1
+        return [(payload, {} if codec.table else table)]
+
+
+class _InterDecoder(SequenceDecoder):
+    """Decodes what `_InterEncoder` wrote, sample by sample, from a group start."""
+
+    reference: np.ndarray | None = None
+
+    def push(self, payload, info, starts_group):
+        codec = self.codec
+        if starts_group:
+            self.reference = None
+        elif self.reference is None:
+            raise CorruptStreamError("a sequence must be decoded from the start of a group")
+        table = codec.table or _check_table(info, CorruptStreamError)
+        with codec.stage("entropy_decode"):
+            values, self.reference = decode_values(payload, self.shape, _levels_by_symbol(table), table.get("parents"),
+                                                   _coder_version(table), reference=self.reference,
+                                                   keep_symbols=True)
+        return [values]
+
+    def finish(self):
+        return []
 
 
 def symbol_order(table: dict) -> np.ndarray:
