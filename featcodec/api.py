@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,92 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
         "compression_ratio": (4 * elements / payload_bytes) if payload_bytes else None,
     }
     return pack(header, payloads)
+
+
+def encode_stream(arrays: Iterable[np.ndarray], codec: Codec, write: Callable[[bytes], Any], *,
+                  layer: str | None = None, layout: str = "nchw", dataset: str | None = None,
+                  flush: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Encode samples as they come into the streamed layout (`featcodec.container`), writing each
+    sample's record as soon as the codec has coded it (a whole group for HEVC ``gop`` codecs).
+
+    `arrays`: (C,H,W) samples or (N,C,H,W) batches, one shape throughout; `write` takes bytes;
+    `flush` (optional) is called after each record, so a reader at the other end of a pipe gets it.
+    Returns a summary: samples, bytes written, sample shape.
+    """
+    from .container import stream_end, stream_head, stream_record
+
+    encoder = codec.sequence_encoder()
+    sample_shape, dtype, count, written = None, None, 0, 0
+
+    def put(data: bytes) -> None:
+        nonlocal written
+        write(data)
+        written += len(data)
+        if flush:
+            flush()
+
+    for array in arrays:
+        nchw = to_nchw(array, layout, f"array of shape {np.shape(array)}")
+        for sample in (nchw if nchw.ndim == 4 else nchw[None]):
+            if sample_shape is None:
+                sample_shape, dtype = sample.shape, np.asarray(array).dtype.name
+                put(stream_head({"featcodec": __version__, "codec": codec.get_config(), "layer": layer,
+                                 "dataset": dataset, "shape": [0, *map(int, sample_shape)], "batched": True,
+                                 "dtype": dtype, "layout": layout, "models": codec.models()}))
+            elif sample.shape != sample_shape or np.asarray(array).dtype.name != dtype:
+                raise InvalidInputError(f"sample {count} is {np.asarray(array).dtype} {sample.shape}; the stream "
+                                        f"began with {dtype} {sample_shape}")
+            for payload, info in encoder.push(sample):
+                put(stream_record(payload, info))
+                count += 1
+    if sample_shape is None:
+        raise InvalidInputError("no samples to encode: the input was empty")
+    for payload, info in encoder.finish():
+        put(stream_record(payload, info))
+        count += 1
+    put(stream_end(count))
+    return {"n_samples": count, "bytes": written, "sample_shape": list(sample_shape)}
+
+
+def decode_stream(read: Callable[[int], bytes], *, codec: Codec | None = None
+                  ) -> tuple[dict[str, Any], Iterator[np.ndarray]]:
+    """Decode a streamed file read through `read(n)`: its header and an iterator of samples (each in
+    the original dtype and layout), each yielded as soon as its record (its group, for HEVC ``gop``
+    codecs) has arrived. Where the data stops early the iterator raises `StreamCut` after the last
+    complete sample; a sample's group is decoded in full before it is yielded only for HEVC groups."""
+    from .container import StreamCut, crc32, read_stream
+
+    header, records = read_stream(read)
+    shape = tuple(header["shape"][1:])
+    probe = Bitstream(header={**header, "shape": [0, *shape], "samples": []}, data=memoryview(b""), offsets=[],
+                      lengths=[], crcs=[])
+    probe._validate_header()
+    codec = codec_for(probe, codec)
+    dtype = np.dtype(header["dtype"])
+
+    def samples():
+        decoder = codec.sequence_decoder(shape)
+        index = 0
+        try:
+            for info, payload, payload_crc in records:
+                if crc32(payload) != payload_crc:
+                    raise CorruptStreamError(f"CRC mismatch in sample {index}")
+                try:
+                    codec.validate(shape, info)
+                    ready = decoder.push(bytes(payload), info, index % codec.gop == 0)
+                except CorruptStreamError as err:
+                    raise CorruptStreamError(f"sample {index}: {err}") from err
+                index += 1
+                for array in ready:
+                    yield from_nchw(array.astype(dtype, copy=False), header["layout"])
+        except StreamCut:
+            for array in decoder.finish():  # the complete samples of a group cut short
+                yield from_nchw(array.astype(dtype, copy=False), header["layout"])
+            raise
+        for array in decoder.finish():
+            yield from_nchw(array.astype(dtype, copy=False), header["layout"])
+
+    return header, samples()
 
 
 def decode(data, *, sample: int | None = None, samples: slice | range | None = None,

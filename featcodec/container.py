@@ -13,6 +13,20 @@ Byte layout (all integers little-endian; see docs/FORMAT.md)::
     20+H+12N    4        CRC32 of every byte before it
     24+H+12N    …        the N payloads back to back; the file ends with the last one
 
+Streamed layout (flags bit 0 set), written sample by sample when the count is not known in
+advance (``featcodec encode - --stream``)::
+
+    0           20       preamble as above, flags = 1, section count 0
+    20          H        header: as above, but "shape" is [0, C, H, W] and there is no "samples"
+    20+H        4        CRC32 of every byte before it
+    then per sample      info length I (uint32), info CRC32 (uint32), payload length P (uint64),
+                         payload CRC32 (uint32), I bytes of side information (JSON), P bytes
+    end                  a record with I = P = 0, its info CRC field holding the sample count
+
+A reader emits each sample as its record completes; a stream cut anywhere decodes every
+complete sample before the cut and then reports where it was cut. `Bitstream.parse` reads
+either layout into the same object (the header completed from the records).
+
 Every length is checked against what is left of the file before it is used, and the
 declared tensor shape is bounded, so a corrupted or hostile file cannot make the
 reader allocate more than the file's own size plus one decoded sample.
@@ -38,7 +52,9 @@ MAX_ELEMENTS_PER_SAMPLE = 1 << 31
 DTYPES = ("float16", "float32", "float64")
 LAYOUTS = ("nchw", "nhwc")
 
+FLAG_STREAMED = 1
 _PREAMBLE = struct.Struct("<8sHHII")
+_RECORD = struct.Struct("<IIQI")
 _INDEX_ENTRY = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 _REQUIRED = {"codec": dict, "shape": list, "dtype": str, "layout": str, "batched": bool, "samples": list}
@@ -57,6 +73,120 @@ def pack(header: dict[str, Any], payloads: list[bytes]) -> bytes:
     parts += [_INDEX_ENTRY.pack(len(p), crc32(p)) for p in payloads]
     head = b"".join(parts)
     return b"".join([head, _CRC.pack(crc32(head)), *payloads])
+
+
+def stream_head(header: dict[str, Any]) -> bytes:
+    """The preamble and header of a streamed file (`header` without "samples"; "shape" [0, C, H, W])."""
+    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    head = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, FLAG_STREAMED, len(header_bytes), 0) + header_bytes
+    return head + _CRC.pack(crc32(head))
+
+
+def stream_record(payload: bytes, info: dict[str, Any]) -> bytes:
+    """One sample of a streamed file."""
+    info_bytes = json.dumps(info, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return _RECORD.pack(len(info_bytes), crc32(info_bytes), len(payload), crc32(payload)) + info_bytes + payload
+
+
+def stream_end(count: int) -> bytes:
+    """The record that closes a streamed file of `count` samples."""
+    return _RECORD.pack(0, count & 0xFFFFFFFF, 0, 0)
+
+
+class StreamCut(CorruptStreamError):
+    """A streamed file that ends before its end record; `complete` samples came before the cut."""
+
+    def __init__(self, complete: int, detail: str):
+        super().__init__(f"stream cut after {complete} complete sample(s) ({detail})")
+        self.complete = complete
+
+
+def read_stream(read) -> tuple[dict[str, Any], Any]:
+    """Read a streamed file through `read(n)` (returns up to n bytes; fewer only at the end):
+    the header, and an iterator of (info, payload memory, payload CRC) per sample, in order. The
+    iterator raises `StreamCut` where the data ends early and `CorruptStreamError` on damage."""
+    preamble = _read_exact(read, _PREAMBLE.size)
+    if len(preamble) < _PREAMBLE.size or preamble[:8] != MAGIC:
+        raise CorruptStreamError("not a featcodec file (bad magic)" if preamble[:8] != MAGIC[: len(preamble[:8])]
+                                 else "truncated file: the preamble is cut")
+    magic, version, flags, header_len, _ = _PREAMBLE.unpack(preamble)
+    _check_preamble(version, header_len, 0)
+    rest = _read_exact(read, header_len + _CRC.size)
+    if len(rest) < header_len + _CRC.size:
+        raise CorruptStreamError("truncated file: the header is cut")
+    (stored,) = _CRC.unpack_from(rest, header_len)
+    if stored != crc32(bytes(preamble) + bytes(rest[:header_len])):
+        raise CorruptStreamError("header CRC mismatch")
+    if flags != FLAG_STREAMED:
+        raise UnsupportedFormatError(f"flags {flags:#06x}: not a streamed featcodec file")
+    header = _json_object(rest[:header_len], "header")
+    if not isinstance(header, dict) or not isinstance(header.get("shape"), list) or len(header["shape"]) != 4:
+        raise CorruptStreamError("streamed header needs a shape [0, C, H, W]")
+
+    def records():
+        count = 0
+        while True:
+            head = _read_exact(read, _RECORD.size)
+            if len(head) < _RECORD.size:
+                raise StreamCut(count, f"{len(head)} of a record's {_RECORD.size} header bytes")
+            info_len, info_crc, payload_len, payload_crc = _RECORD.unpack(head)
+            if info_len == 0 and payload_len == 0:
+                if info_crc != count:
+                    raise CorruptStreamError(f"end record counts {info_crc} samples, the stream holds {count}")
+                if read(1):
+                    raise CorruptStreamError("trailing bytes after the end record")
+                return
+            if info_len > MAX_HEADER_BYTES or count >= MAX_SAMPLES:
+                raise CorruptStreamError(f"implausible sample record (info of {info_len} bytes, sample {count})")
+            info_bytes = _read_exact(read, info_len)
+            if len(info_bytes) < info_len:
+                raise StreamCut(count, "inside a sample's side information")
+            if crc32(info_bytes) != info_crc:
+                raise CorruptStreamError(f"CRC mismatch in the side information of sample {count}")
+            info = _json_object(info_bytes, f"side information of sample {count}")
+            payload = _read_exact(read, payload_len)
+            if len(payload) < payload_len:
+                raise StreamCut(count, f"{len(payload)} of sample {count}'s {payload_len} payload bytes")
+            count += 1
+            yield info, payload, payload_crc
+
+    return header, records()
+
+
+def _read_exact(read, n: int):
+    """Up to n bytes from `read`, looping over short reads (a pipe gives what it has)."""
+    first = read(n)
+    if len(first) == n or not first:
+        return first
+    parts, got = [first], len(first)
+    while got < n:
+        more = read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(bytes(p) for p in parts)
+
+
+def _json_object(raw, what: str):
+    try:
+        value = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptStreamError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise CorruptStreamError(f"{what} is not a JSON object")
+    return value
+
+
+def _check_preamble(version: int, header_len: int, n_sections: int) -> None:
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"format version {version} is not supported (this featcodec reads version {FORMAT_VERSION})"
+        )
+    if header_len > MAX_HEADER_BYTES or n_sections > MAX_SAMPLES:
+        raise CorruptStreamError(f"implausible header length {header_len} or section count {n_sections}")
 
 
 @dataclass
@@ -113,12 +243,9 @@ class Bitstream:
         magic, version, flags, header_len, n_sections = _PREAMBLE.unpack_from(data)
         if magic != MAGIC:
             raise CorruptStreamError("not a featcodec file (bad magic)")
-        if version != FORMAT_VERSION:
-            raise UnsupportedFormatError(
-                f"format version {version} is not supported (this featcodec reads version {FORMAT_VERSION})"
-            )
-        if header_len > MAX_HEADER_BYTES or n_sections > MAX_SAMPLES:
-            raise CorruptStreamError(f"implausible header length {header_len} or section count {n_sections}")
+        _check_preamble(version, header_len, n_sections)
+        if flags == FLAG_STREAMED:
+            return cls._parse_streamed(data)
         index_start = _PREAMBLE.size + header_len
         head_end = index_start + n_sections * _INDEX_ENTRY.size
         if len(data) < head_end + _CRC.size:
@@ -144,6 +271,33 @@ class Bitstream:
         if position != len(data):
             what = "truncated" if position > len(data) else "trailing bytes in"
             raise CorruptStreamError(f"{what} file: sections end at byte {position}, file has {len(data)}")
+        stream = cls(header, data, offsets, lengths, crcs)
+        stream._validate_header()
+        return stream
+
+    @classmethod
+    def _parse_streamed(cls, data: memoryview) -> Bitstream:
+        position = 0
+
+        def read(n: int):
+            nonlocal position
+            chunk = data[position : position + n]
+            position += len(chunk)
+            return chunk
+
+        header, records = read_stream(read)
+        infos, offsets, lengths, crcs = [], [], [], []
+        for info, payload, payload_crc in records:
+            infos.append(info)
+            offsets.append(position - len(payload))
+            lengths.append(len(payload))
+            crcs.append(payload_crc)
+        header = dict(header)
+        header["shape"] = [len(infos), *header["shape"][1:]]
+        header["samples"] = infos
+        gop = header.get("codec", {}).get("gop", 1) if isinstance(header.get("codec"), dict) else 1
+        if isinstance(gop, int) and not isinstance(gop, bool) and gop > 1 and infos:
+            header["groups"] = list(range(0, len(infos), gop))
         stream = cls(header, data, offsets, lengths, crcs)
         stream._validate_header()
         return stream

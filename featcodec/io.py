@@ -10,7 +10,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,44 @@ def read_tensor(spec: str, stdin=None) -> Tensor:
             "or convert them all with `featcodec convert`"
         )
     return tensors[0]
+
+
+MAX_NPY_HEADER = 65535  # what a version 1.0 header can say; featcodec's arrays need far less
+
+
+def iter_npy(source, label: str = "<stdin>") -> Iterator[np.ndarray]:
+    """Arrays of a stream of concatenated ``.npy`` files (a pipe: each is yielded once its bytes have
+    arrived, so a producer can send one sample at a time). Object arrays are refused."""
+    from .container import _read_exact
+
+    index = 0
+    while True:
+        magic = _read_exact(source.read, 8)
+        if not magic:
+            return
+        where = f"{label} (array {index})"
+        if len(magic) < 8 or not magic.startswith(NPY_MAGIC):
+            raise InvalidInputError(f"{where}: not a .npy array (concatenated .npy files expected)")
+        size_bytes = 2 if magic[6] == 1 else 4
+        raw_size = _read_exact(source.read, size_bytes)
+        header_size = int.from_bytes(raw_size, "little") if len(raw_size) == size_bytes else -1
+        if not 0 <= header_size <= MAX_NPY_HEADER:
+            raise InvalidInputError(f"{where}: truncated or implausible .npy header")
+        header = _read_exact(source.read, header_size)
+        try:  # parsed as a version 1.0 header whatever the version said (the text is the same)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                io.BytesIO(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + bytes(header)))
+        except (ValueError, TypeError, SyntaxError) as err:
+            raise InvalidInputError(f"{where}: bad .npy header: {err}") from None
+        if dtype.hasobject:
+            raise InvalidInputError(f"{where}: object arrays are refused (featcodec never unpickles)")
+        count = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        body = _read_exact(source.read, count)
+        if len(body) < count:
+            raise InvalidInputError(f"{where}: truncated after {len(body)} of {count} bytes")
+        array = np.frombuffer(body, dtype)
+        yield array.reshape(shape, order="F" if fortran else "C")
+        index += 1
 
 
 def load_npy(source, label: str) -> np.ndarray:

@@ -192,7 +192,7 @@ def test_unreachable_rate_is_said_and_the_real_rate_recorded(cli, tmp_path):
     np.save(tmp_path / "x.npy", x)
     result = cli("encode", tmp_path / "x.npy", "-m", "tiling", "--kbpi", "500", "--preset", "ultrafast")
     assert result.returncode == 0
-    assert result.stderr.decode().startswith("Warning: HEVC target 500 kbits not reachable within 10 %: at QP 0")
+    assert result.stderr.decode().startswith("Warning: HEVC target 500 kbits not reachable within 10 %: at CRF 0")
 
 
 def test_torch_tail_matches_onnxruntime():

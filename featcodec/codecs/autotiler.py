@@ -134,8 +134,10 @@ class AutoTiler(VideoCodec):
     }
 
     def __init__(self, cr: int = 4, model: str = DEFAULT_MODEL, layer: str | None = None, qp: int | None = None,
-                 kbpi: float | None = None, lossless: bool = False, bitdepth: int = 8, preset: str = "medium"):
-        super().__init__(qp=qp, kbpi=kbpi, lossless=lossless, bitdepth=bitdepth, norm="tensor", preset=preset)
+                 kbpi: float | None = None, lossless: bool = False, bitdepth: int = 8, preset: str = "medium",
+                 gop: int = 1):
+        super().__init__(qp=qp, kbpi=kbpi, lossless=lossless, bitdepth=bitdepth, norm="tensor", preset=preset,
+                         gop=gop)
         if isinstance(cr, bool) or not isinstance(cr, int) or cr < 2:
             raise InvalidInputError(f"autotiler --cr must be an integer compression ratio ≥ 2, got {cr!r}")
         self.cr = cr
@@ -280,10 +282,9 @@ class AutoTiler(VideoCodec):
         ratio = sample.size / latent.size
         return frame, {"layer": key, "latent": [k, lh, lw], "map": list(frame.shape), "ratio": ratio}
 
-    def encode(self, sample):
+    def to_frames(self, sample):
         frame, info = self.latent_frame(sample)
-        stream, video_info = self._code_frames(frame[None])
-        return stream, {**video_info, **info}
+        return frame[None], info
 
     def validate(self, shape, info):
         side_ints(info, "frame", 3)  # latents are in [0, 1]: no range to check
@@ -296,13 +297,18 @@ class AutoTiler(VideoCodec):
             raise CorruptStreamError(f"latent {info.get('latent')} / map {info.get('map')} do not fit CR{self.cr} "
                                      f"of {tuple(shape)} ({k} maps of {lh}x{lw} in a {rows}x{cols} grid)")
 
-    def decode(self, payload, shape, info):
+    def frame_dims(self, shape, info):
         _, _, exit_entry = self._entry(tuple(shape))
         k, lh, lw = self._latent_shape(shape, exit_entry)
         rows, cols, _ = video.tile_grid(k)
-        frame = self._decode_frames(payload, info, 1, rows * lh, cols * lw)[0]
+        return 1, rows * lh, cols * lw
+
+    def from_frames(self, frames, shape, info):
+        _, _, exit_entry = self._entry(tuple(shape))
+        k, lh, lw = self._latent_shape(shape, exit_entry)
+        rows, cols, _ = video.tile_grid(k)
         with self.stage("denormalise"):
-            latent = video.untile(frame, rows, cols, k, lh, lw).astype(np.float32)
+            latent = video.untile(frames[0], rows, cols, k, lh, lw).astype(np.float32)
             latent = latent[None] / np.float32((1 << self.bitdepth) - 1)
         with self.stage("nn_decode"):
             x = self._run(exit_entry["decoder"], latent)[0]

@@ -28,14 +28,12 @@ class Tiling(VideoCodec):
 
     codec_id = "tiling"
 
-    def encode(self, sample):
-        channels = sample.shape[0]
-        rows, cols, padded = video.tile_grid(channels)
+    def to_frames(self, sample):
+        rows, cols, padded = video.tile_grid(sample.shape[0])
         with self.stage("normalise"):
             integers, info = self._normalise(sample)
             frame = video.tile(integers, rows, cols)[None]
-        stream, video_info = self._code_frames(frame)
-        return stream, {**info, **video_info, "grid": [rows, cols, padded]}
+        return frame, {**info, "grid": [rows, cols, padded]}
 
     def validate(self, shape, info):
         super().validate(shape, info)
@@ -43,10 +41,13 @@ class Tiling(VideoCodec):
         if rows * cols != padded or padded < shape[0] or padded > shape[0] + 1:
             raise CorruptStreamError(f"recorded grid {info['grid']} does not fit {shape[0]} channels")
 
-    def decode(self, payload, shape, info):
+    def frame_dims(self, shape, info):
+        rows, cols, _ = info["grid"]
+        return 1, rows * shape[1], cols * shape[2]
+
+    def from_frames(self, frames, shape, info):
         channels, height, width = shape
-        rows, cols, padded = info["grid"]
-        frame = self._decode_frames(payload, info, 1, rows * height, cols * width)[0]
+        rows, cols, _ = info["grid"]
         with self.stage("denormalise"):
-            maps = video.untile(frame, rows, cols, channels, height, width)
+            maps = video.untile(frames[0], rows, cols, channels, height, width)
             return np.ascontiguousarray(self._denormalise(maps, info))

@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 
 from .. import video
-from ..errors import CorruptStreamError, InvalidInputError
-from .base import Codec, Param, side_ints, side_numbers
+from ..errors import BackendError, CorruptStreamError, InvalidInputError
+from .base import GOP_PARAM, Codec, Param, check_gop, side_ints, side_numbers
 
 DEFAULT_QP = 22
 KBPI_BASES = (15, 30, 60, 120, 240)  # the auto-tiler paper's bitrate bases (kilobits per tensor)
@@ -20,15 +20,20 @@ HEVC_PARAMS = (
     Param("bitdepth", int, "Frame bit depth.", choices=(8, 10)),
     Param("norm", str, "Min/max normalisation per tensor or per channel.", choices=("tensor", "channel")),
     Param("preset", str, "x265 preset (ultrafast … veryslow)."),
+    GOP_PARAM,
 )
 
 
 class VideoCodec(Codec):
     """Base of codecs that normalise a sample to integer frames and code them with HEVC.
 
-    Rate: ``qp`` (constant QP, default 22), ``kbpi`` (target kilobits per tensor, met by a QP
-    search) or ``lossless``; ``bitdepth`` 8 or 10; ``norm`` per ``tensor`` (min/max of the sample)
-    or per ``channel``; ``preset``: the x265 speed preset.
+    Rate: ``qp`` (constant QP, default 22), ``kbpi`` (target kilobits per tensor, met by a
+    constant rate factor, `featcodec.video`) or ``lossless``; ``bitdepth`` 8 or 10; ``norm`` per ``tensor`` (min/max of the sample)
+    or per ``channel``; ``preset``: the x265 speed preset; ``gop``: samples per group of a sequence,
+    coded as one HEVC stream (an intra frame, then P frames), each sample's access units its payload.
+
+    A subclass says how a sample becomes integer frames and back: `to_frames`, `frame_dims`,
+    `from_frames`.
     """
 
     params = HEVC_PARAMS
@@ -39,7 +44,7 @@ class VideoCodec(Codec):
     }
 
     def __init__(self, qp: int | None = None, kbpi: float | None = None, lossless: bool = False,
-                 bitdepth: int = 8, norm: str = "tensor", preset: str = "medium"):
+                 bitdepth: int = 8, norm: str = "tensor", preset: str = "medium", gop: int = 1):
         if sum(x is not None and x is not False for x in (qp, kbpi, lossless or None)) > 1:
             raise InvalidInputError("give one of --qp, --kbpi and --lossless")
         if qp is not None and (not isinstance(qp, int) or not 0 <= qp <= 51):
@@ -58,6 +63,7 @@ class VideoCodec(Codec):
         self.bitdepth = bitdepth
         self.norm = norm
         self.preset = preset
+        self.gop = check_gop(gop)
 
     def _rate(self) -> dict:
         if self.lossless:
@@ -88,6 +94,72 @@ class VideoCodec(Codec):
             lo, hi = lo[:, None, None], hi[:, None, None]
         return video.denormalise(integers, lo, hi, self.bitdepth)
 
+    # --- what a subclass defines ---------------------------------------------------------------
+
+    def to_frames(self, sample: np.ndarray) -> tuple[np.ndarray, dict]:
+        """(F, h, w) integer frames for one sample (before padding), and side information."""
+        raise NotImplementedError
+
+    def frame_dims(self, shape: tuple[int, ...], info: dict) -> tuple[int, int, int]:
+        """(F, h, w) of the frames a sample of `shape` with side information `info` was coded in."""
+        raise NotImplementedError
+
+    def from_frames(self, frames: np.ndarray, shape: tuple[int, ...], info: dict) -> np.ndarray:
+        """The sample back from its (F, h, w) decoded frames."""
+        raise NotImplementedError
+
+    # --- coding ----------------------------------------------------------------------------------
+
+    def encode(self, sample):
+        frames, info = self.to_frames(sample)
+        payload, video_info = self._code_frames(frames)
+        return payload, {**info, **video_info}
+
+    def decode(self, payload, shape, info):
+        frames = self._decode_frames(payload, info, *self.frame_dims(tuple(shape), info))
+        return self.from_frames(frames, tuple(shape), info)
+
+    def encode_group(self, samples):
+        """One HEVC stream for the group (the QP search, if any, aims at `kbpi` per sample on
+        average); each sample's payload is a CRC and its frames' access units."""
+        converted = [self.to_frames(sample) for sample in samples]
+        per_sample = len(converted[0][0])
+        if any(frames.shape != converted[0][0].shape for frames, _ in converted):
+            raise InvalidInputError("the samples of a sequence must have one shape")
+        padded = video.pad_frames(np.concatenate([frames for frames, _ in converted]))
+        timings = video.VideoTimings()
+        rate = self._rate()
+        if "kbits" in rate:
+            rate["kbits"] *= len(samples)
+        stream, qp = video.encode_frames(padded, self.bitdepth, preset=self.preset, threads=self.threads,
+                                         timings=timings, inter=True, **rate)
+        self.timings["video_encode"] += timings.encode
+        units = video.access_units(stream)
+        if len(units) != len(padded):
+            raise BackendError(f"x265 wrote {len(units)} access units for {len(padded)} frames")
+        out = []
+        for i, (_, info) in enumerate(converted):
+            coded = b"".join(units[i * per_sample : (i + 1) * per_sample])
+            payload = struct.pack("<I", zlib.crc32(coded) & 0xFFFFFFFF) + coded
+            out.append((payload, {**info, **self._setting(qp), "frame": [per_sample, *padded.shape[1:]],
+                                  "kbits": len(payload) * 8 / 1000, "encodes": timings.encodes if i == 0 else 0}))
+        return out
+
+    def decode_group(self, payloads, shape, infos):
+        shape = tuple(shape)
+        dims = [self.frame_dims(shape, info) for info in infos]
+        if any(info["frame"] != infos[0]["frame"] for info in infos) or len(set(dims)) != 1:
+            raise CorruptStreamError("the samples of one group must record one frame size")
+        count, height, width = dims[0]
+        streams = [self._checked_stream(payload, info, count, height, width) for payload, info in zip(payloads, infos)]
+        _, frame_height, frame_width = infos[0]["frame"]
+        timings = video.VideoTimings()
+        frames = video.decode_timed(b"".join(streams), count * len(payloads), frame_height, frame_width,
+                                    self.bitdepth, timings)
+        self.timings["video_decode"] += timings.decode
+        frames = frames[:, :height, :width]
+        return [self.from_frames(frames[i * count : (i + 1) * count], shape, info) for i, info in enumerate(infos)]
+
     def _code_frames(self, frames: np.ndarray) -> tuple[bytes, dict]:
         """Pad, encode, and report what was used."""
         padded = video.pad_frames(frames)
@@ -97,16 +169,27 @@ class VideoCodec(Codec):
         self.timings["video_encode"] += timings.encode
         # HEVC decoders conceal damage instead of failing: a CRC lets the codec refuse it.
         payload = struct.pack("<I", zlib.crc32(stream) & 0xFFFFFFFF) + stream
-        return payload, {"qp": qp, "frame": list(padded.shape), "kbits": len(payload) * 8 / 1000,
+        return payload, {**self._setting(qp), "frame": list(padded.shape), "kbits": len(payload) * 8 / 1000,
                          "encodes": timings.encodes}
 
-    def _decode_frames(self, payload: bytes, info: dict, count: int, height: int, width: int) -> np.ndarray:
+    def _setting(self, value) -> dict:
+        """The rate setting a stream was coded at: its QP, or the CRF a kbpi target chose."""
+        return {"crf": value} if self.kbpi is not None else {"qp": value}
+
+    @staticmethod
+    def _checked_stream(payload: bytes, info: dict, count: int, height: int, width: int) -> bytes:
+        """The HEVC bytes of a payload, after checking its CRC and recorded frame size."""
         frame_count, frame_height, frame_width = info["frame"]
         if frame_count != count or video.padded_size(height, width) != (frame_height, frame_width):
             raise CorruptStreamError(f"recorded frame size {info['frame']} does not fit {count}x{height}x{width}")
         if len(payload) < 5 or struct.unpack_from("<I", payload)[0] != zlib.crc32(payload[4:]) & 0xFFFFFFFF:
             raise CorruptStreamError("HEVC payload is truncated or corrupt (CRC mismatch)")
+        return payload[4:]
+
+    def _decode_frames(self, payload: bytes, info: dict, count: int, height: int, width: int) -> np.ndarray:
+        stream = self._checked_stream(payload, info, count, height, width)
+        _, frame_height, frame_width = info["frame"]
         timings = video.VideoTimings()
-        frames = video.decode_timed(payload[4:], frame_count, frame_height, frame_width, self.bitdepth, timings)
+        frames = video.decode_timed(stream, count, frame_height, frame_width, self.bitdepth, timings)
         self.timings["video_decode"] += timings.decode
         return frames[:, :height, :width]
