@@ -11,7 +11,7 @@ import numpy as np
 from . import __version__
 from .codecs.base import Codec
 from .container import Bitstream, pack
-from .errors import CorruptStreamError, FeatcodecError, InvalidInputError
+from .errors import CorruptStreamError, InvalidInputError
 from .io import from_nchw, to_nchw
 from .registry import codec_from_config, get_codec
 
@@ -170,13 +170,14 @@ def decode_stream(read: Callable[[int], bytes], *, codec: Codec | None = None
 
 
 def decode(data, *, sample: int | None = None, samples: slice | range | None = None,
-           codec: Codec | None = None) -> np.ndarray:
+           codec: Codec | None = None, decoded: list[int] | None = None) -> np.ndarray:
     """Decompress a ``.fcb`` bytestring to an array of its original shape, dtype and layout.
 
     With `sample`, decode only that sample of a batch, as (C,H,W) (or (H,W,C) for nhwc); with
     `samples` (a slice or range of step 1), those samples as a batch. A sequence coded in groups
     (``gop``) is decoded from the start of the group that holds the first sample asked for.
     `codec` reuses a codec object (e.g. to read its stage timings); it must match the header.
+    `decoded`, when given, receives the index of every sample decoded on the way.
     """
     stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)
     codec = codec_for(stream, codec)
@@ -193,8 +194,8 @@ def decode(data, *, sample: int | None = None, samples: slice | range | None = N
         if wanted.step != 1:
             raise InvalidInputError("samples must be a contiguous range (step 1)")
     out = np.empty((len(wanted), *stream.sample_shape), dtype)
-    for index, decoded in decode_range(stream, codec, wanted.start, wanted.stop):
-        out[index - wanted.start] = decoded
+    for index, array in decode_range(stream, codec, wanted.start, wanted.stop, decoded):
+        out[index - wanted.start] = array
     if sample is not None or not stream.header["batched"]:
         out = out[0]
     return from_nchw(out, stream.header["layout"])
@@ -270,4 +271,9 @@ def info(data) -> dict[str, Any]:
     header["n_samples"] = stream.n_samples
     header["file_bits_per_element"] = 8 * len(stream.data) / elements if elements else None
     header["sample_bytes"] = list(stream.lengths)
+    if "payload_bytes" not in header:  # a streamed file: its sizes are known once it has been read
+        payload_bytes = sum(stream.lengths)
+        header["payload_bytes"] = payload_bytes
+        header["bits_per_element"] = 8 * payload_bytes / elements if elements else None
+        header["compression_ratio"] = (4 * elements / payload_bytes) if payload_bytes else None
     return header

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import os
 import re
@@ -16,9 +17,20 @@ import numpy as np
 
 from . import __version__, api
 from .codecs.base import Codec, Param
-from .container import Bitstream
+from .container import FLAG_STREAMED, MAGIC, Bitstream, StreamCut
 from .errors import FeatcodecError, InvalidInputError
-from .io import read_bitstream, read_tensor, split_hdf5_spec, to_nchw, write_array, write_bytes
+from .io import (
+    atomic_write,
+    is_hdf5_path,
+    iter_npy,
+    npy_bytes,
+    read_bitstream,
+    read_tensor,
+    split_hdf5_spec,
+    to_nchw,
+    write_array,
+    write_bytes,
+)
 from .registry import codec_class, codec_from_config, codec_ids, get_codec, loaded_codecs
 
 
@@ -201,15 +213,31 @@ def cli(debug: bool) -> None:
 @click.option("--layer", help="Layer name to record (default: the HDF5 dataset's 'layer' attribute).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="Axis order of the input; nhwc for channel-last dumps.")
+@click.option("--stream", is_flag=True, help="Read samples as they come (concatenated .npy, e.g. from a pipe) and "
+              "write each as soon as it is coded (streamed layout); the default for - with --gop above 1.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def encode(input_spec, output, method, config_path, calibrate, layer, layout, force, quiet, extra_params, **options):
-    """Compress INPUT (.npy, FILE.h5[:/DATASET], or - for stdin) into a .fcb bitstream."""
+def encode(input_spec, output, method, config_path, calibrate, layer, layout, stream, force, quiet, extra_params,
+           **options):
+    """Compress INPUT (.npy, FILE.h5[:/DATASET], or - for stdin) into a .fcb bitstream.
+
+    \b
+    Feature sequences (video frames, in order), coded in groups of 32 and streamed:
+    featcodec dump model.onnx clip.mp4 --layer S4 -o clip.h5
+    featcodec encode clip.h5:/S4 -m lightweight --gop 32
+    producer | featcodec encode - -m lightweight --gop 32 | featcodec decode - | consumer
+    """
     codec = _codec_from_cli(method, config_path, options, extra_params)
     output = output or _default_output(input_spec, ".fcb")
     _refuse_binary_to_terminal(output)
     if output != "-" and os.path.exists(output) and not force:
         raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
+    if stream or (input_spec == "-" and codec.gop > 1):
+        if calibrate:
+            raise InvalidInputError("--calibrate needs the whole input; calibrate first (featcodec calibrate), "
+                                    "then stream with --config")
+        _encode_stream(input_spec, output, codec, layer, layout, force, quiet)
+        return
     tensor = read_tensor(input_spec)
     layer = layer or tensor.attrs.get("layer")
     if calibrate:
@@ -230,23 +258,92 @@ def encode(input_spec, output, method, config_path, calibrate, layer, layout, fo
     )
 
 
+def _encode_stream(input_spec, output, codec, layer, layout, force, quiet) -> None:
+    """`encode --stream`: concatenated .npy in, streamed .fcb out, sample by sample."""
+    if input_spec == "-":
+        arrays = iter_npy(sys.stdin.buffer)
+    else:
+        path, dataset = split_hdf5_spec(input_spec)
+        if is_hdf5_path(path) or dataset:
+            tensor = read_tensor(input_spec)  # HDF5: read lazily sample by sample
+            layer = layer or tensor.attrs.get("layer")
+            arrays = iter(tensor.array)
+        else:
+            if not os.path.exists(path):
+                raise InvalidInputError(f"no such file: {path}")
+            arrays = iter_npy(open(path, "rb"), path)  # noqa: SIM115 (closed when the process ends)
+
+    def run(out) -> dict:
+        return api.encode_stream(arrays, codec, out.write, layer=layer, layout=layout,
+                                 dataset=None if input_spec == "-" else split_hdf5_spec(input_spec)[1],
+                                 flush=out.flush)
+
+    if output == "-":
+        summary = run(sys.stdout.buffer)
+    else:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                nonlocal summary
+                summary = run(out)
+
+        summary = {}
+        atomic_write(output, write, force)
+    _say(f"{output if output != '-' else '<stdout>'}: {summary['n_samples']} sample(s) of "
+         f"{summary['sample_shape']} streamed, {_human_bytes(summary['bytes'])}, {codec.describe()}",
+         quiet or output == "-")
+
+
+def _parse_samples(text: str | None) -> slice | None:
+    """``A:B`` (either end may be left out) → slice."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", text)
+    if not match:
+        raise InvalidInputError(f"--samples must be A:B (e.g. 40:48), got {text!r}")
+    start, stop = (int(v) if v else None for v in match.groups())
+    return slice(start, stop)
+
+
 @cli.command()
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-o", "--output", help="Output .npy or .h5 (by suffix), or - for stdout (default: INPUT with .npy).")
 @click.option("--sample", type=int, help="Decode only this sample of a batch.")
+@click.option("--samples", metavar="A:B", help="Decode samples A to B-1 (from the start of A's group).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def decode(input_spec, output, sample, force, quiet):
-    """Decompress a .fcb bitstream (or - for stdin) to .npy or HDF5."""
+def decode(input_spec, output, sample, samples, force, quiet):
+    """Decompress a .fcb bitstream (or - for stdin) to .npy or HDF5.
+
+    A streamed file (`encode --stream`) is decoded as it arrives: to - each sample is written as its
+    own .npy as soon as it is decoded; a stream cut short still gives every complete sample before
+    the cut, then an error. --samples A:B decodes a range, starting from the group that holds A.
+    """
     output = output or _default_output(input_spec, ".npy")
     _refuse_binary_to_terminal(output)
     if output != "-" and os.path.exists(split_hdf5_spec(output)[0]) and not force:
         raise InvalidInputError(f"{output} exists; pass --force to overwrite it")
-    data = read_bitstream(input_spec)
-    stream = Bitstream.parse(data)
+    wanted = _parse_samples(samples)
+    if sample is not None and wanted is not None:
+        raise InvalidInputError("give --sample or --samples, not both")
+    source = sys.stdin.buffer if input_spec == "-" else _open_input(input_spec)
+    preamble = source.read(20)
+    if len(preamble) == 20 and preamble[:8] == MAGIC and preamble[10] & FLAG_STREAMED and sample is None \
+            and wanted is None:
+        _decode_stream(preamble, source, output, force, quiet)
+        return
+    stream = Bitstream.parse(preamble + source.read())
     if sample is not None and not -stream.n_samples <= sample < stream.n_samples:
         raise InvalidInputError(f"--sample {sample} is out of range: the file holds {stream.n_samples} sample(s)")
-    array = api.decode(stream, sample=sample)
+    decoded: list[int] = []
+    if wanted is not None:
+        indices = range(stream.n_samples)[wanted]
+        if not indices:
+            raise InvalidInputError(f"--samples {samples} selects nothing: the file holds {stream.n_samples}")
+        array = api.decode(stream, samples=wanted, decoded=decoded)
+        _say(f"samples {indices.start}:{indices.stop}: decoded {len(decoded)} (from sample {decoded[0]}, "
+             f"the start of its group)", quiet)
+    else:
+        array = api.decode(stream, sample=sample)
     header = stream.header
     attrs = {k: header[k] for k in ("layer",) if header.get(k)}
     attrs["codec"] = json.dumps(header["codec"], sort_keys=True)
@@ -255,6 +352,61 @@ def decode(input_spec, output, sample, force, quiet):
         dataset = "features"
     write_array(output, array, force, dataset=dataset, attrs=attrs)
     _say(f"{output}: {array.dtype} {tuple(array.shape)}", quiet or output == "-")
+
+
+def _open_input(spec: str):
+    if not os.path.exists(spec):
+        raise InvalidInputError(f"no such file: {spec}")
+    if os.path.isdir(spec):
+        raise InvalidInputError(f"{spec} is a directory")
+    return open(spec, "rb")  # noqa: SIM115 (read to the end by the caller; closed when the process ends)
+
+
+def _decode_stream(preamble: bytes, source, output, force, quiet) -> None:
+    """Decode a streamed file as it arrives: to stdout one .npy per sample, flushed; to a file all
+    samples at the end (on a cut: the complete ones, then the error)."""
+    header, samples = api.decode_stream(io.BufferedReader(_Prefixed(preamble, source)).read)
+    arrays: list[np.ndarray] = []
+    try:
+        for array in samples:
+            if output == "-":
+                sys.stdout.buffer.write(npy_bytes(array))
+                sys.stdout.buffer.flush()
+            else:
+                arrays.append(array)
+    except StreamCut:
+        if output != "-" and arrays:
+            _write_decoded(output, np.stack(arrays), header, force)
+            _say(f"{output}: the {len(arrays)} complete sample(s) before the cut", False)
+        raise
+    if output != "-":
+        _write_decoded(output, np.stack(arrays), header, force)
+        _say(f"{output}: {arrays[0].dtype} {(len(arrays), *arrays[0].shape)}", quiet)
+
+
+class _Prefixed(io.RawIOBase):
+    """A binary source with bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, source):
+        self.prefix, self.source = prefix, source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.prefix:
+            n = min(len(buffer), len(self.prefix))
+            buffer[:n], self.prefix = self.prefix[:n], self.prefix[n:]
+            return n
+        data = self.source.read1(len(buffer)) if hasattr(self.source, "read1") else self.source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _write_decoded(output: str, array: np.ndarray, header: dict, force: bool) -> None:
+    attrs = {k: header[k] for k in ("layer",) if header.get(k)}
+    attrs["codec"] = json.dumps(header["codec"], sort_keys=True)
+    write_array(output, array, force, dataset=header.get("dataset") or "features", attrs=attrs)
 
 
 @cli.command()

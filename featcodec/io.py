@@ -119,7 +119,7 @@ def iter_npy(source, label: str = "<stdin>") -> Iterator[np.ndarray]:
         header = _read_exact(source.read, header_size)
         try:  # parsed as a version 1.0 header whatever the version said (the text is the same)
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                io.BytesIO(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + bytes(header)))
+                io.BytesIO(len(header).to_bytes(2, "little") + bytes(header)))
         except (ValueError, TypeError, SyntaxError) as err:
             raise InvalidInputError(f"{where}: bad .npy header: {err}") from None
         if dtype.hasobject:

@@ -28,9 +28,10 @@ class VideoCodec(Codec):
     """Base of codecs that normalise a sample to integer frames and code them with HEVC.
 
     Rate: ``qp`` (constant QP, default 22), ``kbpi`` (target kilobits per tensor, met by a
-    constant rate factor, `featcodec.video`) or ``lossless``; ``bitdepth`` 8 or 10; ``norm`` per ``tensor`` (min/max of the sample)
-    or per ``channel``; ``preset``: the x265 speed preset; ``gop``: samples per group of a sequence,
-    coded as one HEVC stream (an intra frame, then P frames), each sample's access units its payload.
+    constant rate factor, `featcodec.video`) or ``lossless``; ``bitdepth`` 8 or 10; ``norm`` per
+    ``tensor`` (min/max of the sample) or per ``channel``; ``preset``: the x265 speed preset;
+    ``gop``: samples per group of a sequence, coded as one HEVC stream (an intra frame, then P
+    frames), each sample's access units its payload.
 
     A subclass says how a sample becomes integer frames and back: `to_frames`, `frame_dims`,
     `from_frames`.
