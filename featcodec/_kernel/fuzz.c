@@ -3,8 +3,9 @@
  *     make fuzz                      # 1,000,000 streams under AddressSanitizer + UBSan
  *     ./fuzz ITERATIONS [SEED]
  *
- * Each iteration makes a random layout (channels, size, alphabet, partner chains) and symbols
- * (dense, sparse or constant), checks that encode -> decode round-trips exactly, then decodes a
+ * Each iteration makes a random layout (channels, size, alphabet, partner chains, and for a
+ * third of them a reference map: inter coding, the reference a slightly changed copy of the
+ * symbols) and symbols (dense, sparse or constant), checks that encode -> decode round-trips exactly, then decodes a
  * mutated copy of the stream (bits flipped, bytes overwritten, cut, inserted or appended): the
  * decoder must return LW_OK or LW_CORRUPT and never read or write out of bounds (the
  * sanitizers abort on any such access). Prints what it ran. */
@@ -37,12 +38,16 @@ int main(int argc, char **argv) {
             order[k] = k; /* partners are earlier channels: the identity order is topological */
             parents[k] = partnered && k > 0 && below(2) ? below(k) : -1;
         }
-        lw_layout layout = {c, h, w, n, LW_VERSION_MIN + below(2), partnered ? parents : NULL,
-                            partnered ? order : NULL};
-        uint8_t *symbols = malloc(count), *decoded = malloc(count);
+        uint8_t *symbols = malloc(count), *decoded = malloc(count), *reference = NULL;
         int kind = below(3);
         for (size_t i = 0; i < count; i++)
             symbols[i] = (uint8_t)(kind == 0 ? below(n) : (kind == 1 ? (below(20) ? 0 : below(n)) : n - 1));
+        if (below(3) == 0) { /* inter: a reference exactly as large, mostly equal to the symbols */
+            reference = malloc(count);
+            for (size_t i = 0; i < count; i++) reference[i] = below(10) ? symbols[i] : (uint8_t)below(n);
+        }
+        lw_layout layout = {c, h, w, n, LW_VERSION_MIN + below(2), partnered ? parents : NULL,
+                            partnered ? order : NULL, reference};
         uint8_t *stream;
         size_t len;
         if (lw_encode(&layout, symbols, &stream, &len) != LW_OK) {
@@ -90,6 +95,7 @@ int main(int argc, char **argv) {
         free(stream);
         free(symbols);
         free(decoded);
+        free(reference);
     }
     printf("fuzz: %ld round trips, %ld mutated streams decoded (%ld rejected as corrupt, %ld decoded to "
            "some symbols that the checksum then refuses), no crash\n", round_trips, mutated, rejected, accepted);
