@@ -52,6 +52,8 @@ class PointResult:
     encode_ms: float
     decode_ms: float
     stages_ms: dict[str, float] = field(default_factory=dict)
+    # x265 encodes per stream (a sample, or a group with gop): the rate search's passes; None: no HEVC
+    encode_passes: float | None = None
 
 
 def points_for(method: str, rates: str) -> list[tuple[str, dict]]:
@@ -138,7 +140,14 @@ def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, par
         snr=metrics.snr(original, decoded), ssim=metrics.ssim(original, decoded), agreement=agreement,
         encode_ms=1000 * statistics.median(encode_times) / n, decode_ms=1000 * statistics.median(decode_times) / n,
         stages_ms={k: 1000 * v / n for k, v in sorted(codec.timings.items())},
+        encode_passes=_passes(header["samples"]),
     )
+
+
+def _passes(infos: list[dict]) -> float | None:
+    """Mean encoder runs per coded stream: samples that record ``encodes`` (a group records it on its first)."""
+    runs = [info["encodes"] for info in infos if isinstance(info.get("encodes"), int) and info["encodes"] > 0]
+    return sum(runs) / len(runs) if runs else None
 
 
 def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list[dict[str, Any]]:
@@ -254,7 +263,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
 
 
 CSV_COLUMNS = ["tensor", "layer", "method", "point", "bits_per_element", "kbpi", "compression_ratio", "mse", "psnr",
-               "snr", "ssim", "agreement", "encode_ms", "decode_ms"]
+               "snr", "ssim", "agreement", "encode_ms", "decode_ms", "encode_passes"]
 
 
 def write_csv(report: dict[str, Any]) -> str:

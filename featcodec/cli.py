@@ -553,11 +553,12 @@ def _fmt(value, spec: str) -> str:
 
 
 def _print_bench(report) -> None:
-    columns = ["tensor", "method", "point", "bits/elt", "Kbpi", "CR", "PSNR", "SSIM", "agreement", "enc ms", "dec ms"]
+    columns = ["tensor", "method", "point", "bits/elt", "Kbpi", "CR", "PSNR", "SSIM", "agreement", "enc ms", "dec ms",
+               "passes"]
     rows = [[r["tensor"], r["method"], r["point"], _fmt(r["bits_per_element"], ".4f"), _fmt(r["kbpi"], ".1f"),
              _fmt(r["compression_ratio"], ".1f"), _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
-             _fmt(r["agreement"], ".3f"), _fmt(r["encode_ms"], ".1f"), _fmt(r["decode_ms"], ".1f")]
-            for r in report["results"]]
+             _fmt(r["agreement"], ".3f"), _fmt(r["encode_ms"], ".1f"), _fmt(r["decode_ms"], ".1f"),
+             _fmt(r.get("encode_passes"), ".1f")] for r in report["results"]]
     summary = [[s["tensor"], s["method"], str(s.get("effective_cr") and tuple(round(v, 1) for v in s["effective_cr"])),
                 _fmt(s.get("bpe_at_agreement_0.95"), ".3f"), _fmt(s.get("bd_rate_vs_tiling_agreement"), ".1f"),
                 _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f")] for s in report["summary"]]

@@ -13,7 +13,8 @@ from featcodec.registry import codec_class, codec_ids, get_codec
 from tests.common import relu_activations
 
 RESULT_KEYS = {"tensor", "layer", "shape", "method", "point", "params", "bits_per_element", "kbpi",
-               "compression_ratio", "mse", "psnr", "snr", "ssim", "agreement", "encode_ms", "decode_ms", "stages_ms"}
+               "compression_ratio", "mse", "psnr", "snr", "ssim", "agreement", "encode_ms", "decode_ms", "stages_ms",
+               "encode_passes"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def test_bench_runs_every_codec(report):
     assert {"featcodec", "numpy", "onnxruntime", "cpu", "threads"} <= set(report["environment"])
     tiling = [r for r in report["results"] if r["method"] == "tiling"][0]
     assert {"normalise", "video_encode", "video_decode", "denormalise"} <= set(tiling["stages_ms"])
+    passes = {r["method"]: r["encode_passes"] for r in report["results"] if r["point"] == "default"}
+    assert passes["tiling"] == passes["fpc"] == 1 and passes["lightweight"] is None  # a QP: one encode
     json.dumps(report)  # JSON-ready
 
 
