@@ -682,12 +682,14 @@ class _TrainingProgress:
 @click.option("-f", "--force", is_flag=True, help="Redo and overwrite existing outputs.")
 def convert(src, dst, method, config_path, workers, verify, resume, layout, scheduler, json_path, force,
             extra_params, **options):
-    """Convert a whole dumped feature set: a folder tree / glob of .npy or .fcb, or an HDF5 file.
+    """Convert a whole dumped feature set: a folder tree / glob of .npy or .fcb, an HDF5 file or a
+    Zarr store (.zarr).
 
     \b
     featcodec convert dumps/ compressed/ -m lightweight --levels 8 -j 2   # .npy tree -> .fcb tree
     featcodec convert compressed/ restored.h5                            # .fcb tree -> one HDF5
     featcodec convert acts.h5 npys/                                      # repack HDF5 -> .npy tree
+    featcodec convert acts.h5 acts.zarr -m lightweight                   # HDF5 -> Zarr, featcodec chunks
     """
     from .convert import convert as run_convert
 

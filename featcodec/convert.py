@@ -1,17 +1,24 @@
 """``featcodec convert``: batch conversion of dumped feature sets; parallel, resumable, loses nothing.
 
-Sources: a directory tree of ``.npy`` or ``.fcb`` files, a glob, or an HDF5 file (every
-activation dataset, groups kept). Destination: a directory that mirrors the source tree, or an
-HDF5 file. What happens follows from the two:
+Sources: a directory tree of ``.npy`` or ``.fcb`` files, a glob, an HDF5 file (every
+activation dataset, groups kept) or a Zarr v3 store (``.zarr``: every array, groups kept).
+Destination: a directory that mirrors the source tree, an HDF5 file or a Zarr store. What happens
+follows from the two:
 
-=============================  ===========  ============================================
-source items                   ``-m`` given  destination
-=============================  ===========  ============================================
-arrays (.npy, HDF5 datasets)   yes          directory of ``.fcb`` (encode)
-``.fcb``                       yes          directory of ``.fcb`` (transcode)
-``.fcb``                       no           directory of ``.npy`` or one HDF5 (decode)
-arrays                         no           directory of ``.npy`` or one HDF5 (repack)
-=============================  ===========  ============================================
+=================================  ===========  ==================================================
+source items                       ``-m`` given  destination
+=================================  ===========  ==================================================
+arrays (.npy, HDF5, Zarr arrays)   yes          directory of ``.fcb``, or a ``.zarr`` store (encode)
+``.fcb``                           yes          directory of ``.fcb`` (transcode)
+``.fcb``                           no           directory of ``.npy``, one HDF5 or a ``.zarr`` (decode)
+arrays                             no           directory of ``.npy``, one HDF5 or a ``.zarr`` (repack)
+=================================  ===========  ==================================================
+
+A Zarr destination holds one array per item, one chunk per sample; encoding puts the codec and
+its parameters in the array metadata as the serializer ``featcodec.<id>`` (`featcodec.ext.zarr`),
+so ``zarr.open_array`` alone reads it back (featcodec installed); without ``-m`` the arrays are
+stored with Zarr's default compression. Each array is written under a temporary name and renamed
+into place when complete.
 
 Every output is written atomically; one failing input is reported and the others go on.
 HDF5 inputs are streamed sample by sample; an HDF5 destination is assembled from per-item
@@ -63,6 +70,7 @@ class Job:
     verify: bool = False
     layout: str = "nchw"
     threads: int | None = None  # threads for the codec's libraries in this worker (None: theirs)
+    store: str = "files"  # where `source` keeps its arrays: files (.npy / .fcb), hdf5 or zarr
 
 
 @dataclass
@@ -111,8 +119,31 @@ class Summary:
 
 # --- planning -----------------------------------------------------------------------------
 
+def is_zarr_path(path: str) -> bool:
+    return os.fspath(path).rstrip("/").endswith(".zarr")
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError as err:
+        from .errors import MissingBackendError
+
+        raise MissingBackendError("Zarr stores need zarr 3: pip install 'featcodec[zarr]'") from err
+    return zarr
+
+
 def _sources(src: str) -> tuple[list[tuple[str, str | None, str]], str]:
     """(path, dataset, relative name) for every item of `src`, and their kind."""
+    if is_zarr_path(src) and os.path.isdir(src):
+        try:
+            group = _zarr().open_group(src, mode="r")
+            names = sorted(name for name, node in group.members(max_depth=None) if hasattr(node, "shape"))
+        except Exception as err:  # zarr raises several kinds for a folder that is not a store
+            raise InvalidInputError(f"{src} is not a readable Zarr v3 store: {err}") from None
+        if not names:
+            raise InvalidInputError(f"{src} holds no arrays")
+        return [(src, name, name) for name in names], "zarr"
     if os.path.isfile(src):
         with open(src, "rb") as f:
             is_hdf5 = f.read(8) == HDF5_MAGIC
@@ -145,17 +176,24 @@ def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False,
          layout: str = "nchw") -> tuple[list[Job], str]:
     """The jobs that turn `src` into `dst`, and the action's name."""
     items, kind = _sources(src)
-    to_hdf5 = is_hdf5_path(dst)
+    store = "zarr" if kind == "zarr" else "hdf5" if items[0][1] is not None else "files"
+    kind = "array" if kind == "zarr" else kind
+    to_hdf5, to_zarr = is_hdf5_path(dst), is_zarr_path(dst)
     if codec is not None:
         if to_hdf5:
-            raise InvalidInputError("encoding writes .fcb files: the destination must be a directory")
+            raise InvalidInputError("encoding writes .fcb files or a .zarr store: not an HDF5 destination")
+        if to_zarr and kind == "fcb":
+            raise InvalidInputError("a .zarr destination takes arrays; decode the .fcb files first, or encode "
+                                    "them to .fcb files (transcode)")
         action, suffix = ("transcode" if kind == "fcb" else "encode"), ".fcb"
     else:
         action, suffix = ("decode" if kind == "fcb" else "repack"), ".npy"
+    if to_zarr:
+        suffix = ""  # one array per item, a folder of the store
     if os.path.abspath(dst) == os.path.abspath(src):
         raise InvalidInputError("source and destination are the same")
     parts = Path(dst + ".parts") if to_hdf5 else Path(dst)
-    jobs = [Job(path, dataset, rel, kind, str(parts / (rel + suffix)), action, codec, verify, layout)
+    jobs = [Job(path, dataset, rel, kind, str(parts / (rel + suffix)), action, codec, verify, layout, store=store)
             for path, dataset, rel in items]
     return jobs, action
 
@@ -165,6 +203,9 @@ def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False,
 def _output_is_valid(path: str) -> bool:
     """A finished output: a .fcb whose every CRC passes, or a loadable .npy of the full size."""
     try:
+        if os.path.isdir(path):  # an array of a Zarr destination
+            array = _zarr().open_array(path, mode="r")
+            return array.nchunks_initialized == array.nchunks
         if path.endswith(".fcb"):
             stream = Bitstream.parse(read_bitstream(path))
             for i in range(stream.n_samples):
@@ -172,12 +213,27 @@ def _output_is_valid(path: str) -> bool:
             return True
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         return array.size > 0
-    except (OSError, ValueError, FeatcodecError):
+    except Exception:  # noqa: BLE001 (whatever the reader says, the output is redone)
         return False
 
 
 def _samples(job: Job):
-    """(iterator over NCHW samples, NCHW shape, dtype name, attrs), streaming HDF5 datasets."""
+    """(iterator over NCHW samples, NCHW shape, dtype name, attrs), streaming HDF5 datasets and
+    Zarr arrays sample by sample."""
+    if job.store == "zarr":
+        node = _zarr().open_array(job.source, path=job.dataset, mode="r")
+        attrs = dict(node.attrs)
+        probe = to_nchw(node[:1] if node.ndim == 4 else node[...], job.layout, job.dataset)
+        shape = (node.shape[0], *probe.shape[1:]) if node.ndim == 4 else probe.shape
+
+        def gen_zarr():
+            if node.ndim == 4:
+                for i in range(node.shape[0]):
+                    yield to_nchw(node[i : i + 1], job.layout, f"{job.dataset}[{i}]")[0]
+            else:
+                yield probe
+
+        return gen_zarr(), shape, node.dtype.name, attrs
     if job.dataset is not None:
         import h5py
 
@@ -205,9 +261,42 @@ def _samples(job: Job):
     return iter(samples), array.shape, raw.dtype.name, {}
 
 
+def _write_zarr(job: Job, samples, shape, dtype: str, attrs: dict, codec: dict | None) -> int:
+    """Samples → one Zarr array at ``job.output`` (one chunk per sample), written under a temporary
+    name and renamed into place; `codec` (a featcodec config) becomes its serializer. Returns the
+    bytes it takes on disk."""
+    zarr = _zarr()
+    serializer = "auto"
+    if codec is not None:
+        from .ext.zarr import zarr_codec
+
+        serializer = zarr_codec(codec)
+    final = Path(job.output)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".featcodec-{final.name}-{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    chunks = (1, *shape[1:]) if len(shape) == 4 else tuple(shape)
+    array = zarr.create_array(str(tmp), shape=tuple(shape), chunks=chunks, dtype=dtype, serializer=serializer,
+                              compressors=None if codec is not None else "auto", zarr_format=3)
+    array.attrs.update({k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))})
+    if len(shape) == 4:
+        for i, sample in enumerate(samples):
+            array[i] = sample
+    else:
+        array[...] = next(samples)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+
+
 def _encode(job: Job) -> tuple[int, int, int]:
-    """Arrays → .fcb, streaming the samples; returns (bytes in, bytes out, elements)."""
+    """Arrays → .fcb (or a Zarr array), streaming the samples; returns (bytes in, bytes out, elements)."""
     samples, shape, dtype, attrs = _samples(job)
+    if _in_zarr(job.output):
+        elements = int(np.prod(shape))
+        return elements * np.dtype(dtype).itemsize, _write_zarr(job, samples, shape, dtype, attrs, job.codec), \
+            elements
     codec = codec_from_config(job.codec)
     codec.threads = job.threads
     blob = encode_samples(samples, codec, shape=shape, dtype=dtype, layout=job.layout, layer=attrs.get("layer"),
@@ -218,16 +307,29 @@ def _encode(job: Job) -> tuple[int, int, int]:
 
 
 def _repack(job: Job) -> tuple[int, int, int]:
-    """Arrays → .npy, streaming the samples."""
-    samples, shape, dtype, _ = _samples(job)
+    """Arrays → .npy (or a Zarr array), streaming the samples."""
+    samples, shape, dtype, attrs = _samples(job)
     elements = int(np.prod(shape))
+    if _in_zarr(job.output):
+        return elements * np.dtype(dtype).itemsize, _write_zarr(job, samples, shape, dtype, attrs, None), elements
     return elements * np.dtype(dtype).itemsize, _write_npy_stream(job.output, samples, shape, dtype), elements
 
 
+def _in_zarr(output: str) -> bool:
+    """Whether an output path lies inside a .zarr destination."""
+    return any(is_zarr_path(str(parent)) for parent in Path(output).parents)
+
+
 def _decode(job: Job) -> tuple[int, int, int]:
-    """.fcb → .npy."""
+    """.fcb → .npy (or a Zarr array)."""
     data = read_bitstream(job.source)
     array = decode(data)
+    if _in_zarr(job.output):
+        nchw = to_nchw(array, "nchw")
+        header = Bitstream.parse(data).header
+        attrs = {k: header[k] for k in ("layer", "dataset") if header.get(k)}
+        samples = iter(nchw if nchw.ndim == 4 else [nchw])
+        return len(data), _write_zarr(job, samples, array.shape, array.dtype.name, attrs, None), int(array.size)
     blob = npy_bytes(array)
     write_bytes(job.output, blob, force=True)
     return len(data), len(blob), int(array.size)
@@ -289,7 +391,10 @@ def _write_npy_stream(path: str, samples, shape, dtype) -> int:
 
 def _verify(job: Job) -> None:
     """Decode / reload the output and check shape, dtype and, for lossless codecs, the values."""
-    if job.output.endswith(".fcb"):
+    if os.path.isdir(job.output):
+        decoded = _zarr().open_array(job.output, mode="r")[...]
+        codec = codec_from_config(job.codec) if job.codec else None
+    elif job.output.endswith(".fcb"):
         stream = Bitstream.parse(read_bitstream(job.output))
         decoded = decode(stream)
         codec = codec_from_config(stream.header["codec"])
@@ -297,6 +402,8 @@ def _verify(job: Job) -> None:
         decoded, codec = np.load(job.output, allow_pickle=False), None
     if job.kind == "fcb":
         original = decode(read_bitstream(job.source))
+    elif job.store == "zarr":
+        original = _zarr().open_array(job.source, path=job.dataset, mode="r")[...]
     elif job.dataset is not None:
         import h5py
 
@@ -318,7 +425,10 @@ def _clean_temporaries(folder: str) -> None:
     """Remove temporary files a killed run left behind (never a finished output)."""
     if os.path.isdir(folder):
         for leftover in Path(folder).rglob(TEMP_GLOB):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():  # a Zarr array cut short
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | None = None, verify: bool = False,
@@ -343,6 +453,12 @@ def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | Non
     parts_root = dst + ".parts" if to_hdf5 else dst
     Path(parts_root).mkdir(parents=True, exist_ok=True)
     _clean_temporaries(parts_root)
+    if is_zarr_path(dst):  # the store's groups exist before any worker writes an array into them
+        root = _zarr().open_group(dst, mode="a", zarr_format=3)
+        for job in jobs:
+            parent = str(Path(job.relative).parent)
+            if parent != ".":
+                root.require_group(parent)
     summary = Summary(action, dst, workers=workers)
     start = time.perf_counter()
     if scheduler:

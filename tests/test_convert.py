@@ -1,5 +1,6 @@
-"""featcodec convert: trees, HDF5, failures, resume after a kill, parallel and Dask equality."""
+"""featcodec convert: trees, HDF5, Zarr, failures, resume after a kill, parallel and Dask equality."""
 
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,42 @@ def test_convert_streams_a_4_gb_dump_in_bounded_memory(tmp_path):
     print(f"4 GiB dump converted with -j 2 in {report['s']:.1f} s, peak RSS {report['peak_kib'] / 1024:.0f} MiB")
     header = featcodec.info((tmp_path / "out" / "S4a.fcb").read_bytes())
     assert header["shape"] == [256, 128, 128, 128] and header["n_samples"] == 256
+
+
+def test_zarr_store_round_trip(tmp_path):
+    """HDF5 → .zarr (featcodec serializer, one chunk per sample, read back by zarr alone in a fresh
+    process) → .fcb files and → HDF5, verified; a cut array is cleaned up and --resume keeps the rest."""
+    src = tmp_path / "dump.h5"
+    data = {"a/x": relu_activations((3, 4, 16, 16), seed=1), "y": relu_activations((2, 6, 8, 8), seed=2)}
+    with h5py.File(src, "w") as f:
+        for name, array in data.items():
+            f.create_dataset(name, data=array).attrs["layer"] = f"layer_{name}"
+    store = tmp_path / "acts.zarr"
+    summary = convert(str(src), str(store), {"id": "lightweight", "levels": 4}, workers=2, verify=True)
+    assert not summary.failed and summary.totals()["converted"] == 2
+    reader = subprocess.run([sys.executable, "-c", "import json, sys, zarr; a = zarr.open_array(sys.argv[1]); "
+                             "sys.stdout.buffer.write(a[:].tobytes()); "
+                             "sys.stderr.write(json.dumps([a.chunks, a.metadata.to_dict()['codecs'][0]['name'], "
+                             "a.attrs['layer']]))", str(store / "a" / "x")], capture_output=True, check=True)
+    decoded = np.frombuffer(reader.stdout, np.float32).reshape(3, 4, 16, 16)
+    expected = np.concatenate([featcodec.decode(featcodec.encode(data["a/x"][i : i + 1], "lightweight", levels=4))
+                               for i in range(3)])
+    np.testing.assert_array_equal(decoded, expected)
+    assert json.loads(reader.stderr) == [[1, 4, 16, 16], "featcodec.lightweight", "layer_a/x"]
+    # back out of the store: to .fcb files (encode) and to HDF5 (repack), checked against the store
+    assert not convert(str(store), str(tmp_path / "fcb"), {"id": "raw"}, workers=1).failed
+    np.testing.assert_array_equal(featcodec.decode((tmp_path / "fcb" / "a" / "x.fcb").read_bytes()), expected)
+    assert not convert(str(store), str(tmp_path / "out.h5"), None, workers=1, verify=True).failed
+    with h5py.File(tmp_path / "out.h5") as f:
+        np.testing.assert_array_equal(f["a/x"][()], expected)
+    # a run killed while writing leaves a temporary array: cleaned, the finished one kept on resume
+    leftover = store / "a" / ".featcodec-x-1.tmp"
+    leftover.mkdir()
+    summary = convert(str(src), str(store), {"id": "lightweight", "levels": 4}, workers=1, resume=True)
+    assert sorted(i.status for i in summary.items) == ["skipped", "skipped"] and not leftover.exists()
+
+
+def test_zarr_source_that_is_not_a_store(tmp_path):
+    (tmp_path / "not.zarr").mkdir()
+    with pytest.raises(InvalidInputError, match="not a readable Zarr v3 store|holds no arrays"):
+        convert(str(tmp_path / "not.zarr"), str(tmp_path / "out"), {"id": "raw"})

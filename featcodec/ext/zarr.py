@@ -21,6 +21,8 @@ from zarr.core.common import parse_named_configuration
 
 import featcodec
 
+from ..container import Bitstream
+from ..errors import InvalidInputError
 from ..registry import BUILTIN_CODECS, get_codec
 from . import class_name
 
@@ -60,7 +62,10 @@ class FeatcodecZarrCodec(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(blob)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        array = featcodec.decode(chunk_bytes.to_bytes())
+        stream = Bitstream.parse(chunk_bytes.to_bytes())
+        # the codec built once (an auto-tiler loads networks), unless a chunk names another one
+        same = stream.header.get("codec") == self._codec.get_config()
+        array = featcodec.decode(stream, codec=self._codec if same else None)
         dtype = chunk_spec.dtype.to_native_dtype()
         array = array.astype(dtype, copy=False).reshape(chunk_spec.shape)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(array)
@@ -79,6 +84,16 @@ def _make(codec_id: str) -> type[FeatcodecZarrCodec]:
         "__init__": FeatcodecZarrCodec.__init__}))
 
 
+CODECS: dict[str, type[FeatcodecZarrCodec]] = {}
 for _codec_id in BUILTIN_CODECS:
     _cls = _make(_codec_id)
     globals()[_cls.__name__] = _cls
+    CODECS[_codec_id] = _cls
+
+
+def zarr_codec(config: dict[str, Any]) -> FeatcodecZarrCodec:
+    """The Zarr v3 codec of a featcodec codec configuration (``{"id": …, **params}``)."""
+    if config.get("id") not in CODECS:
+        raise InvalidInputError(f"codec {config.get('id')!r} has no Zarr codec (built-in codecs only: "
+                                f"{', '.join(CODECS)})")
+    return CODECS[config["id"]](**{k: v for k, v in config.items() if k != "id"})
