@@ -425,6 +425,7 @@ def info(input_spec, as_json):
         ("shape", f"{tuple(summary['shape'])} ({summary['layout']}, stored as NCHW)"),
         ("dtype", summary["dtype"]),
         ("samples", str(summary["n_samples"])),
+        *([("groups", _groups_text(summary["groups"], summary["n_samples"]))] if summary.get("groups") else []),
         ("file size", f"{summary['file_bytes']} bytes"),
         ("payload", f"{summary['payload_bytes']} bytes"),
         ("bits/element", f"{summary['bits_per_element']:.4f} (file: {summary['file_bits_per_element']:.4f})"),
@@ -435,6 +436,13 @@ def info(input_spec, as_json):
         ("written by", f"featcodec {summary.get('featcodec')}"),
     ]
     _print_pairs(input_spec, rows)
+
+
+def _groups_text(starts: list[int], count: int) -> str:
+    """'3 (of 32 samples; each decodes from its first: 0, 32, 64)'."""
+    shown = ", ".join(map(str, starts[:6])) + (", …" if len(starts) > 6 else "")
+    size = starts[1] - starts[0] if len(starts) > 1 else count
+    return f"{len(starts)} (of {size} samples; a sample decodes from its group's first: {shown})"
 
 
 def _side_info_rows(summary: dict) -> list[tuple[str, str]]:

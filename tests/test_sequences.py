@@ -225,5 +225,7 @@ def test_cli_samples_range_says_what_it_decoded(small, tmp_path):
     result = run_cli("decode", path, "--samples", "10:12", "-o", tmp_path / "part.npy", check=True)
     assert "samples 10:12: decoded 4 (from sample 8" in result.stderr.decode()
     assert np.load(tmp_path / "part.npy").shape == (2, 32, 48, 48)
+    assert "groups: 2 (of 8 samples; a sample decodes from its group's first: 0, 8)" in \
+        run_cli("info", path, check=True).stdout.decode()
     bad = run_cli("decode", path, "--samples", "ten", "-o", tmp_path / "x.npy")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("Error: --samples must be A:B")
