@@ -229,3 +229,52 @@ def test_cli_samples_range_says_what_it_decoded(small, tmp_path):
         run_cli("info", path, check=True).stdout.decode()
     bad = run_cli("decode", path, "--samples", "ten", "-o", tmp_path / "x.npy")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("Error: --samples must be A:B")
+
+
+def test_pipes_pass_each_sample_on_before_the_stream_ends(small):
+    """encode - writes sample 0's record while the producer still holds the pipe open, and decode -
+    writes sample 0 while later bytes have not arrived: nothing waits for the end of the stream."""
+    import subprocess
+    import sys
+    import threading
+
+    from featcodec.container import _RECORD
+
+    def first_bytes(stream, count: int, out: list) -> None:
+        out.append(featcodec.container._read_exact(stream.read, count))
+
+    encoder = subprocess.Popen([sys.executable, "-m", "featcodec", "encode", "-", "-m", "lightweight", "--levels",
+                                "4", "--gop", "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        encoder.stdin.write(featcodec.io.npy_bytes(small[0]))
+        encoder.stdin.flush()
+        got: list = []
+        reader = threading.Thread(target=first_bytes, args=(encoder.stdout, 20, got), daemon=True)
+        reader.start()
+        reader.join(120)
+        assert got and got[0][:8] == featcodec.container.MAGIC  # the header came with sample 0 alone
+        header_len = struct.unpack_from("<I", got[0], 12)[0]
+        rest: list = []
+        first_bytes(encoder.stdout, header_len + 4 + _RECORD.size, rest)
+        assert len(rest[0]) == header_len + 4 + _RECORD.size  # and sample 0's record began, pipe still open
+    finally:
+        encoder.kill()
+        encoder.wait(60)
+
+    data = _streamed(small[:6], featcodec.get_codec("lightweight", levels=4, gop=3))
+    stream = Bitstream.parse(data)
+    decoder = subprocess.Popen([sys.executable, "-m", "featcodec", "decode", "-"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        decoder.stdin.write(data[: stream.offsets[1] + stream.lengths[1]])  # samples 0 and 1 only
+        decoder.stdin.flush()
+        arrays: list = []
+        reader = threading.Thread(target=lambda: arrays.append(next(featcodec.io.iter_npy(decoder.stdout))),
+                                  daemon=True)
+        reader.start()
+        reader.join(120)
+        assert arrays and np.array_equal(arrays[0], featcodec.decode(data, sample=0))
+    finally:
+        decoder.kill()  # it has sample 1 to write, which nobody reads
+        decoder.wait(60)
