@@ -27,6 +27,13 @@ demo: $(PY)
 	$(FEATCODEC) decode $(DEMO)/s4_lightweight.fcb -o $(DEMO)/s4_lightweight.npy
 	$(FEATCODEC) info $(DEMO)/s4_lightweight.fcb
 	$(PY) examples/demo_report.py $(DEMO_DUMP) $(DEMO)/*.fcb
+	@# a feature sequence: 16 frames of a bundled fixed-webcam clip, intra and in one group of 16
+	@mkdir -p $(DEMO)/video
+	$(FEATCODEC) dump models/reference/centernet_mbv3_coco.onnx examples/video/opencv_tree_20s.mp4 --layer S4 \
+		--max-frames 16 --compression lzf -o $(DEMO)/video/tree.h5
+	$(FEATCODEC) encode $(DEMO)/video/tree.h5:/S4 -o $(DEMO)/video/s4_intra.fcb -m lightweight --levels 4
+	$(FEATCODEC) encode $(DEMO)/video/tree.h5:/S4 -o $(DEMO)/video/s4_gop16.fcb -m lightweight --levels 4 --gop 16
+	$(FEATCODEC) decode $(DEMO)/video/s4_gop16.fcb --samples 12:14 -o $(DEMO)/video/frames_12_13.npy
 
 # All dumps of the reference split layers, rebuilt from examples/images (about 500 MB, not committed).
 data: $(PY)
