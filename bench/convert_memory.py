@@ -2,9 +2,10 @@
 
     python bench/convert_memory.py /big/scratch 26 > bench/results/convert_memory.md
 
-Writes an HDF5 dump of GIB gibibytes (2 GiB datasets of (256, 128, 128, 128) float32: one synthetic
-ReLU map, Gaussian through ReLU, repeated), converts it with ``-j 2`` to lightweight .fcb files, and reports the wall time
-and the peak resident memory of the parent and of its workers (getrusage). The dump is removed after.
+Writes an HDF5 dump of GIB gibibytes (2 GiB datasets of (256, 128, 128, 128) float32: one
+synthetic ReLU map, Gaussian through ReLU, repeated), converts it with ``-j 2`` to lightweight
+.fcb files, and reports the wall time and the peak resident memory of the parent and of its
+workers (getrusage). The dump is removed after.
 """
 
 import json

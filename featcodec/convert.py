@@ -181,7 +181,7 @@ def plan(src: str, dst: str, codec: dict | None, *, verify: bool = False,
     to_hdf5, to_zarr = is_hdf5_path(dst), is_zarr_path(dst)
     if codec is not None:
         if to_hdf5:
-            raise InvalidInputError("encoding writes .fcb files or a .zarr store: not an HDF5 destination")
+            raise InvalidInputError("encoding writes .fcb files: the destination must be a directory or a .zarr store")
         if to_zarr and kind == "fcb":
             raise InvalidInputError("a .zarr destination takes arrays; decode the .fcb files first, or encode "
                                     "them to .fcb files (transcode)")
