@@ -470,6 +470,9 @@ def convert(src: str, dst: str, codec: dict | None = None, *, workers: int | Non
                 progress(i + 1, len(jobs))
     else:
         summary.items = _run_pool(jobs, workers, resume, progress)
+    # every worker of this run is done: a temporary file still there is a killed worker's (its item
+    # was redone elsewhere, or is reported failed)
+    _clean_temporaries(parts_root)
     if to_hdf5 and not summary.failed:
         _assemble_hdf5(jobs, dst, force)
         shutil.rmtree(parts_root, ignore_errors=True)
