@@ -190,6 +190,8 @@ def decode(data, *, sample: int | None = None, samples: slice | range | None = N
         sample %= stream.n_samples
         wanted = range(sample, sample + 1)
     else:
+        if isinstance(samples, range):
+            samples = slice(samples.start, samples.stop, samples.step)
         wanted = range(stream.n_samples)[samples if samples is not None else slice(None)]
         if wanted.step != 1:
             raise InvalidInputError("samples must be a contiguous range (step 1)")

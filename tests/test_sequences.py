@@ -86,6 +86,9 @@ def test_random_access_gives_the_samples_of_a_full_decode(small, codec_id, param
         group = start - start % 6
         assert decoded[0] == group and len(decoded) == stop - group  # never more than its group
     assert np.array_equal(featcodec.decode(blob, sample=13), full[13])
+    assert np.array_equal(featcodec.decode(blob, samples=range(3, 8)), full[3:8])
+    with pytest.raises(InvalidInputError, match="contiguous"):
+        featcodec.decode(blob, samples=slice(0, 8, 2))
 
 
 def test_lightweight_inter_is_exact_and_smaller_on_a_static_camera(small, frames):
