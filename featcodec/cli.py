@@ -22,6 +22,7 @@ from .errors import FeatcodecError, InvalidInputError
 from .io import (
     atomic_write,
     is_hdf5_path,
+    iter_hdf5_samples,
     iter_npy,
     npy_bytes,
     read_bitstream,
@@ -265,9 +266,8 @@ def _encode_stream(input_spec, output, codec, layer, layout, force, quiet) -> No
     else:
         path, dataset = split_hdf5_spec(input_spec)
         if is_hdf5_path(path) or dataset:
-            tensor = read_tensor(input_spec)  # HDF5: read lazily sample by sample
-            layer = layer or tensor.attrs.get("layer")
-            arrays = iter(tensor.array)
+            attrs, arrays = iter_hdf5_samples(input_spec)  # read sample by sample
+            layer = layer or attrs.get("layer")
         else:
             if not os.path.exists(path):
                 raise InvalidInputError(f"no such file: {path}")

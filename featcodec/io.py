@@ -162,6 +162,37 @@ def _read_hdf5(source, dataset: str | None, label: str) -> list[Tensor]:
     return tensors
 
 
+def iter_hdf5_samples(spec: str) -> tuple[dict[str, Any], Iterator[np.ndarray]]:
+    """A dataset of an HDF5 file (``FILE.h5:/DATASET``, or a file holding one) read sample by sample:
+    its attributes and an iterator over its first axis (a 3-D dataset is one sample)."""
+    path, dataset = split_hdf5_spec(spec)
+    if not os.path.exists(path):
+        raise InvalidInputError(f"no such file: {path}")
+    try:
+        handle = _h5py().File(path, "r")
+    except OSError as err:
+        raise InvalidInputError(f"{path}: cannot read HDF5: {err}") from err
+    names = [dataset] if dataset is not None else activation_datasets(handle)
+    node = handle.get(names[0]) if len(names) == 1 else None
+    if not isinstance(node, _h5py().Dataset) or node.dtype.kind not in "fiub":
+        handle.close()
+        raise InvalidInputError(f"{spec}: name one numeric dataset as FILE.h5:/DATASET (datasets: "
+                                f"{', '.join(names[:8]) or 'none'})")
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
+
+    def samples():
+        try:
+            if node.ndim == 4:
+                for i in range(node.shape[0]):
+                    yield node[i]
+            else:
+                yield node[()]
+        finally:
+            handle.close()
+
+    return attrs, samples()
+
+
 def _dataset_names(h5file) -> list[str]:
     h5py = _h5py()
     names: list[str] = []

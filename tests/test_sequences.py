@@ -281,3 +281,17 @@ def test_pipes_pass_each_sample_on_before_the_stream_ends(small):
     finally:
         decoder.kill()  # it has sample 1 to write, which nobody reads
         decoder.wait(60)
+
+
+def test_cli_streams_an_hdf5_dataset_sample_by_sample(small, tmp_path):
+    with h5py.File(tmp_path / "seq.h5", "w") as f:
+        f.create_dataset("S4", data=small[:6]).attrs["layer"] = "tower_0/CenternetHead/mul:0"
+    out = tmp_path / "seq.fcb"
+    run_cli("encode", f"{tmp_path / 'seq.h5'}:/S4", "--stream", "-m", "lightweight", "--levels", "4", "--gop", "4",
+            "-o", out, check=True)
+    stream = Bitstream.parse(out.read_bytes())
+    assert stream.header["layer"] == "tower_0/CenternetHead/mul:0" and stream.header["groups"] == [0, 4]
+    codec = featcodec.get_codec("lightweight", levels=4, gop=4)
+    assert np.array_equal(featcodec.decode(stream), featcodec.decode(featcodec.encode(small[:6], codec)))
+    missing = run_cli("encode", f"{tmp_path / 'seq.h5'}:/nope", "--stream", "-m", "raw", "-o", tmp_path / "x.fcb")
+    assert missing.returncode == 1 and missing.stderr.decode().startswith("Error: ")
