@@ -155,14 +155,19 @@ def read_stream(read) -> tuple[dict[str, Any], Any]:
     return header, records()
 
 
+READ_CHUNK = 1 << 24
+
+
 def _read_exact(read, n: int):
-    """Up to n bytes from `read`, looping over short reads (a pipe gives what it has)."""
-    first = read(n)
+    """Up to n bytes from `read`, looping over short reads (a pipe gives what it has). Asked for at
+    most READ_CHUNK bytes at a time, so a length a hostile stream declares allocates only as far as
+    bytes really arrive."""
+    first = read(min(n, READ_CHUNK))
     if len(first) == n or not first:
         return first
     parts, got = [first], len(first)
     while got < n:
-        more = read(n - got)
+        more = read(min(n - got, READ_CHUNK))
         if not more:
             break
         parts.append(more)

@@ -295,3 +295,16 @@ def test_cli_streams_an_hdf5_dataset_sample_by_sample(small, tmp_path):
     assert np.array_equal(featcodec.decode(stream), featcodec.decode(featcodec.encode(small[:6], codec)))
     missing = run_cli("encode", f"{tmp_path / 'seq.h5'}:/nope", "--stream", "-m", "raw", "-o", tmp_path / "x.fcb")
     assert missing.returncode == 1 and missing.stderr.decode().startswith("Error: ")
+
+
+def test_a_piped_stream_declaring_a_huge_payload_fails_cleanly(small):
+    """A record that declares 2^60 payload bytes over a pipe: the reader asks for the bytes in bounded
+    pieces, so it ends in StreamCut, not MemoryError."""
+    data = bytearray(_streamed(small[:2], featcodec.get_codec("raw")))
+    stream = Bitstream.parse(bytes(data))
+    record = stream.offsets[0] - 20 - 2
+    info_len, info_crc, _, payload_crc = struct.unpack_from("<IIQI", data, record)
+    struct.pack_into("<IIQI", data, record, info_len, info_crc, 1 << 60, payload_crc)
+    with pytest.raises(StreamCut):
+        _, samples = api.decode_stream(io.BufferedReader(io.BytesIO(bytes(data))).read)
+        list(samples)
