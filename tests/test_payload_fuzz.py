@@ -67,3 +67,32 @@ def test_mutated_payloads_with_valid_crcs(codec_id, params, shape, runs):
         except FeatcodecError:
             outcomes["refused"] += 1
     assert sum(outcomes.values()) == runs
+
+
+# Sequences: one sample of a group mutated (the HEVC ones carry their inner CRC, recomputed; FPC's
+# covers its access-unit lengths too).
+SEQUENCE_CASES = [
+    ("lightweight", {"levels": 6, "gop": 3}, (3, 6, 16, 16), 1500),
+    ("tiling", {"preset": "ultrafast", "gop": 3}, (3, 4, 16, 16), 150),
+    ("fpc", {"preset": "ultrafast", "gop": 3}, (3, 2, 16, 16), 150),
+]
+
+
+@pytest.mark.parametrize("codec_id,params,shape,runs", SEQUENCE_CASES, ids=[c[0] for c in SEQUENCE_CASES])
+def test_mutated_sequence_payloads_with_valid_crcs(codec_id, params, shape, runs):
+    x = relu_activations(shape, seed=4)
+    stream = Bitstream.parse(featcodec.encode(x, codec_id, **params))
+    payloads = [stream.payload(i) for i in range(stream.n_samples)]
+    rng = np.random.default_rng(2027)
+    outcomes = {"decoded": 0, "refused": 0}
+    for run in range(runs):
+        which = run % len(payloads)
+        mutated = list(payloads)
+        mutated[which] = with_inner_crc(codec_id, mutate(payloads[which], rng))
+        try:
+            y = featcodec.decode(pack(stream.header, mutated))
+            assert y.shape == x.shape and y.dtype == x.dtype
+            outcomes["decoded"] += 1
+        except FeatcodecError:
+            outcomes["refused"] += 1
+    assert sum(outcomes.values()) == runs and outcomes["refused"] > 0
