@@ -55,6 +55,7 @@ COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 4, "shuffle"
 
 
 AUGMENTATIONS = ("flip", "zoom", "shrink")
+MAX_LISTING = 32_000  # bytes of the JSON list of sample names kept as an attribute
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
 
 
@@ -179,9 +180,14 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
             for key, value in meta.items():
                 f.create_dataset(key, data=value).attrs["featcodec_role"] = "meta"
             f["frames"].attrs["fps"] = json.dumps(fps)
-            f.attrs["images"] = json.dumps(names)
+            # the names as an attribute too, where they fit (HDF5 attributes stop at 64 KiB: a long
+            # video's frame names live in /images alone)
+            listing = json.dumps(names)
+            if len(listing) > MAX_LISTING:
+                listing = json.dumps({"see": "/images", "count": len(names)})
+            f.attrs["images"] = listing
             for key in tensors:
-                datasets[key].attrs["images"] = json.dumps(names)
+                datasets[key].attrs["images"] = listing
             shapes.update({k: datasets[k].shape for k in tensors})
 
     atomic_write(output, write, force)
