@@ -308,3 +308,16 @@ def test_a_piped_stream_declaring_a_huge_payload_fails_cleanly(small):
     with pytest.raises(StreamCut):
         _, samples = api.decode_stream(io.BufferedReader(io.BytesIO(bytes(data))).read)
         list(samples)
+
+
+def test_dump_keeps_long_name_lists_out_of_attributes(tmp_path, monkeypatch):
+    import json
+
+    import featcodec.dump
+
+    monkeypatch.setattr(featcodec.dump, "MAX_LISTING", 40)  # as if the clip had thousands of frames
+    out = tmp_path / "long.h5"
+    featcodec.dump.dump(str(MODEL), ["S1"], [str(CLIP)], str(out), max_frames=3, compression="lzf")
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["images"]) == {"see": "/images", "count": 3}
+        assert [n.decode() for n in f["images"][:]] == [f"opencv_tree_20s.mp4#frame={i}" for i in range(3)]
