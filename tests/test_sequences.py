@@ -293,6 +293,8 @@ def test_cli_streams_an_hdf5_dataset_sample_by_sample(small, tmp_path):
     assert stream.header["layer"] == "tower_0/CenternetHead/mul:0" and stream.header["groups"] == [0, 4]
     codec = featcodec.get_codec("lightweight", levels=4, gop=4)
     assert np.array_equal(featcodec.decode(stream), featcodec.decode(featcodec.encode(small[:6], codec)))
+    run_cli("decode", out, "-o", tmp_path / "all.npy", check=True)  # a streamed file on disk, read as it comes
+    assert np.array_equal(np.load(tmp_path / "all.npy"), featcodec.decode(stream))
     missing = run_cli("encode", f"{tmp_path / 'seq.h5'}:/nope", "--stream", "-m", "raw", "-o", tmp_path / "x.fcb")
     assert missing.returncode == 1 and missing.stderr.decode().startswith("Error: ")
 
