@@ -257,13 +257,6 @@ def decode_range(stream: Bitstream, codec: Codec, start: int, stop: int,
     yield from emit(decoder.finish())
 
 
-def decode_samples(stream: Bitstream, codec: Codec, indices: list[int]) -> list[np.ndarray]:
-    """Decode samples `indices` (consecutive) of a parsed stream to float32 (C,H,W) arrays."""
-    if not indices:
-        return []
-    return [array for _, array in decode_range(stream, codec, indices[0], indices[-1] + 1)]
-
-
 def info(data) -> dict[str, Any]:
     """The header of a ``.fcb`` bytestring plus its file-level sizes, without decoding samples."""
     stream = data if isinstance(data, Bitstream) else Bitstream.parse(data)

@@ -12,7 +12,7 @@ or 10-bit (``gray10le``) frames:
 Rate control: a constant ``qp``; ``lossless``; or a target size in kilobits for the whole
 stack (``kbits``). x265's one-pass ABR misses by a wide margin on one or a few frames, so a
 target is met by a constant rate factor (CRF, a real number) instead, in at most three encodes
-(`_search_qp`: a rate model from the frames' activity, then secant steps). A target missed by
+(`_search_crf`: a rate model from the frames' activity, then secant steps). A target missed by
 more than ±10 % (too small a frame to spend it even at CRF 0, too large to fit it at CRF 51, or a
 model miss) raises a `RateWarning` naming the real rate, which the stream records.
 """
@@ -192,9 +192,10 @@ def _decode_pyav(stream: bytes, count: int, height: int, width: int, bitdepth: i
 
 def encode_frames(frames: np.ndarray, bitdepth: int = 8, *, qp: int | None = None, kbits: float | None = None,
                   lossless: bool = False, preset: str = "medium", threads: int | None = None,
-                  timings: VideoTimings | None = None, inter: bool = False) -> tuple[bytes, int | None]:
-    """Encode frames by one rate setting; returns the stream and the QP used (None if lossless).
-    `inter`: the frames are one group of a sequence (see `encode_frames_qp`)."""
+                  timings: VideoTimings | None = None, inter: bool = False) -> tuple[bytes, float | None]:
+    """Encode frames by one rate setting; returns the stream and the QP used, or the CRF a `kbits`
+    target chose (None if lossless). `inter`: the frames are one group of a sequence (see
+    `encode_frames_qp`)."""
     streams, qp = encode_stacks([frames], bitdepth, qp=qp, kbits=kbits, lossless=lossless, preset=preset,
                                 threads=threads, timings=timings, inter=inter)
     return streams[0], qp
@@ -224,7 +225,7 @@ def encode_stacks(stacks: list[np.ndarray], bitdepth: int = 8, *, qp: int | None
             return encode_at(qp), qp
         what = "x".join(str(v) for v in stacks[0].shape[-2:]) + \
             (f" x {sum(len(f) for f in stacks)} frames" if sum(len(f) for f in stacks) > 1 else "")
-        return _search_qp(lambda crf: encode_at(None, crf), kbits, what, sum(f.size for f in stacks),
+        return _search_crf(lambda crf: encode_at(None, crf), kbits, what, sum(f.size for f in stacks),
                           activity(stacks, inter), PRIOR_SLOPE_INTER if inter else PRIOR_SLOPE)
     finally:
         timings.encode += time.perf_counter() - start
@@ -274,7 +275,7 @@ def activity(stacks: list[np.ndarray], inter: bool = False) -> float:
     return total / max(count, 1)
 
 
-def _search_qp(encode_at, kbits: float, what: str, pixels: int, frames_activity: float,
+def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity: float,
                prior_slope: float = PRIOR_SLOPE) -> tuple[list[bytes], float]:
     """Meet `kbits` with a constant rate factor in at most MAX_PASSES encodes: the first at the CRF
     the prior line gives for the target's bits per pixel and the frames' `activity`, the second
