@@ -13,7 +13,6 @@ is a CRC, its C access-unit lengths (uint32) and the access units.
 from __future__ import annotations
 
 import struct
-import zlib
 
 import numpy as np
 
@@ -51,13 +50,7 @@ class FramePerChannel(VideoCodec):
         stacked = video.pad_frames(np.concatenate([frames for frames, _ in converted]))
         count, channels = len(samples), len(converted[0][0])
         per_channel = [stacked[c::channels] for c in range(channels)]  # sample order within a channel
-        timings = video.VideoTimings()
-        rate = self._rate()
-        if "kbits" in rate:
-            rate["kbits"] *= count
-        streams, qp = video.encode_stacks(per_channel, self.bitdepth, preset=self.preset, threads=self.threads,
-                                          timings=timings, inter=True, **rate)
-        self.timings["video_encode"] += timings.encode
+        streams, qp, encodes = self._encode_stacks(per_channel, count, inter=True)
         units = [video.access_units(stream) for stream in streams]
         if any(len(u) != count for u in units):
             raise BackendError(f"x265 wrote {[len(u) for u in units]} access units for {count} frames per channel")
@@ -65,9 +58,8 @@ class FramePerChannel(VideoCodec):
         for i, (_, info) in enumerate(converted):
             mine = [units[c][i] for c in range(channels)]
             body = struct.pack(f"<{channels}I", *map(len, mine)) + b"".join(mine)
-            payload = struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF) + body
-            out.append((payload, {**info, **self._setting(qp), "frame": [channels, *stacked.shape[1:]],
-                                  "kbits": len(payload) * 8 / 1000, "encodes": timings.encodes if i == 0 else 0}))
+            payload, video_info = self._framed(body, qp, [channels, *stacked.shape[1:]], encodes if i == 0 else 0)
+            out.append((payload, {**info, **video_info}))
         return out
 
     def decode_group(self, payloads, shape, infos):
@@ -84,9 +76,6 @@ class FramePerChannel(VideoCodec):
             for c, length in enumerate(lengths):
                 per_channel[c].append(body[position : position + length])
                 position += length
-        _, frame_height, frame_width = infos[0]["frame"]
-        timings = video.VideoTimings()
-        decoded = np.stack([video.decode_timed(b"".join(units), len(payloads), frame_height, frame_width,
-                                               self.bitdepth, timings) for units in per_channel], axis=1)
-        self.timings["video_decode"] += timings.decode
-        return [self.from_frames(frames[:, :height, :width], shape, info) for frames, info in zip(decoded, infos)]
+        decoded = np.stack([self._decode_stream(b"".join(units), len(payloads), infos[0], height, width)
+                            for units in per_channel], axis=1)
+        return [self.from_frames(frames, shape, info) for frames, info in zip(decoded, infos)]

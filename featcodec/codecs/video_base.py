@@ -117,8 +117,9 @@ class VideoCodec(Codec):
         return payload, {**info, **video_info}
 
     def decode(self, payload, shape, info):
-        frames = self._decode_frames(payload, info, *self.frame_dims(tuple(shape), info))
-        return self.from_frames(frames, tuple(shape), info)
+        count, height, width = self.frame_dims(tuple(shape), info)
+        stream = self._checked_stream(payload, info, count, height, width)
+        return self.from_frames(self._decode_stream(stream, count, info, height, width), tuple(shape), info)
 
     def encode_group(self, samples):
         """One HEVC stream for the group (the QP search, if any, aims at `kbpi` per sample on
@@ -128,22 +129,15 @@ class VideoCodec(Codec):
         if any(frames.shape != converted[0][0].shape for frames, _ in converted):
             raise InvalidInputError("the samples of a sequence must have one shape")
         padded = video.pad_frames(np.concatenate([frames for frames, _ in converted]))
-        timings = video.VideoTimings()
-        rate = self._rate()
-        if "kbits" in rate:
-            rate["kbits"] *= len(samples)
-        stream, qp = video.encode_frames(padded, self.bitdepth, preset=self.preset, threads=self.threads,
-                                         timings=timings, inter=True, **rate)
-        self.timings["video_encode"] += timings.encode
+        (stream,), qp, encodes = self._encode_stacks([padded], len(samples), inter=True)
         units = video.access_units(stream)
         if len(units) != len(padded):
             raise BackendError(f"x265 wrote {len(units)} access units for {len(padded)} frames")
         out = []
         for i, (_, info) in enumerate(converted):
             coded = b"".join(units[i * per_sample : (i + 1) * per_sample])
-            payload = struct.pack("<I", zlib.crc32(coded) & 0xFFFFFFFF) + coded
-            out.append((payload, {**info, **self._setting(qp), "frame": [per_sample, *padded.shape[1:]],
-                                  "kbits": len(payload) * 8 / 1000, "encodes": timings.encodes if i == 0 else 0}))
+            payload, video_info = self._framed(coded, qp, [per_sample, *padded.shape[1:]], encodes if i == 0 else 0)
+            out.append((payload, {**info, **video_info}))
         return out
 
     def decode_group(self, payloads, shape, infos):
@@ -153,25 +147,33 @@ class VideoCodec(Codec):
             raise CorruptStreamError("the samples of one group must record one frame size")
         count, height, width = dims[0]
         streams = [self._checked_stream(payload, info, count, height, width) for payload, info in zip(payloads, infos)]
-        _, frame_height, frame_width = infos[0]["frame"]
-        timings = video.VideoTimings()
-        frames = video.decode_timed(b"".join(streams), count * len(payloads), frame_height, frame_width,
-                                    self.bitdepth, timings)
-        self.timings["video_decode"] += timings.decode
-        frames = frames[:, :height, :width]
+        frames = self._decode_stream(b"".join(streams), count * len(payloads), infos[0], height, width)
         return [self.from_frames(frames[i * count : (i + 1) * count], shape, info) for i, info in enumerate(infos)]
 
     def _code_frames(self, frames: np.ndarray) -> tuple[bytes, dict]:
         """Pad, encode, and report what was used."""
         padded = video.pad_frames(frames)
+        (stream,), qp, encodes = self._encode_stacks([padded], 1)
+        return self._framed(stream, qp, list(padded.shape), encodes)
+
+    def _encode_stacks(self, stacks: list[np.ndarray], samples: int, inter: bool = False
+                       ) -> tuple[list[bytes], float | None, int]:
+        """Encode padded frame stacks at this codec's rate (a kbpi target is per sample: `samples`
+        of them share the streams); returns the streams, the QP or CRF, and the encoder runs."""
         timings = video.VideoTimings()
-        stream, qp = video.encode_frames(padded, self.bitdepth, preset=self.preset, threads=self.threads,
-                                         timings=timings, **self._rate())
+        rate = self._rate()
+        if "kbits" in rate:
+            rate["kbits"] *= samples
+        streams, qp = video.encode_stacks(stacks, self.bitdepth, preset=self.preset, threads=self.threads,
+                                          timings=timings, inter=inter, **rate)
         self.timings["video_encode"] += timings.encode
-        # HEVC decoders conceal damage instead of failing: a CRC lets the codec refuse it.
-        payload = struct.pack("<I", zlib.crc32(stream) & 0xFFFFFFFF) + stream
-        return payload, {**self._setting(qp), "frame": list(padded.shape), "kbits": len(payload) * 8 / 1000,
-                         "encodes": timings.encodes}
+        return streams, qp, timings.encodes
+
+    def _framed(self, coded: bytes, qp: float | None, frame: list[int], encodes: int) -> tuple[bytes, dict]:
+        """A payload, CRC32 then `coded`, and the side information that describes how it was coded.
+        (HEVC decoders conceal damage instead of failing: the CRC lets the codec refuse it.)"""
+        payload = struct.pack("<I", zlib.crc32(coded) & 0xFFFFFFFF) + coded
+        return payload, {**self._setting(qp), "frame": frame, "kbits": len(payload) * 8 / 1000, "encodes": encodes}
 
     def _setting(self, value) -> dict:
         """The rate setting a stream was coded at: its QP, or the CRF a kbpi target chose."""
@@ -187,8 +189,8 @@ class VideoCodec(Codec):
             raise CorruptStreamError("HEVC payload is truncated or corrupt (CRC mismatch)")
         return payload[4:]
 
-    def _decode_frames(self, payload: bytes, info: dict, count: int, height: int, width: int) -> np.ndarray:
-        stream = self._checked_stream(payload, info, count, height, width)
+    def _decode_stream(self, stream: bytes, count: int, info: dict, height: int, width: int) -> np.ndarray:
+        """`count` frames of an HEVC stream (of the padded size `info` records), cropped to height x width."""
         _, frame_height, frame_width = info["frame"]
         timings = video.VideoTimings()
         frames = video.decode_timed(stream, count, frame_height, frame_width, self.bitdepth, timings)
