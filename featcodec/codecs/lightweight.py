@@ -212,16 +212,29 @@ class Lightweight(Codec):
 
     # One sample per kernel call: the kernel has no per-call overhead to spread over a batch.
     def encode(self, sample):
+        table = self._table_for(sample)
+        return self._encode_with(table, sample), {} if self.table else table
+
+    def _table_for(self, sample: np.ndarray) -> dict:
+        """The calibrated quantizer (checked against the sample's channels), or one designed for `sample`."""
         if self.table:
-            table = self.table
-            _check_partners(table, sample.shape, InvalidInputError)
-        else:
-            with self.stage("design"):
-                table = self.design(sample)
+            _check_partners(self.table, sample.shape, InvalidInputError)
+            return self.table
+        with self.stage("design"):
+            return self.design(sample)
+
+    def _encode_with(self, table: dict, sample: np.ndarray, **inter):
+        """Quantize and code `sample` with `table` (`inter`: ``reference``, ``keep_symbols`` of
+        `featcodec.entropy.encode_values`)."""
         with self.stage("entropy_encode"):  # quantization included: the kernel does both in one pass
-            payload = encode_values(sample, table["thresholds"], symbol_order(table), len(table["levels"]),
-                                    table.get("parents"), _coder_version(table))
-        return payload, {} if self.table else table
+            return encode_values(sample, table["thresholds"], symbol_order(table), len(table["levels"]),
+                                 table.get("parents"), _coder_version(table), **inter)
+
+    def _decode_with(self, table: dict, payload: bytes, shape, **inter):
+        """Decode a payload straight to `table`'s levels (`inter` as in `_encode_with`)."""
+        with self.stage("entropy_decode"):  # dequantization included
+            return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"),
+                                 _coder_version(table), **inter)
 
     def sequence_encoder(self) -> SequenceEncoder:
         return _InterEncoder(self) if self.gop > 1 else super().sequence_encoder()
@@ -239,10 +252,7 @@ class Lightweight(Codec):
         _check_partners(self.table or _check_table(info, CorruptStreamError), shape, CorruptStreamError)
 
     def decode(self, payload, shape, info):
-        table = self.table or _check_table(info, CorruptStreamError)
-        with self.stage("entropy_decode"):  # dequantization included
-            return decode_values(payload, tuple(shape), _levels_by_symbol(table), table.get("parents"),
-                                 _coder_version(table))
+        return self._decode_with(self.table or _check_table(info, CorruptStreamError), payload, shape)
 
 
 class _InterEncoder(SequenceEncoder):
@@ -259,22 +269,12 @@ class _InterEncoder(SequenceEncoder):
         codec = self.codec
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         if self.position % codec.gop == 0:
-            if codec.table:
-                _check_partners(codec.table, sample.shape, InvalidInputError)
-                self.table = codec.table
-            else:
-                with codec.stage("design"):
-                    self.table = codec.design(sample)
-            self.reference = None
-        table = self.table
+            self.table, self.reference = codec._table_for(sample), None
         if self.reference is not None and self.reference.shape != sample.shape:
             raise InvalidInputError(f"sample of shape {sample.shape} in a sequence of {self.reference.shape}")
-        with codec.stage("entropy_encode"):
-            payload, self.reference = encode_values(
-                sample, table["thresholds"], symbol_order(table), len(table["levels"]), table.get("parents"),
-                _coder_version(table), reference=self.reference, keep_symbols=True)
+        payload, self.reference = codec._encode_with(self.table, sample, reference=self.reference, keep_symbols=True)
         self.position += 1
-        return [(payload, {} if codec.table else table)]
+        return [(payload, {} if codec.table else self.table)]
 
 
 class _InterDecoder(SequenceDecoder):
@@ -289,10 +289,8 @@ class _InterDecoder(SequenceDecoder):
         elif self.reference is None:
             raise CorruptStreamError("a sequence must be decoded from the start of a group")
         table = codec.table or _check_table(info, CorruptStreamError)
-        with codec.stage("entropy_decode"):
-            values, self.reference = decode_values(payload, self.shape, _levels_by_symbol(table), table.get("parents"),
-                                                   _coder_version(table), reference=self.reference,
-                                                   keep_symbols=True)
+        values, self.reference = codec._decode_with(table, payload, self.shape, reference=self.reference,
+                                                    keep_symbols=True)
         return [values]
 
     def finish(self):
