@@ -217,32 +217,25 @@ def _output_is_valid(path: str) -> bool:
         return False
 
 
+def _open_array(job: Job):
+    """The HDF5 dataset or Zarr array an item names, its attributes, and the call that closes it."""
+    if job.store == "zarr":
+        node = _zarr().open_array(job.source, path=job.dataset, mode="r")
+        return node, dict(node.attrs), lambda: None
+    import h5py
+
+    handle = h5py.File(job.source, "r")
+    node = handle[job.dataset]
+    return node, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}, handle.close
+
+
 def _samples(job: Job):
     """(iterator over NCHW samples, NCHW shape, dtype name, attrs), streaming HDF5 datasets and
     Zarr arrays sample by sample."""
-    if job.store == "zarr":
-        node = _zarr().open_array(job.source, path=job.dataset, mode="r")
-        attrs = dict(node.attrs)
+    if job.dataset is not None:
+        node, attrs, close = _open_array(job)
         probe = to_nchw(node[:1] if node.ndim == 4 else node[...], job.layout, job.dataset)
         shape = (node.shape[0], *probe.shape[1:]) if node.ndim == 4 else probe.shape
-
-        def gen_zarr():
-            if node.ndim == 4:
-                for i in range(node.shape[0]):
-                    yield to_nchw(node[i : i + 1], job.layout, f"{job.dataset}[{i}]")[0]
-            else:
-                yield probe
-
-        return gen_zarr(), shape, node.dtype.name, attrs
-    if job.dataset is not None:
-        import h5py
-
-        handle = h5py.File(job.source, "r")
-        node = handle[job.dataset]
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
-        probe = to_nchw(node[:1] if node.ndim == 4 else node[()], job.layout, job.dataset)
-        shape = (node.shape[0], *probe.shape[1:]) if node.ndim == 4 else probe.shape
-        dtype = node.dtype.name
 
         def gen():
             try:
@@ -252,9 +245,9 @@ def _samples(job: Job):
                 else:
                     yield probe
             finally:
-                handle.close()
+                close()
 
-        return gen(), shape, dtype, attrs
+        return gen(), shape, node.dtype.name, attrs
     raw = load_npy(job.source, job.source)
     array = to_nchw(raw, job.layout, job.source)
     samples = array if array.ndim == 4 else array[None]
@@ -323,10 +316,11 @@ def _in_zarr(output: str) -> bool:
 def _decode(job: Job) -> tuple[int, int, int]:
     """.fcb → .npy (or a Zarr array)."""
     data = read_bitstream(job.source)
-    array = decode(data)
+    stream = Bitstream.parse(data)
+    array = decode(stream)
     if _in_zarr(job.output):
         nchw = to_nchw(array, "nchw")
-        header = Bitstream.parse(data).header
+        header = stream.header
         attrs = {k: header[k] for k in ("layer", "dataset") if header.get(k)}
         samples = iter(nchw if nchw.ndim == 4 else [nchw])
         return len(data), _write_zarr(job, samples, array.shape, array.dtype.name, attrs, None), int(array.size)
@@ -402,13 +396,12 @@ def _verify(job: Job) -> None:
         decoded, codec = np.load(job.output, allow_pickle=False), None
     if job.kind == "fcb":
         original = decode(read_bitstream(job.source))
-    elif job.store == "zarr":
-        original = _zarr().open_array(job.source, path=job.dataset, mode="r")[...]
     elif job.dataset is not None:
-        import h5py
-
-        with h5py.File(job.source, "r") as f:
-            original = f[job.dataset][()]
+        node, _, close = _open_array(job)
+        try:
+            original = node[...]
+        finally:
+            close()
     else:
         original = load_npy(job.source, job.source)
     if decoded.shape != original.shape or decoded.dtype != original.dtype:
