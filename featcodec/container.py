@@ -64,11 +64,21 @@ def crc32(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def pack(header: dict[str, Any], payloads: list[bytes]) -> bytes:
-    """Serialise a header and its per-sample payloads into one ``.fcb`` bytestring."""
-    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    """Compact, key-sorted, strict JSON: the form every header and side information is stored in."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _header_bytes(header: dict[str, Any]) -> bytes:
+    header_bytes = _json_bytes(header)
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ValueError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    return header_bytes
+
+
+def pack(header: dict[str, Any], payloads: list[bytes]) -> bytes:
+    """Serialise a header and its per-sample payloads into one ``.fcb`` bytestring."""
+    header_bytes = _header_bytes(header)
     parts = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), len(payloads)), header_bytes]
     parts += [_INDEX_ENTRY.pack(len(p), crc32(p)) for p in payloads]
     head = b"".join(parts)
@@ -77,16 +87,14 @@ def pack(header: dict[str, Any], payloads: list[bytes]) -> bytes:
 
 def stream_head(header: dict[str, Any]) -> bytes:
     """The preamble and header of a streamed file (`header` without "samples"; "shape" [0, C, H, W])."""
-    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    if len(header_bytes) > MAX_HEADER_BYTES:
-        raise ValueError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    header_bytes = _header_bytes(header)
     head = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, FLAG_STREAMED, len(header_bytes), 0) + header_bytes
     return head + _CRC.pack(crc32(head))
 
 
 def stream_record(payload: bytes, info: dict[str, Any]) -> bytes:
     """One sample of a streamed file."""
-    info_bytes = json.dumps(info, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    info_bytes = _json_bytes(info)
     return _RECORD.pack(len(info_bytes), crc32(info_bytes), len(payload), crc32(payload)) + info_bytes + payload
 
 
@@ -122,7 +130,7 @@ def read_stream(read) -> tuple[dict[str, Any], Any]:
     if flags != FLAG_STREAMED:
         raise UnsupportedFormatError(f"flags {flags:#06x}: not a streamed featcodec file")
     header = _json_object(rest[:header_len], "header")
-    if not isinstance(header, dict) or not isinstance(header.get("shape"), list) or len(header["shape"]) != 4:
+    if not isinstance(header.get("shape"), list) or len(header["shape"]) != 4:
         raise CorruptStreamError("streamed header needs a shape [0, C, H, W]")
 
     def records():

@@ -44,6 +44,7 @@ from .io import (
     HDF5_MAGIC,
     activation_datasets,
     atomic_write,
+    hdf5_attrs,
     is_hdf5_path,
     load_npy,
     npy_bytes,
@@ -226,7 +227,7 @@ def _open_array(job: Job):
 
     handle = h5py.File(job.source, "r")
     node = handle[job.dataset]
-    return node, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}, handle.close
+    return node, hdf5_attrs(node), handle.close
 
 
 def _samples(job: Job):

@@ -178,7 +178,7 @@ def iter_hdf5_samples(spec: str) -> tuple[dict[str, Any], Iterator[np.ndarray]]:
         handle.close()
         raise InvalidInputError(f"{spec}: name one numeric dataset as FILE.h5:/DATASET (datasets: "
                                 f"{', '.join(names[:8]) or 'none'})")
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
+    attrs = hdf5_attrs(node)
 
     def samples():
         try:
@@ -222,8 +222,12 @@ def read_bitstream(spec: str, stdin=None) -> bytes:
 def _tensor_from_dataset(node) -> Tensor:
     if node.dtype.kind not in "fiub":
         raise InvalidInputError(f"dataset {node.name} has dtype {node.dtype}, not a numeric array")
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
-    return Tensor(node.name, node[()], attrs)
+    return Tensor(node.name, node[()], hdf5_attrs(node))
+
+
+def hdf5_attrs(node) -> dict[str, Any]:
+    """An HDF5 node's attributes as plain Python values (numpy scalars unwrapped)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in node.attrs.items()}
 
 
 def to_nchw(array: np.ndarray, layout: str = "nchw", label: str = "input") -> np.ndarray:
