@@ -21,10 +21,12 @@ from .container import FLAG_STREAMED, MAGIC, Bitstream, StreamCut
 from .errors import FeatcodecError, InvalidInputError
 from .io import (
     atomic_write,
+    from_nchw,
     is_hdf5_path,
     iter_hdf5_samples,
     iter_npy,
     npy_bytes,
+    open_bitstream,
     read_bitstream,
     read_tensor,
     split_hdf5_spec,
@@ -325,7 +327,7 @@ def decode(input_spec, output, sample, samples, force, quiet):
     wanted = _parse_samples(samples)
     if sample is not None and wanted is not None:
         raise InvalidInputError("give --sample or --samples, not both")
-    source = sys.stdin.buffer if input_spec == "-" else _open_input(input_spec)
+    source = open_bitstream(input_spec)
     preamble = source.read(20)
     if len(preamble) == 20 and preamble[:8] == MAGIC and preamble[10] & FLAG_STREAMED and sample is None \
             and wanted is None:
@@ -344,22 +346,8 @@ def decode(input_spec, output, sample, samples, force, quiet):
              f"the start of its group)", quiet)
     else:
         array = api.decode(stream, sample=sample)
-    header = stream.header
-    attrs = {k: header[k] for k in ("layer",) if header.get(k)}
-    attrs["codec"] = json.dumps(header["codec"], sort_keys=True)
-    dataset = header.get("dataset") or "features"
-    if dataset in ("stdin",):
-        dataset = "features"
-    write_array(output, array, force, dataset=dataset, attrs=attrs)
+    _write_decoded(output, array, stream.header, force)
     _say(f"{output}: {array.dtype} {tuple(array.shape)}", quiet or output == "-")
-
-
-def _open_input(spec: str):
-    if not os.path.exists(spec):
-        raise InvalidInputError(f"no such file: {spec}")
-    if os.path.isdir(spec):
-        raise InvalidInputError(f"{spec} is a directory")
-    return open(spec, "rb")  # noqa: SIM115 (read to the end by the caller; closed when the process ends)
 
 
 def _decode_stream(preamble: bytes, source, output, force, quiet) -> None:
@@ -380,8 +368,11 @@ def _decode_stream(preamble: bytes, source, output, force, quiet) -> None:
             _say(f"{output}: the {len(arrays)} complete sample(s) before the cut", False)
         raise
     if output != "-":
-        _write_decoded(output, np.stack(arrays), header, force)
-        _say(f"{output}: {arrays[0].dtype} {(len(arrays), *arrays[0].shape)}", quiet)
+        # a stream may hold no sample: an empty batch of the recorded sample shape
+        array = np.stack(arrays) if arrays else from_nchw(np.empty(header["shape"], header["dtype"]),
+                                                         header["layout"])
+        _write_decoded(output, array, header, force)
+        _say(f"{output}: {array.dtype} {tuple(array.shape)}", quiet)
 
 
 class _Prefixed(io.RawIOBase):
@@ -404,9 +395,11 @@ class _Prefixed(io.RawIOBase):
 
 
 def _write_decoded(output: str, array: np.ndarray, header: dict, force: bool) -> None:
+    """Write a decoded array (.npy, HDF5 or stdout), recording the layer and codec the file named."""
     attrs = {k: header[k] for k in ("layer",) if header.get(k)}
     attrs["codec"] = json.dumps(header["codec"], sort_keys=True)
-    write_array(output, array, force, dataset=header.get("dataset") or "features", attrs=attrs)
+    dataset = header.get("dataset") or "features"
+    write_array(output, array, force, dataset="features" if dataset == "stdin" else dataset, attrs=attrs)
 
 
 @cli.command()

@@ -206,17 +206,24 @@ def activation_datasets(h5file) -> list[str]:
     return [name for name in _dataset_names(h5file) if "featcodec_role" not in h5file[name].attrs]
 
 
-def read_bitstream(spec: str, stdin=None) -> bytes:
-    """The bytes of a .fcb file, or of standard input for ``-``."""
+def open_bitstream(spec: str, stdin=None):
+    """A binary reader of a .fcb file, or standard input for ``-``."""
     if spec == "-":
-        return (stdin or sys.stdin.buffer).read()
+        return stdin or sys.stdin.buffer
     if os.path.isdir(spec):
         raise InvalidInputError(f"{spec} is a directory, not a .fcb file")
     try:
-        with open(spec, "rb") as f:
-            return f.read()
+        return open(spec, "rb")  # noqa: SIM115 (the caller reads and closes it)
     except FileNotFoundError:
         raise InvalidInputError(f"no such file: {spec}") from None
+
+
+def read_bitstream(spec: str, stdin=None) -> bytes:
+    """The bytes of a .fcb file, or of standard input for ``-``."""
+    if spec == "-":
+        return open_bitstream(spec, stdin).read()
+    with open_bitstream(spec) as f:
+        return f.read()
 
 
 def _tensor_from_dataset(node) -> Tensor:

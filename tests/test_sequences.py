@@ -323,3 +323,16 @@ def test_dump_keeps_long_name_lists_out_of_attributes(tmp_path, monkeypatch):
     with h5py.File(out) as f:
         assert json.loads(f.attrs["images"]) == {"see": "/images", "count": 3}
         assert [n.decode() for n in f["images"][:]] == [f"opencv_tree_20s.mp4#frame={i}" for i in range(3)]
+
+
+def test_a_streamed_file_of_no_sample_decodes_to_an_empty_batch(tmp_path):
+    from featcodec.container import stream_end, stream_head
+
+    header = {"featcodec": featcodec.__version__, "codec": featcodec.get_codec("raw").get_config(), "layer": None,
+              "dataset": None, "shape": [0, 2, 4, 4], "batched": True, "dtype": "float32", "layout": "nchw",
+              "models": []}
+    path = tmp_path / "empty.fcb"
+    path.write_bytes(stream_head(header) + stream_end(0))
+    assert featcodec.decode(path.read_bytes()).shape == (0, 2, 4, 4)
+    run_cli("decode", path, "-o", tmp_path / "empty.npy", check=True)  # was an internal error (nothing to stack)
+    assert np.load(tmp_path / "empty.npy").shape == (0, 2, 4, 4)
