@@ -65,22 +65,22 @@ def encode_samples(samples: Iterator[np.ndarray], codec: Codec, *, shape: tuple[
     payload_bytes = sum(len(p) for p in payloads)
     elements = int(np.prod(shape))
     header = {
-        "featcodec": __version__,
-        "codec": codec.get_config(),
-        "layer": layer,
-        "dataset": dataset,
+        **_header(codec, layer, dataset, dtype, layout),
         "shape": [int(d) for d in shape],
         "batched": batched,
-        "dtype": dtype,
-        "layout": layout,
         "samples": infos,
         **({"groups": list(range(0, total, codec.gop))} if codec.gop > 1 and total else {}),
-        "models": codec.models(),
         "payload_bytes": payload_bytes,
         "bits_per_element": 8 * payload_bytes / elements,
         "compression_ratio": (4 * elements / payload_bytes) if payload_bytes else None,
     }
     return pack(header, payloads)
+
+
+def _header(codec: Codec, layer: str | None, dataset: str | None, dtype: str, layout: str) -> dict[str, Any]:
+    """The header fields every layout records (docs/FORMAT.md)."""
+    return {"featcodec": __version__, "codec": codec.get_config(), "layer": layer, "dataset": dataset,
+            "dtype": dtype, "layout": layout, "models": codec.models()}
 
 
 def encode_stream(arrays: Iterable[np.ndarray], codec: Codec, write: Callable[[bytes], Any], *,
@@ -110,9 +110,8 @@ def encode_stream(arrays: Iterable[np.ndarray], codec: Codec, write: Callable[[b
         for sample in (nchw if nchw.ndim == 4 else nchw[None]):
             if sample_shape is None:
                 sample_shape, dtype = sample.shape, np.asarray(array).dtype.name
-                put(stream_head({"featcodec": __version__, "codec": codec.get_config(), "layer": layer,
-                                 "dataset": dataset, "shape": [0, *map(int, sample_shape)], "batched": True,
-                                 "dtype": dtype, "layout": layout, "models": codec.models()}))
+                put(stream_head({**_header(codec, layer, dataset, dtype, layout),
+                                 "shape": [0, *map(int, sample_shape)], "batched": True}))
             elif sample.shape != sample_shape or np.asarray(array).dtype.name != dtype:
                 raise InvalidInputError(f"sample {count} is {np.asarray(array).dtype} {sample.shape}; the stream "
                                         f"began with {dtype} {sample_shape}")
@@ -151,11 +150,7 @@ def decode_stream(read: Callable[[int], bytes], *, codec: Codec | None = None
             for info, payload, payload_crc in records:
                 if crc32(payload) != payload_crc:
                     raise CorruptStreamError(f"CRC mismatch in sample {index}")
-                try:
-                    codec.validate(shape, info)
-                    ready = decoder.push(bytes(payload), info, index % codec.gop == 0)
-                except CorruptStreamError as err:
-                    raise CorruptStreamError(f"sample {index}: {err}") from err
+                ready = _push(codec, decoder, shape, index, bytes(payload), info, index % codec.gop == 0)
                 index += 1
                 for array in ready:
                     yield from_nchw(array.astype(dtype, copy=False), header["layout"])
@@ -244,17 +239,19 @@ def decode_range(stream: Bitstream, codec: Codec, start: int, stop: int,
             index += 1
 
     for position in range(first, stop):
-        info = stream.header["samples"][position]
-        try:
-            codec.validate(stream.sample_shape, info)
-        except CorruptStreamError as err:
-            raise CorruptStreamError(f"sample {position}: {err}") from err
-        try:
-            ready = decoder.push(stream.payload(position), info, position in starts)
-        except CorruptStreamError as err:
-            raise CorruptStreamError(f"sample {position}: {err}") from err
-        yield from emit(ready)
+        yield from emit(_push(codec, decoder, stream.sample_shape, position, stream.payload(position),
+                              stream.header["samples"][position], position in starts))
     yield from emit(decoder.finish())
+
+
+def _push(codec: Codec, decoder, shape, index: int, payload: bytes, info: dict, starts_group: bool) -> list:
+    """Check sample `index`'s side information (`Codec.validate`) and give it to `decoder`; what is
+    wrong with the stream is a `CorruptStreamError` naming the sample, anything else a bug as it is."""
+    try:
+        codec.validate(shape, info)
+        return decoder.push(payload, info, starts_group)
+    except CorruptStreamError as err:
+        raise CorruptStreamError(f"sample {index}: {err}") from err
 
 
 def info(data) -> dict[str, Any]:
