@@ -11,8 +11,8 @@ or 10-bit (``gray10le``) frames:
 
 Rate control: a constant ``qp``; ``lossless``; or a target size in kilobits for the whole
 stack (``kbits``). x265's one-pass ABR misses by a wide margin on one or a few frames, so a
-target is met by a constant rate factor (CRF, a real number) instead, in at most three encodes
-(`_search_crf`: a rate model from the frames' activity, then secant steps). A target missed by
+target is met by a constant rate factor (CRF, a real number) instead, in two encodes as a rule,
+three at most (`_search_crf`: where `featcodec.ratemodel` puts them). A target missed by
 more than ±10 % (too small a frame to spend it even at CRF 0, too large to fit it at CRF 51, or a
 model miss) raises a `RateWarning` naming the real rate, which the stream records.
 """
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import ratemodel
 from .errors import BackendError, CorruptStreamError, FeatcodecWarning, InvalidInputError, MissingBackendError
 
 
@@ -226,7 +227,7 @@ def encode_stacks(stacks: list[np.ndarray], bitdepth: int = 8, *, qp: int | None
         what = "x".join(str(v) for v in stacks[0].shape[-2:]) + \
             (f" x {sum(len(f) for f in stacks)} frames" if sum(len(f) for f in stacks) > 1 else "")
         return _search_crf(lambda crf: encode_at(None, crf), kbits, what, sum(f.size for f in stacks),
-                          activity(stacks, inter), PRIOR_SLOPE_INTER if inter else PRIOR_SLOPE)
+                           activity(stacks, inter), inter)
     finally:
         timings.encode += time.perf_counter() - start
 
@@ -244,15 +245,11 @@ def access_units(stream: bytes) -> list[bytes]:
     return [stream[a:b] for a, b in zip(starts, starts[1:] + [len(stream)])]
 
 
-# The rate model: log2(bits per pixel) falls linearly with x265's CRF (a real number, so the rate
-# is continuous: with adaptive quantization a quarter step moves the size by about 4 %). Where
-# the line starts comes from the frames' activity (mean absolute difference of neighbouring
-# pixels, A): at CRF 30, log2 bpp ≈ 0.97 log2 A - 4.49 (fitted on tiling, FPC and auto-tiler frames
-# of the reference detector's training photos, residual 0.25); the slope, -0.1 to -0.45 per unit
-# on those frames, starts at the prior and is then measured (secant).
-PRIOR_CRF, PRIOR_GAIN, PRIOR_OFFSET, PRIOR_SLOPE = 30.0, 0.97, -4.49, -0.3
-PRIOR_SLOPE_INTER = -0.17  # groups of P frames: -0.15 to -0.19 on three bundled clips (tiling, S4)
-CRF_RANGE = (0.0, 51.0)
+# Where the rate model (featcodec.ratemodel) has no curve spanning both rates, the second encode
+# steps along a typical slope of log2 size per CRF unit (intra: -0.1 to -0.45 on the reference
+# detector's frames; groups of P frames: -0.15 to -0.19 on three bundled clips, tiling, S4).
+FALLBACK_SLOPE, FALLBACK_SLOPE_INTER = -0.3, -0.17
+CRF_RANGE = ratemodel.CRF_RANGE
 MAX_PASSES = 3
 
 
@@ -276,12 +273,11 @@ def activity(stacks: list[np.ndarray], inter: bool = False) -> float:
 
 
 def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity: float,
-               prior_slope: float = PRIOR_SLOPE) -> tuple[list[bytes], float]:
-    """Meet `kbits` with a constant rate factor in at most MAX_PASSES encodes: the first at the CRF
-    the prior line gives for the target's bits per pixel and the frames' `activity`, the second
-    along the prior slope from the first, the third on the line through the first two (a secant).
-    The stream closest to the target in log size is kept; outside ±10 % a `RateWarning` names the
-    real rate."""
+                inter: bool = False) -> tuple[list[bytes], float]:
+    """Meet `kbits` with a constant rate factor: the first two encodes where the rate model
+    (`featcodec.ratemodel`) puts them, a third, where two missed (rare), on the line through them (a
+    secant). The stream closest to the target in log size is kept; outside ±10 % a `RateWarning`
+    names the real rate."""
     if not kbits > 0:
         raise InvalidInputError(f"target kilobits must be positive, got {kbits}")
     target = kbits * 1000 / 8  # bytes
@@ -295,18 +291,22 @@ def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity
     def clamp(crf: float) -> float:
         return round(min(max(crf, CRF_RANGE[0]), CRF_RANGE[1]), 2)
 
+    def bpp(log_bytes: float) -> float:  # log2 bits per pixel, the rate model's unit
+        return log_bytes + 3 - math.log2(pixels)
+
     goal = math.log2(target)
-    expected = PRIOR_GAIN * math.log2(frames_activity + 1e-3) + PRIOR_OFFSET  # log2 bpp at PRIOR_CRF
-    crf = clamp(PRIOR_CRF + (math.log2(8 * target / pixels) - expected) / prior_slope)
+    crf = clamp(ratemodel.first_crf(bpp(goal), frames_activity, inter))
     points = [(crf, log_size(crf))]
     while len(tried) < MAX_PASSES and abs(points[-1][1] - goal) > math.log2(1.1) * 0.8:
         if len(points) == 1:
-            slope = prior_slope
+            step = ratemodel.next_crf(crf, bpp(points[0][1]), bpp(goal), frames_activity, inter)
+            slope = FALLBACK_SLOPE_INTER if inter else FALLBACK_SLOPE
+            crf = clamp(step if step is not None else crf + (goal - points[0][1]) / slope)
         else:
             (c0, s0), (c1, s1) = points[-2:]
-            slope = (s1 - s0) / (c1 - c0) if c1 != c0 and s1 != s0 else prior_slope
+            slope = (s1 - s0) / (c1 - c0) if c1 != c0 and s1 != s0 else -0.3
             slope = min(slope, -0.02)  # size never grows with CRF; a flat stretch must not send it far
-        crf = clamp(points[-1][0] + (goal - points[-1][1]) / slope)
+            crf = clamp(c1 + (goal - s1) / slope)
         if crf in tried:
             break
         points.append((crf, log_size(crf)))

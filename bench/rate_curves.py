@@ -1,0 +1,96 @@
+"""Build the HEVC rate model's table (featcodec/rate_curves.json): stream size over a CRF grid.
+
+    python bench/rate_curves.py data/autotiler_train.h5 data/video_*.h5 data/pans.h5 > featcodec/rate_curves.json
+
+Intra curves (`photo_curves`): tiling frames of 64 photos of a dump (the auto-tiler's training
+photos: the training split and examples/images_more, never the held-out photos) and FPC and
+auto-tiler (CR4, CR16) frames of every 4th, on the reference detector's S1, S2 and S4. Inter
+curves (`group_curves`, a group: an intra frame, then P frames) per clip and layer (S2, S4): the
+bundled 64-frame clips in tiling groups of 32 and 8, FPC groups of 8 (S2) and auto-tiler CR16
+groups of 16; the 16-frame clips of bench/pan_clips.py in tiling groups of 16 and 8 and
+auto-tiler groups of 16. x265 preset medium (the codecs' default), 8-bit frames. About 40 min on
+2 cores (`make rate-model`).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import featcodec
+from featcodec import video
+
+GRID = list(range(0, 52, 3))
+
+
+def curve(stacks: list[np.ndarray], inter: bool, source: str, frames: str) -> dict:
+    """log2 bits per pixel of `stacks` (each its own stream) at each CRF of the grid."""
+    stacks = [video.pad_frames(s) for s in stacks]
+    pixels = sum(s.size for s in stacks)
+    sizes = [sum(len(video.encode_frames_qp(s, 8, None, "medium", inter=inter, crf=crf)) for s in stacks)
+             for crf in GRID]
+    return {"source": source, "frames": frames, "inter": inter, "activity": round(video.activity(stacks, inter), 4),
+            "log2_bpp": [round(float(np.log2(8 * size / pixels)), 3) for size in sizes]}
+
+
+def frames_of(method: str, sample: np.ndarray, cr: int | None = None) -> np.ndarray:
+    codec = featcodec.get_codec(method, qp=22, **({"cr": cr} if cr else {}))
+    return codec.to_frames(sample)[0]
+
+
+def photo_curves(path: Path, photos: int = 64):
+    """Intra curves of about `photos` photos of a dump (its un-augmented entries, evenly spaced)."""
+    with h5py.File(path, "r") as dump:
+        names = [n.decode() for n in dump["images"][:]]
+        plain = [i for i, n in enumerate(names) if "#" not in n]
+        for k, i in enumerate(plain[:: max(1, len(plain) // photos)]):
+            for layer in ("S1", "S2", "S4"):
+                sample = dump[layer][i]
+                kinds = [("tiling", None)]
+                if k % 4 == 0:
+                    kinds += [("fpc", None), ("autotiler", 4), ("autotiler", 16)]
+                for method, cr in kinds:
+                    yield curve([frames_of(method, sample, cr)], False, names[i], f"{layer} {method}{cr or ''}")
+
+
+def group_curves(path: Path):
+    """Inter curves of each clip in a dump (``images`` names its frames ``clip#frame=K``)."""
+    with h5py.File(path, "r") as dump:
+        clips: dict[str, list[int]] = {}
+        for i, name in enumerate(n.decode() for n in dump["images"][:]):
+            clips.setdefault(name.split("#")[0], []).append(i)
+        for clip, rows in clips.items():
+            # long clips (the bundled 64-frame dumps): groups of 32 and 8, FPC on S2; short ones: 16 and 8
+            groups = [("tiling", None, 32, 0), ("tiling", None, 8, 0), ("fpc", None, 8, 16), ("autotiler", 16, 16, 0)] \
+                if len(rows) >= 32 else [("tiling", None, 16, 0), ("tiling", None, 8, 8), ("autotiler", 16, 16, 0)]
+            for layer in ("S2", "S4"):
+                for method, cr, gop, start in groups:
+                    if method == "fpc" and layer == "S4":  # 128 streams per CRF: S2's 72 take long enough
+                        continue
+                    per_sample = [frames_of(method, dump[layer][k], cr) for k in rows[start : start + gop]]
+                    if method == "fpc":  # one stream per channel over the group
+                        stacks = [np.stack([frames[c] for frames in per_sample]) for c in range(len(per_sample[0]))]
+                    else:
+                        stacks = [np.concatenate(per_sample)]
+                    yield curve(stacks, True, clip, f"{layer} {method}{cr or ''} gop{gop}@{start}")
+
+
+def main(paths: list[str]) -> None:
+    start, rows = time.perf_counter(), []
+    for path in map(Path, paths):
+        with h5py.File(path, "r") as dump:
+            clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
+        for row in (group_curves if clips else photo_curves)(path):
+            rows.append(row)
+            print(f"{len(rows):4d} {row['source']} {row['frames']}", file=sys.stderr, flush=True)
+    about = ("x265 (preset medium, 8-bit) stream size over CRF; built by bench/rate_curves.py from "
+             + ", ".join(Path(p).name for p in paths) + f" in {time.perf_counter() - start:.0f} s")
+    lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in rows)  # a curve per line
+    print(f'{{"about": {json.dumps(about)},\n"grid": {json.dumps(GRID)},\n"curves": [\n{lines}\n]}}')
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
