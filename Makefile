@@ -75,14 +75,15 @@ bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
 	$(PY) bench/sequences.py data/reference_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/sequences.md
-	$(PY) bench/rate_control.py data/reference_heldout.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/rate_control.md
+	$(PY) bench/pan_clips.py data/pans_heldout.h5 heldout
+	$(PY) bench/rate_control.py data/reference_heldout.h5 $(VIDEO_DUMPS) data/pans_heldout.h5 | tee $(BENCH_OUT)/rate_control.md
 
 # The HEVC rate model's table (featcodec/rate_curves.json, committed): x265 size-over-CRF curves of
 # the auto-tiler's training photos and of groups of the bundled clips and of camera clips made from
-# training photos (bench/pan_clips.py); about 40 min on 2 cores.
+# training photos (bench/pan_clips.py); about 40 min on 2 cores, resumable (data/rate_curves.jsonl).
 rate-model: $(PY) data/autotiler_train.h5 $(VIDEO_DUMPS)
 	$(PY) bench/pan_clips.py data/pans.h5
-	$(PY) bench/rate_curves.py data/autotiler_train.h5 $(VIDEO_DUMPS) data/pans.h5 > featcodec/rate_curves.json.tmp
+	$(PY) bench/rate_curves.py data/rate_curves.jsonl data/autotiler_train.h5 $(VIDEO_DUMPS) data/pans.h5 > featcodec/rate_curves.json.tmp
 	mv featcodec/rate_curves.json.tmp featcodec/rate_curves.json
 
 # Feature sequences: the reference detector's S2 and S4 on the first 64 frames of a bundled clip.

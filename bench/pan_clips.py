@@ -1,6 +1,7 @@
 """Camera clips made from training photos, for the HEVC rate model's group curves.
 
-    python bench/pan_clips.py data/pans.h5
+    python bench/pan_clips.py data/pans.h5                    # from training photos (the model's table)
+    python bench/pan_clips.py data/pans_heldout.h5 heldout    # from held-out photos (its check)
 
 Four bundled clips are few to learn how x265 groups of P frames spend bits. Each of 12
 training photos (examples/images, the training split of examples/make_data.py) becomes a
@@ -37,8 +38,8 @@ def make_clip(photo: Path, motion: str, out: Path) -> None:
                     "-r", "30", "-c:v", "libx264", "-crf", "18", str(out)], check=True)
 
 
-def main(output: str) -> None:
-    photos = splits()["train"][::3][:12]
+def main(output: str, split: str = "train") -> None:
+    photos = splits()[split][::3][:12] if split == "train" else splits()[split][:12]
     with tempfile.TemporaryDirectory() as folder:
         clips = []
         for i, name in enumerate(photos):
@@ -51,4 +52,4 @@ def main(output: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

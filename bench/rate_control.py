@@ -1,12 +1,15 @@
 """HEVC rate control: how often a Kbpi target is met within ±10 %, and in how many encodes.
 
-    python bench/rate_control.py data/reference_heldout.h5 data/video_*.h5 > bench/results/rate_control.md
+    python bench/rate_control.py data/reference_heldout.h5 data/video_*.h5 data/pans_heldout.h5 \
+        > bench/results/rate_control.md
 
 Intra: the held-out photos (the rate model's table, featcodec/rate_curves.json, holds training
 photos only), S1, S2 and S4, coded by tiling, FPC and the auto-tiler (CR4, CR16) at the auto-tiler
-paper's bases, 15 to 240 Kbpi. Inter: frames 32-63 of each clip (the table holds groups from
-frames 0-31 and 16-23 of the same clips), tiling in groups of 32 and 8, the auto-tiler (CR16) in
-groups of 16 and FPC (S2) in groups of 8; the target is per sample, so a group aims at gop times it.
+paper's bases, 15 to 240 Kbpi. Inter: frames 32-63 of each bundled clip (the table holds groups
+from frames 0-31 of the same clips) and the clips bench/pan_clips.py makes from the held-out
+photos (content the table never saw), tiling in groups of 32, 16 and 8, the auto-tiler (CR16) in
+groups of 16 and FPC (S2) in groups of 8, where the clip is long enough; the target is per
+sample, so a group aims at gop times it.
 x265 preset medium. A target that no CRF reaches (the frames' floor at CRF 51 is above it, or
 CRF 0 below it) is left out and counted. Last, the table against itself: every curve's two-encode
 search simulated (by interpolation, no encodes) from the curves of other photos and clips.
@@ -27,7 +30,8 @@ from featcodec import ratemodel, video
 
 BASES = (15, 30, 60, 120, 240)
 INTRA = [("tiling", {}), ("fpc", {}), ("autotiler CR4", {"cr": 4}), ("autotiler CR16", {"cr": 16})]
-INTER = [("tiling", {}, 32), ("tiling", {}, 8), ("autotiler CR16", {"cr": 16}, 16), ("fpc", {}, 8)]
+INTER = [("tiling", {}, 32), ("tiling", {}, 16), ("tiling", {}, 8), ("autotiler CR16", {"cr": 16}, 16),
+         ("fpc", {}, 8)]
 
 
 def search(x: np.ndarray, method: str, params: dict, kbpi: float, gop: int = 1) -> tuple[float, int, float]:
@@ -48,7 +52,6 @@ def report(title: str, results: dict[str, list[tuple[float, int, bool]]]) -> Non
     print(f"\n## {title}\n")
     print("| frames | targets | within ±10 % | ≤ 2 encodes and within | mean encodes | encodes 1/2/3 | unreachable |")
     print("|---|---|---|---|---|---|---|")
-    total = defaultdict(list)
     for name, rows in [*results.items(), ("all", None)]:
         rows = rows if rows is not None else [r for rs in results.values() for r in rs]
         met = [r for r in rows if r[2]]
@@ -59,7 +62,6 @@ def report(title: str, results: dict[str, list[tuple[float, int, bool]]]) -> Non
         print(f"| {name} | {len(met)} | {within} ({within / max(len(met), 1):.0%}) | {quick} "
               f"({quick / max(len(met), 1):.0%}) | {np.mean([r[1] for r in met]):.2f} | "
               f"{'/'.join(map(str, counts))} | {len(rows) - len(met)} |")
-        total[name] = met
 
 
 def intra(path: Path) -> dict:
@@ -80,16 +82,21 @@ def inter(paths: list[Path]) -> dict:
     results = defaultdict(list)
     for path in paths:
         with h5py.File(path, "r") as dump:
-            for layer in ("S2", "S4"):
-                for method, params, gop in INTER:
-                    if method == "fpc" and layer == "S4":
-                        continue
-                    x = dump[layer][32 : 32 + gop]
-                    for kbpi in BASES:
-                        reached, encodes, crf = search(x, method, params, kbpi, gop)
-                        results[f"{layer} {method} gop{gop}"].append(
-                            (reached / kbpi, encodes, reachable(crf, reached, kbpi)))
-                print(f"{path.name} {layer}", file=sys.stderr, flush=True)
+            clips: dict[str, list[int]] = {}
+            for i, name in enumerate(n.decode() for n in dump["images"][:]):
+                clips.setdefault(name.split("#")[0], []).append(i)
+            for clip, rows in clips.items():
+                start = 32 if len(rows) >= 64 else 0  # the bundled clips' first 32 frames are in the table
+                for layer in ("S2", "S4"):
+                    for method, params, gop in INTER:
+                        if (method == "fpc" and layer == "S4") or start + gop > len(rows):
+                            continue
+                        x = dump[layer][rows[start] : rows[start] + gop]
+                        for kbpi in BASES:
+                            reached, encodes, crf = search(x, method, params, kbpi, gop)
+                            results[f"{layer} {method} gop{gop}"].append(
+                                (reached / kbpi, encodes, reachable(crf, reached, kbpi)))
+                print(f"{path.name} {clip}", file=sys.stderr, flush=True)
     return results
 
 
@@ -125,15 +132,17 @@ def table_check() -> None:
 
 
 def main(paths: list[str]) -> None:
-    photos = [Path(p) for p in paths if "video" not in Path(p).name]
-    clips = [Path(p) for p in paths if "video" in Path(p).name]
+    photos, clips = [], []
+    for path in map(Path, paths):
+        with h5py.File(path, "r") as dump:
+            is_clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
+        (clips if is_clips else photos).append(path)
     print("# HEVC rate control: Kbpi targets met within ±10 %, and encodes per target\n")
     print(f"Model table: {ratemodel.TABLE.name}; {featcodec.__name__} {featcodec.__version__}; x265 preset medium.")
     for path in photos:
         report(f"Intra, {path.name} (one sample per stream)", intra(path))
     if clips:
-        report("Inter, frames 32-63 of " + ", ".join(p.stem.removeprefix("video_") for p in clips)
-               + " (one stream per group)", inter(clips))
+        report("Inter, " + ", ".join(p.name for p in clips) + " (one stream per group)", inter(clips))
     table_check()
 
 

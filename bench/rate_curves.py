@@ -1,6 +1,9 @@
 """Build the HEVC rate model's table (featcodec/rate_curves.json): stream size over a CRF grid.
 
-    python bench/rate_curves.py data/autotiler_train.h5 data/video_*.h5 data/pans.h5 > featcodec/rate_curves.json
+    python bench/rate_curves.py data/rate_curves.jsonl data/autotiler_train.h5 data/video_*.h5 data/pans.h5 \
+        > featcodec/rate_curves.json
+
+(data/rate_curves.jsonl keeps the curves measured so far: a second run resumes.)
 
 Intra curves (`photo_curves`): tiling frames of 64 photos of a dump (the auto-tiler's training
 photos: the training split and examples/images_more, never the held-out photos) and FPC and
@@ -13,6 +16,7 @@ auto-tiler groups of 16. x265 preset medium (the codecs' default), 8-bit frames.
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,9 +30,9 @@ from featcodec import video
 GRID = list(range(0, 52, 3))
 
 
-def curve(stacks: list[np.ndarray], inter: bool, source: str, frames: str) -> dict:
+def curve(stacks, inter: bool, source: str, frames: str) -> dict:
     """log2 bits per pixel of `stacks` (each its own stream) at each CRF of the grid."""
-    stacks = [video.pad_frames(s) for s in stacks]
+    stacks = [video.pad_frames(s) for s in stacks()]
     pixels = sum(s.size for s in stacks)
     sizes = [sum(len(video.encode_frames_qp(s, 8, None, "medium", inter=inter, crf=crf)) for s in stacks)
              for crf in GRID]
@@ -53,7 +57,16 @@ def photo_curves(path: Path, photos: int = 64):
                 if k % 4 == 0:
                     kinds += [("fpc", None), ("autotiler", 4), ("autotiler", 16)]
                 for method, cr in kinds:
-                    yield curve([frames_of(method, sample, cr)], False, names[i], f"{layer} {method}{cr or ''}")
+                    yield (names[i], f"{layer} {method}{cr or ''}", False,
+                           lambda sample=sample, method=method, cr=cr: [frames_of(method, sample, cr)])
+
+
+def group_stacks(samples: np.ndarray, method: str, cr: int | None) -> list[np.ndarray]:
+    """A group's frames as x265 codes them: one stack, or for FPC one per channel."""
+    per_sample = [frames_of(method, sample, cr) for sample in samples]
+    if method == "fpc":
+        return [np.stack([frames[c] for frames in per_sample]) for c in range(len(per_sample[0]))]
+    return [np.concatenate(per_sample)]
 
 
 def group_curves(path: Path):
@@ -70,27 +83,37 @@ def group_curves(path: Path):
                 for method, cr, gop, start in groups:
                     if method == "fpc" and layer == "S4":  # 128 streams per CRF: S2's 72 take long enough
                         continue
-                    per_sample = [frames_of(method, dump[layer][k], cr) for k in rows[start : start + gop]]
-                    if method == "fpc":  # one stream per channel over the group
-                        stacks = [np.stack([frames[c] for frames in per_sample]) for c in range(len(per_sample[0]))]
-                    else:
-                        stacks = [np.concatenate(per_sample)]
-                    yield curve(stacks, True, clip, f"{layer} {method}{cr or ''} gop{gop}@{start}")
+                    samples = dump[layer][rows[start] : rows[start] + gop]
+                    yield clip, f"{layer} {method}{cr or ''} gop{gop}@{start}", True, \
+                        lambda samples=samples, method=method, cr=cr: group_stacks(samples, method, cr)
 
 
-def main(paths: list[str]) -> None:
-    start, rows = time.perf_counter(), []
-    for path in map(Path, paths):
-        with h5py.File(path, "r") as dump:
-            clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
-        for row in (group_curves if clips else photo_curves)(path):
-            rows.append(row)
-            print(f"{len(rows):4d} {row['source']} {row['frames']}", file=sys.stderr, flush=True)
+def main(paths: list[str], done: Path) -> None:
+    """Measure every curve the dumps at `paths` call for; `done` keeps each as it is measured (a
+    line of JSON), so a second run resumes where the first stopped."""
+    start, rows = time.perf_counter(), {}
+    if done.exists():
+        for line in done.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["source"], row["frames"]] = row
+    with done.open("a") as log:
+        for path in map(Path, paths):
+            with h5py.File(path, "r") as dump:
+                clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
+            for source, frames, inter, stacks in (group_curves if clips else photo_curves)(path):
+                if (source, frames) not in rows:
+                    rows[source, frames] = row = curve(stacks, inter, source, frames)
+                    log.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    log.flush()
+                print(f"{len(rows):4d} {source} {frames}", file=sys.stderr, flush=True)
     about = ("x265 (preset medium, 8-bit) stream size over CRF; built by bench/rate_curves.py from "
-             + ", ".join(Path(p).name for p in paths) + f" in {time.perf_counter() - start:.0f} s")
-    lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in rows)  # a curve per line
+             + ", ".join(Path(p).name for p in paths) + f", {time.perf_counter() - start:.0f} s in the last run")
+    lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in rows.values())  # a curve per line
     print(f'{{"about": {json.dumps(about)},\n"grid": {json.dumps(GRID)},\n"curves": [\n{lines}\n]}}')
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # One x265 process per encode: PyAV's in-process libx265 segfaulted once in some 200,000 encodes
+    # of a build (not reproduced in 3,000 repeats of that stream); a process dies alone.
+    os.environ.setdefault("FEATCODEC_VIDEO_BACKEND", "ffmpeg")
+    main(sys.argv[2:], Path(sys.argv[1]))
