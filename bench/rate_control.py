@@ -118,13 +118,13 @@ def table_check() -> None:
                 if not own[-1] + 0.2 < goal < own[0] - 0.2:
                     continue
                 count += 1
-                crf = model.first_crf(goal, row["activity"])
+                crf = model.first_crf(goal, row["activity"], row["geometry"])
                 seen = float(np.interp(crf, grid, own))
                 if abs(seen - goal) <= tolerance:
                     first += 1
                     second += 1
                     continue
-                step = model.next_crf(crf, seen, goal, row["activity"])
+                step = model.next_crf(crf, seen, goal, row["activity"], row["geometry"])
                 if step is not None:
                     second += abs(float(np.interp(min(max(step, 0), 51), grid, own)) - goal) <= tolerance
         print(f"| {'inter' if inter_kind else 'intra'} | {len(rows)} | {count} | {first / count:.0%} | "

@@ -37,6 +37,7 @@ def curve(stacks, inter: bool, source: str, frames: str) -> dict:
     sizes = [sum(len(video.encode_frames_qp(s, 8, None, "medium", inter=inter, crf=crf)) for s in stacks)
              for crf in GRID]
     return {"source": source, "frames": frames, "inter": inter, "activity": round(video.activity(stacks, inter), 4),
+            "geometry": list(stacks[0].shape),  # frames per stream, height, width
             "log2_bpp": [round(float(np.log2(8 * size / pixels)), 3) for size in sizes]}
 
 

@@ -226,8 +226,7 @@ def encode_stacks(stacks: list[np.ndarray], bitdepth: int = 8, *, qp: int | None
             return encode_at(qp), qp
         what = "x".join(str(v) for v in stacks[0].shape[-2:]) + \
             (f" x {sum(len(f) for f in stacks)} frames" if sum(len(f) for f in stacks) > 1 else "")
-        return _search_crf(lambda crf: encode_at(None, crf), kbits, what, sum(f.size for f in stacks),
-                           activity(stacks, inter), inter)
+        return _search_crf(lambda crf: encode_at(None, crf), kbits, what, stacks, inter)
     finally:
         timings.encode += time.perf_counter() - start
 
@@ -272,7 +271,7 @@ def activity(stacks: list[np.ndarray], inter: bool = False) -> float:
     return total / max(count, 1)
 
 
-def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity: float,
+def _search_crf(encode_at, kbits: float, what: str, stacks: list[np.ndarray],
                 inter: bool = False) -> tuple[list[bytes], float]:
     """Meet `kbits` with a constant rate factor: the first two encodes where the rate model
     (`featcodec.ratemodel`) puts them, a third, where two missed (rare), on the line through them (a
@@ -281,6 +280,8 @@ def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity
     if not kbits > 0:
         raise InvalidInputError(f"target kilobits must be positive, got {kbits}")
     target = kbits * 1000 / 8  # bytes
+    pixels, frames_activity = sum(f.size for f in stacks), activity(stacks, inter)
+    geometry = stacks[0].shape  # frames per stream, height, width
     tried: dict[float, list[bytes]] = {}
 
     def log_size(crf: float) -> float:
@@ -295,11 +296,11 @@ def _search_crf(encode_at, kbits: float, what: str, pixels: int, frames_activity
         return log_bytes + 3 - math.log2(pixels)
 
     goal = math.log2(target)
-    crf = clamp(ratemodel.first_crf(bpp(goal), frames_activity, inter))
+    crf = clamp(ratemodel.first_crf(bpp(goal), frames_activity, geometry, inter))
     points = [(crf, log_size(crf))]
     while len(tried) < MAX_PASSES and abs(points[-1][1] - goal) > math.log2(1.1) * 0.8:
         if len(points) == 1:
-            step = ratemodel.next_crf(crf, bpp(points[0][1]), bpp(goal), frames_activity, inter)
+            step = ratemodel.next_crf(crf, bpp(points[0][1]), bpp(goal), frames_activity, geometry, inter)
             slope = FALLBACK_SLOPE_INTER if inter else FALLBACK_SLOPE
             crf = clamp(step if step is not None else crf + (goal - points[0][1]) / slope)
         else:
