@@ -47,6 +47,11 @@ ACTIVITY_WEIGHT = 0.5
 # activity. Measured on the table, leaving each photo out: 99 % of targets within ±10 % in two
 # encodes with it, 96 % without (FPC 99 % against 91 %).
 GEOMETRY_WEIGHT = 1.0
+# Beyond this (in doublings of activity, frames per stream or frame area) from every curve the
+# table knows no frames like these, and the second encode takes a typical slope instead
+# (`featcodec.video`): a group of 8 frames of 192 x 384 at activity 0.2, 2.8 doublings from every
+# curve, took four encodes with the table's step and three with the slope.
+SUPPORT = 2.0
 CRF_RANGE = (0.0, 51.0)
 
 
@@ -92,7 +97,8 @@ class RateModel:
 
     def next_crf(self, crf: float, seen_bpp: float, goal_bpp: float, frames_activity: float,
                  geometry) -> float | None:
-        """The CRF to try after an encode at `crf` took `seen_bpp`; None where no curve spans both rates."""
+        """The CRF to try after an encode at `crf` took `seen_bpp`; None where no curve spans both
+        rates, or none is within `SUPPORT` of the frames."""
         seen_at, goal_at = self._crf_where(seen_bpp), self._crf_where(goal_bpp)
         both = ~np.isnan(seen_at) & ~np.isnan(goal_at)
         if not both.any():
@@ -100,6 +106,8 @@ class RateModel:
         # A curve resembles the frames if it took the same rate at a similar shifted CRF (3 CRF units
         # weigh as much as two doublings of activity) and has their geometry.
         activity, activity_gap, shape_gap = self._unlike(frames_activity, geometry)
+        if (ACTIVITY_WEIGHT * activity_gap + shape_gap).min() > SUPPORT:
+            return None
         shifted_gap = (seen_at - ACTIVITY_SHIFT * self.activity) - (crf - ACTIVITY_SHIFT * activity)
         distance = np.abs(shifted_gap) / 3 + ACTIVITY_WEIGHT * activity_gap + shape_gap
         nearest = np.argsort(distance[both], kind="stable")[:NEIGHBOURS]

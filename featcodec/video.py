@@ -12,7 +12,7 @@ or 10-bit (``gray10le``) frames:
 Rate control: a constant ``qp``; ``lossless``; or a target size in kilobits for the whole
 stack (``kbits``). x265's one-pass ABR misses by a wide margin on one or a few frames, so a
 target is met by a constant rate factor (CRF, a real number) instead, in two encodes as a rule,
-three at most (`_search_crf`: where `featcodec.ratemodel` puts them). A target missed by
+four at most (`_search_crf`: where `featcodec.ratemodel` puts them). A target missed by
 more than ±10 % (too small a frame to spend it even at CRF 0, too large to fit it at CRF 51, or a
 model miss) raises a `RateWarning` naming the real rate, which the stream records.
 """
@@ -249,7 +249,7 @@ def access_units(stream: bytes) -> list[bytes]:
 # detector's frames; groups of P frames: -0.15 to -0.19 on three bundled clips, tiling, S4).
 FALLBACK_SLOPE, FALLBACK_SLOPE_INTER = -0.3, -0.17
 CRF_RANGE = ratemodel.CRF_RANGE
-MAX_PASSES = 3
+MAX_PASSES = 4  # the third and fourth are rare: where the rate model missed
 
 
 def activity(stacks: list[np.ndarray], inter: bool = False) -> float:
@@ -274,9 +274,9 @@ def activity(stacks: list[np.ndarray], inter: bool = False) -> float:
 def _search_crf(encode_at, kbits: float, what: str, stacks: list[np.ndarray],
                 inter: bool = False) -> tuple[list[bytes], float]:
     """Meet `kbits` with a constant rate factor: the first two encodes where the rate model
-    (`featcodec.ratemodel`) puts them, a third, where two missed (rare), on the line through them (a
-    secant). The stream closest to the target in log size is kept; outside ±10 % a `RateWarning`
-    names the real rate."""
+    (`featcodec.ratemodel`) puts them; where two missed (rare), up to two more on the line through
+    the points that bracket the target, or else the last two (a secant). The stream closest to the
+    target in log size is kept; outside ±10 % a `RateWarning` names the real rate."""
     if not kbits > 0:
         raise InvalidInputError(f"target kilobits must be positive, got {kbits}")
     target = kbits * 1000 / 8  # bytes
@@ -304,7 +304,14 @@ def _search_crf(encode_at, kbits: float, what: str, stacks: list[np.ndarray],
             slope = FALLBACK_SLOPE_INTER if inter else FALLBACK_SLOPE
             crf = clamp(step if step is not None else crf + (goal - points[0][1]) / slope)
         else:
-            (c0, s0), (c1, s1) = points[-2:]
+            # the nearest points on either side of the target (interpolation) if it is bracketed,
+            # else the last two (a secant)
+            above = [p for p in points if p[1] > goal]
+            below = [p for p in points if p[1] < goal]
+            if above and below:
+                (c0, s0), (c1, s1) = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
+            else:
+                (c0, s0), (c1, s1) = points[-2:]
             slope = (s1 - s0) / (c1 - c0) if c1 != c0 and s1 != s0 else -0.3
             slope = min(slope, -0.02)  # size never grows with CRF; a flat stretch must not send it far
             crf = clamp(c1 + (goal - s1) / slope)
