@@ -17,6 +17,7 @@ search simulated (by interpolation, no encodes) from the curves of other photos 
 
 import json
 import math
+import os
 import sys
 import warnings
 from collections import defaultdict
@@ -147,4 +148,7 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # one x265 process per encode, as in bench/rate_curves.py: PyAV's in-process libx265 segfaulted
+    # in a long run of this bench's FPC groups
+    os.environ.setdefault("FEATCODEC_VIDEO_BACKEND", "ffmpeg")
     main(sys.argv[1:])
