@@ -51,7 +51,7 @@ def reachable(crf: float, reached: float, kbpi: float) -> bool:
 
 def report(title: str, results: dict[str, list[tuple[float, int, bool]]]) -> None:
     print(f"\n## {title}\n")
-    print("| frames | targets | within ±10 % | ≤ 2 encodes and within | mean encodes | encodes 1/2/3 | unreachable |")
+    print("| frames | targets | within ±10 % | ≤ 2 encodes and within | mean encodes | encodes 1/2/3/4 | unreachable |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in [*results.items(), ("all", None)]:
         rows = rows if rows is not None else [r for rs in results.values() for r in rs]
@@ -59,7 +59,7 @@ def report(title: str, results: dict[str, list[tuple[float, int, bool]]]) -> Non
         errors = [abs(math.log2(r[0])) for r in met]
         within = sum(e <= math.log2(1.1) for e in errors)
         quick = sum(e <= math.log2(1.1) and r[1] <= 2 for e, r in zip(errors, met))
-        counts = [sum(r[1] == k for r in met) for k in (1, 2, 3)]
+        counts = [sum(r[1] == k for r in met) for k in (1, 2, 3, 4)]
         print(f"| {name} | {len(met)} | {within} ({within / max(len(met), 1):.0%}) | {quick} "
               f"({quick / max(len(met), 1):.0%}) | {np.mean([r[1] for r in met]):.2f} | "
               f"{'/'.join(map(str, counts))} | {len(rows) - len(met)} |")

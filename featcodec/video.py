@@ -244,8 +244,8 @@ def access_units(stream: bytes) -> list[bytes]:
     return [stream[a:b] for a, b in zip(starts, starts[1:] + [len(stream)])]
 
 
-# Where the rate model (featcodec.ratemodel) has no curve spanning both rates, the second encode
-# steps along a typical slope of log2 size per CRF unit (intra: -0.1 to -0.45 on the reference
+# Where the rate model (featcodec.ratemodel) has no curve spanning both rates, or none like the
+# frames, the second encode steps along a typical slope of log2 size per CRF unit (intra: -0.1 to -0.45 on the reference
 # detector's frames; groups of P frames: -0.15 to -0.19 on three bundled clips, tiling, S4).
 FALLBACK_SLOPE, FALLBACK_SLOPE_INTER = -0.3, -0.17
 CRF_RANGE = ratemodel.CRF_RANGE
