@@ -80,7 +80,7 @@ bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
 
 # The HEVC rate model's table (featcodec/rate_curves.json, committed): x265 size-over-CRF curves of
 # the auto-tiler's training photos and of groups of the bundled clips and of camera clips made from
-# training photos (bench/pan_clips.py); about 40 min on 2 cores, resumable (data/rate_curves.jsonl).
+# training photos (bench/pan_clips.py); about 50 min on 2 cores (2,946 s measured), resumable (data/rate_curves.jsonl).
 rate-model: $(PY) data/autotiler_train.h5 $(VIDEO_DUMPS)
 	$(PY) bench/pan_clips.py data/pans.h5
 	$(PY) bench/rate_curves.py data/rate_curves.jsonl data/autotiler_train.h5 $(VIDEO_DUMPS) data/pans.h5 > featcodec/rate_curves.json.tmp

@@ -11,7 +11,7 @@ auto-tiler (CR4, CR16) frames of every 4th, on the reference detector's S1, S2 a
 curves (`group_curves`, a group: an intra frame, then P frames) per clip and layer (S2, S4): the
 bundled 64-frame clips in tiling groups of 32 and 8, FPC groups of 8 (S2) and auto-tiler CR16
 groups of 16; the 16-frame clips of bench/pan_clips.py in tiling groups of 16 and 8 and
-auto-tiler groups of 16. x265 preset medium (the codecs' default), 8-bit frames. About 40 min on
+auto-tiler groups of 16. x265 preset medium (the codecs' default), 8-bit frames. About 50 min on
 2 cores (`make rate-model`).
 """
 
