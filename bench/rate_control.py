@@ -25,6 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from rate_curves import clip_rows  # bench/, beside this script
 
 import featcodec
 from featcodec import ratemodel, video
@@ -83,10 +84,7 @@ def inter(paths: list[Path]) -> dict:
     results = defaultdict(list)
     for path in paths:
         with h5py.File(path, "r") as dump:
-            clips: dict[str, list[int]] = {}
-            for i, name in enumerate(n.decode() for n in dump["images"][:]):
-                clips.setdefault(name.split("#")[0], []).append(i)
-            for clip, rows in list(clips.items())[::3]:  # pans: one clip of each motion
+            for clip, rows in list(clip_rows(dump).items())[::3]:  # pans: one clip of each motion
                 start = 32 if len(rows) >= 64 else 0  # the bundled clips' first 32 frames are in the table
                 for layer in ("S2", "S4"):
                     for method, params, gop in INTER:
@@ -136,8 +134,7 @@ def main(paths: list[str]) -> None:
     photos, clips = [], []
     for path in map(Path, paths):
         with h5py.File(path, "r") as dump:
-            is_clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
-        (clips if is_clips else photos).append(path)
+            (clips if clip_rows(dump) else photos).append(path)
     print("# HEVC rate control: Kbpi targets met within ±10 %, and encodes per target\n")
     print(f"Model table: {ratemodel.TABLE.name}; {featcodec.__name__} {featcodec.__version__}; x265 preset medium.")
     for path in photos:

@@ -30,9 +30,10 @@ from featcodec import video
 GRID = list(range(0, 52, 3))
 
 
-def curve(stacks, inter: bool, source: str, frames: str) -> dict:
-    """log2 bits per pixel of `stacks` (each its own stream) at each CRF of the grid."""
-    stacks = [video.pad_frames(s) for s in stacks()]
+def curve(make_stacks, inter: bool, source: str, frames: str) -> dict:
+    """log2 bits per pixel of the frame stacks `make_stacks()` gives (each its own stream) at each
+    CRF of the grid."""
+    stacks = [video.pad_frames(s) for s in make_stacks()]
     pixels = sum(s.size for s in stacks)
     sizes = [sum(len(video.encode_frames_qp(s, 8, None, "medium", inter=inter, crf=crf)) for s in stacks)
              for crf in GRID]
@@ -70,13 +71,22 @@ def group_stacks(samples: np.ndarray, method: str, cr: int | None) -> list[np.nd
     return [np.concatenate(per_sample)]
 
 
+def clip_rows(dump: h5py.File) -> dict[str, list[int]]:
+    """The rows of each video clip in a dump, in frame order (``images`` names a clip's frames
+    ``clip#frame=K``); empty for a dump of photos."""
+    if "frames" not in dump:
+        return {}
+    clips: dict[str, list[int]] = {}
+    for i, (name, frame) in enumerate(zip(dump["images"][:], dump["frames"][:])):
+        if frame >= 0:
+            clips.setdefault(name.decode().split("#")[0], []).append(i)
+    return clips
+
+
 def group_curves(path: Path):
-    """Inter curves of each clip in a dump (``images`` names its frames ``clip#frame=K``)."""
+    """Inter curves of each clip in a dump."""
     with h5py.File(path, "r") as dump:
-        clips: dict[str, list[int]] = {}
-        for i, name in enumerate(n.decode() for n in dump["images"][:]):
-            clips.setdefault(name.split("#")[0], []).append(i)
-        for clip, rows in clips.items():
+        for clip, rows in clip_rows(dump).items():
             # long clips (the bundled 64-frame dumps): groups of 32 and 8, FPC on S2; short ones: 16 and 8
             groups = [("tiling", None, 32, 0), ("tiling", None, 8, 0), ("fpc", None, 8, 16), ("autotiler", 16, 16, 0)] \
                 if len(rows) >= 32 else [("tiling", None, 16, 0), ("tiling", None, 8, 8), ("autotiler", 16, 16, 0)]
@@ -100,7 +110,7 @@ def main(paths: list[str], done: Path) -> None:
     with done.open("a") as log:
         for path in map(Path, paths):
             with h5py.File(path, "r") as dump:
-                clips = "frames" in dump and int(np.max(dump["frames"][:])) >= 0
+                clips = bool(clip_rows(dump))
             for source, frames, inter, stacks in (group_curves if clips else photo_curves)(path):
                 if (source, frames) not in rows:
                     rows[source, frames] = row = curve(stacks, inter, source, frames)

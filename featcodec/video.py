@@ -312,7 +312,7 @@ def _search_crf(encode_at, kbits: float, what: str, stacks: list[np.ndarray],
                 (c0, s0), (c1, s1) = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
             else:
                 (c0, s0), (c1, s1) = points[-2:]
-            slope = (s1 - s0) / (c1 - c0) if c1 != c0 and s1 != s0 else -0.3
+            slope = (s1 - s0) / (c1 - c0) if c1 != c0 and s1 != s0 else FALLBACK_SLOPE
             slope = min(slope, -0.02)  # size never grows with CRF; a flat stretch must not send it far
             crf = clamp(c1 + (goal - s1) / slope)
         if crf in tried:
