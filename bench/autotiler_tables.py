@@ -22,8 +22,8 @@ def main(path):
         print("|---|---|---|---|---|---|---|---|")
         for point in POINTS:
             tiling = rows.get(("tiling", point))
-            for method, label in (("autotiler", f"cr4,{point}"), ("autotiler", f"cr16,{point}"),
-                                  ("autotiler", f"cr64,{point}"), ("tiling", point), ("fpc", point)):
+            for method, label in (*(("autotiler", f"cr{cr},{point}") for cr in (4, 12, 16, 48, 64)),
+                                  ("tiling", point), ("fpc", point)):
                 r = rows.get((method, label))
                 if r is None:
                     continue

@@ -614,8 +614,10 @@ def _print_bench(report) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--extend", is_flag=True, help="OUTPUT holds a model: keep its exits (loaded from its ONNX files), "
               "train only the ratios it lacks, cascaded on its lowest-ratio encoder.")
+@click.option("--core", help="Train compatibility autoencoders instead: map each --layer onto this layer's "
+              "auto-tiler in OUTPUT (shared, frozen), one exit per core ratio given with --cr.")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
-          task_weight, network, width, lr, max_samples, seed, extend):
+          task_weight, network, width, lr, max_samples, seed, extend, core):
     """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -623,15 +625,19 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
     from .train import require_torch
 
     require_torch()
-    from .train.autotiler import TrainingConfig, train_autotiler
+    from .train.autotiler import TrainingConfig, train_autotiler, train_compatibility
 
     config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
                             minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
                             task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples)
     bar = _TrainingProgress()
     try:
-        manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name, config=config,
-                                   network=network, log=bar.log, progress=bar, extend=extend)
+        if core:
+            manifest = train_compatibility(dump_path, list(layers), output, core=core, name=name or Path(output).name,
+                                           config=config, network=network, log=bar.log, progress=bar)
+        else:
+            manifest = train_autotiler(dump_path, list(layers), output, name=name or Path(output).name,
+                                       config=config, network=network, log=bar.log, progress=bar, extend=extend)
     finally:
         bar.stop()
     sizes = sum(f["bytes"] for f in manifest["files"].values())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import featcodec
-from featcodec.codecs.autotiler import available_models, exit_layout
+from featcodec.codecs.autotiler import available_models, describe_models, exit_layout
 from featcodec.errors import InvalidInputError, MissingModelError
 from featcodec.video import RateWarning
 
@@ -107,6 +107,49 @@ def test_extend_adds_an_exit_and_keeps_the_others(tiny_model, tmp_path, monkeypa
     x = np.random.default_rng(1).random((1, 8, 24, 24)).astype(np.float32)
     header = featcodec.info(featcodec.encode(x, "autotiler", model="tiny", cr=64, lossless=True))
     assert header["samples"][0]["latent"] == [8, 3, 3] and header["samples"][0]["ratio"] == 64.0
+
+
+def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeypatch):
+    """The paper's compatibility autoencoders: a larger layer is mapped onto the core layer's
+    auto-tiler, whose files are shared (kept byte for byte); each core exit gives the larger layer
+    an exit at the core's ratio times the size ratio, coded and decoded through the chain."""
+    from featcodec.train.autotiler import TrainingConfig, train_compatibility
+
+    folder, manifest = tiny_model
+    copy = tmp_path / "models" / "tiny"
+    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
+    before = {f: (copy / f).read_bytes() for f in manifest["files"]}
+    config = TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8, valid_fraction=0.2)
+    lines = []
+    extended = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="small", name="tiny",
+                                   config=config, log=lines.append)
+    assert {f: (copy / f).read_bytes() for f in manifest["files"]} == before  # the core is untouched
+    large = extended["layers"]["large"]
+    assert sorted(large["exits"], key=int) == ["4", "8", "16", "32"]  # 16 channels onto 8: twice the core's ratio
+    eight = large["exits"]["8"]
+    assert eight["encoder"] == ["large_compat_enc.onnx", "small_enc4.onnx"]
+    assert eight["decoder"] == ["small_dec4.onnx", "large_compat_dec8.onnx"]
+    assert large["exits"]["32"]["encoder"] == ["large_compat_enc.onnx", "small_enc4.onnx", "small_enc16.onnx"]
+    assert (eight["ratio"], eight["core"]) == (8.0, "small CR4") and "shared core" in large["structure"]
+    assert [p["name"] for p in extended["training"]["extensions"][0]["phases"]] == [
+        "large CR8 (compatibility, small CR4) MSE", "large CR32 (compatibility, small CR16) MSE"]
+    monkeypatch.setenv("FEATCODEC_MODELS", str(copy.parent))
+    x = np.random.default_rng(1).normal(0, 1, (1, 16, 24, 24)).astype(np.float32) - 3
+    for cr, latent in ((8, [8, 12, 12]), (32, [8, 6, 6])):
+        blob = featcodec.encode(x, "autotiler", model="tiny", cr=cr, lossless=True)
+        sample = featcodec.info(blob)["samples"][0]
+        assert sample["latent"] == latent and sample["ratio"] == cr and sample["layer"] == "large"
+        assert featcodec.decode(blob).shape == x.shape
+    listing = "\n".join(describe_models())
+    assert "CR8: real ratio 8.00x through small CR4's shared core" in listing
+    assert listing.count("shared with other layers") == 2  # the core, and the layer mapped onto it
+    # A core the model lacks, and a layer no larger than the core, are refused.
+    with pytest.raises(ValueError, match="no layer nope"):
+        train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="nope", name="tiny",
+                            config=config, log=lines.append)
+    with pytest.raises(ValueError, match="not larger than the core"):
+        train_compatibility(str(folder.parent / "dump.h5"), ["small"], str(copy), core="large", name="tiny",
+                            config=config, log=lines.append)
 
 
 def test_load_onnx_weights_refuses_another_module(tiny_model):

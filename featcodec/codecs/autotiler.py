@@ -99,12 +99,30 @@ def describe_models() -> list[str]:
                 rows, cols, _ = video.tile_grid(k)
                 enc = sum(files[f]["bytes"] for f in ex["encoder"])
                 dec = sum(files[f]["bytes"] for f in ex["decoder"])
-                lines.append(f"    CR{ratio}: real ratio {ex['ratio']:.2f}x, {k} latent maps of "
+                via = f" through {ex['core']}'s shared core" if ex.get("core") else ""
+                lines.append(f"    CR{ratio}: real ratio {ex['ratio']:.2f}x{via}, {k} latent maps of "
                              f"{-(-h // stride)}x{-(-w // stride)} tiled {rows}x{cols} into one "
                              f"{rows * -(-h // stride)}x{cols * -(-w // stride)} frame; encoder "
                              f"{' + '.join(ex['encoder'])} ({enc / 1e3:.0f} kB), decoder "
                              f"{' + '.join(ex['decoder'])} ({dec / 1e3:.0f} kB)")
+            shared = _storage(manifest, layer)
+            if shared[1]:
+                lines.append(f"    storage: {shared[0] / 1e6:.2f} MB used by this layer alone, "
+                             f"{shared[1] / 1e6:.2f} MB shared with other layers "
+                             "(a core and its compatibility autoencoders)")
     return lines
+
+
+def _storage(manifest: dict, layer: str) -> tuple[int, int]:
+    """Bytes of the files `layer`'s exits need that no other layer's exit uses, and of those it
+    shares (a compatibility autoencoder's core)."""
+    def used(key):
+        return {f for ex in manifest["layers"][key]["exits"].values() for f in (*ex["encoder"], *ex["decoder"])}
+
+    mine = used(layer)
+    others = set().union(*(used(k) for k in manifest["layers"] if k != layer))
+    size = lambda names: sum(manifest["files"][f]["bytes"] for f in names)  # noqa: E731
+    return size(mine - others), size(mine & others)
 
 
 class AutoTiler(VideoCodec):
@@ -129,7 +147,10 @@ class AutoTiler(VideoCodec):
         + [(f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (4, 16)]
         # low rates: the models that offer CR64 (S4 of the reference model); others are skipped
         + [(f"cr64,kbpi={k}", {"cr": 64, "kbpi": k}) for k in KBPI_BASES[:3]]
-        + [("cr64,lossless", {"cr": 64, "lossless": True})],
+        + [("cr64,lossless", {"cr": 64, "lossless": True})]
+        # the compatibility exits (S2 of the reference model, through S1's shared core)
+        + [(f"cr{cr},kbpi={k}", {"cr": cr, "kbpi": k}) for cr in (12, 48) for k in KBPI_BASES]
+        + [(f"cr{cr},lossless", {"cr": cr, "lossless": True}) for cr in (12, 48)],
         "quick": [("default", {}), ("cr16", {"cr": 16})],
     }
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codecs.autotiler import exit_layout
+from ..errors import InvalidInputError
 from . import require_torch
 
 torch = require_torch()
@@ -206,8 +208,6 @@ class LayerData:
     @classmethod
     def load(cls, path: str, dataset: str, valid_fraction: float, max_samples: int | None = None) -> LayerData:
         import h5py
-
-        from ..errors import InvalidInputError
 
         if not Path(path).is_file():
             raise InvalidInputError(f"no such file: {path}")
@@ -535,7 +535,7 @@ def _existing_model(out: Path, name: str) -> dict:
         raise FileNotFoundError(f"--extend: {out} holds no manifest.json to extend")
     manifest = json.loads(path.read_text())
     if manifest.get("kind") != "autotiler" or manifest.get("name") != name:
-        raise ValueError(f"--extend: {path} is not the auto-tiler {name!r}")
+        raise InvalidInputError(f"--extend: {path} is not the auto-tiler {name!r}")
     return manifest
 
 
@@ -549,13 +549,14 @@ def _load_existing_exits(existing: dict, layer: str, built: dict, out: Path, con
         if old is None:
             continue
         if (old["stride"], old["latent_channels"]) != (2 ** exit_modules["steps"], exit_modules["latent"]):
-            raise ValueError(f"--extend: {layer} CR{ratio} of the existing model has another layout")
+            raise InvalidInputError(f"--extend: {layer} CR{ratio} of the existing model has another layout")
         load_onnx_weights(exit_modules["encoder"], out / old["encoder"][-1])
         load_onnx_weights(exit_modules["decoder"], out / old["decoder"][0])
         kept[ratio] = old
         log(f"  {layer} CR{ratio}: kept from the existing model ({', '.join(old['encoder'] + old['decoder'])})")
     if min(config.ratios) not in kept and entry["exits"]:
-        raise ValueError(f"--extend: new exits of {layer} cascade on CR{min(config.ratios)}, which the model lacks")
+        raise InvalidInputError(f"--extend: new exits of {layer} cascade on CR{min(config.ratios)}, "
+                                "which the model lacks")
     return kept
 
 
@@ -587,3 +588,226 @@ def _find_network(model_name: str | None) -> str | None:
         return None
     candidate = Path(__file__).resolve().parents[2] / "models" / "reference" / model_name
     return str(candidate) if candidate.is_file() else None
+
+
+# --- compatibility autoencoders (the paper's section 3.3) -----------------------------------
+
+
+class CompatEncoder(nn.Module):
+    """(N, C, H, W) of a layer → (N, Cc, H, W) in the units of the core's layer, which the core's
+    frozen encoder then reads. A linear path (1×1 convolution started at the layer's per-position
+    principal components, scaled to the core layer's statistics) plus a convolutional one that
+    starts at zero."""
+
+    def __init__(self, channels: int, core_channels: int, width: int, norm: Normalise, core_norm: Normalise):
+        super().__init__()
+        self.norm = norm
+        self.core_norm = core_norm
+        self.linear = nn.Conv2d(channels, core_channels, 1)
+        self.body = nn.Sequential(_conv(channels, width), nn.PReLU(width), _conv(width, width), nn.PReLU(width),
+                                  _conv(width, core_channels))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x):
+        x = self.norm(x)
+        return (self.linear(x) + self.body(x)) * self.core_norm.std + self.core_norm.mean
+
+
+class CompatDecoder(nn.Module):
+    """The core decoder's (N, Cc, H, W) → the layer's (N, C, H, W): linear path (least squares)
+    plus a convolutional one from zero; ReLU at the end for non-negative layers."""
+
+    def __init__(self, core_channels: int, channels: int, width: int, norm: Normalise, core_norm: Normalise,
+                 nonnegative: bool):
+        super().__init__()
+        self.norm = norm
+        self.core_norm = core_norm
+        self.nonnegative = nonnegative
+        self.linear = nn.Conv2d(core_channels, channels, 1)
+        self.body = nn.Sequential(_conv(core_channels, width), nn.PReLU(width), _conv(width, width),
+                                  nn.PReLU(width), _conv(width, channels))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, y):
+        y = self.core_norm(y)
+        x = (self.linear(y) + self.body(y)) * self.norm.std + self.norm.mean
+        return F.relu(x) if self.nonnegative else x
+
+
+def _flat(x):
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double()
+
+
+def init_compat_linear(encoder: CompatEncoder, sample) -> None:
+    """The encoder's linear path: the layer's leading principal components per position, whitened
+    (the core's normalisation then sees unit variance)."""
+    with torch.no_grad():
+        flat = _flat(encoder.norm(sample))
+        mean = flat.mean(0)
+        evals, evecs = torch.linalg.eigh(torch.cov((flat - mean).T))
+        k = encoder.linear.out_channels
+        top = evecs[:, -k:].flip(1) / evals[-k:].flip(0).clamp(min=1e-8).sqrt()
+        encoder.linear.weight.copy_(top.T.float()[:, :, None, None])
+        encoder.linear.bias.copy_((-mean @ top).float())
+
+
+def init_compat_decoder(decoder: CompatDecoder, decoded_core, sample) -> None:
+    """The decoder's linear path: least squares from what the core gives back to the layer."""
+    with torch.no_grad():
+        z = _flat(decoder.core_norm(decoded_core))
+        t = _flat(decoder.norm(sample))
+        design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+        solution = torch.linalg.lstsq(design, t).solution
+        decoder.linear.weight.copy_(solution[:-1].T.float()[:, :, None, None])
+        decoder.linear.bias.copy_(solution[-1].float())
+
+
+def _core_modules(manifest: dict, core: str, out: Path, width: int) -> dict:
+    """The core layer's exits as frozen torch modules, loaded from its ONNX files (and checked)."""
+    entry = manifest["layers"].get(core)
+    if entry is None:
+        raise InvalidInputError(f"--core {core}: the model has no layer {core} "
+                                f"(it has {', '.join(manifest['layers'])})")
+    c = entry["shape"][0]
+    exits, first = {}, None  # normalisations start as placeholders: the real statistics load from the files
+    for ratio in sorted(int(r) for r in entry["exits"]):
+        ex = entry["exits"][str(ratio)]
+        if ex.get("core"):
+            continue  # a compatibility exit of the core itself: not part of the core
+        steps = int(math.log2(ex["stride"]))
+        if first is None:
+            encoder = Encoder(c, ex["latent_channels"], steps, width, Normalise(np.zeros(c), np.ones(c)))
+        else:
+            encoder = Encoder(first[1]["latent_channels"], ex["latent_channels"],
+                              steps - int(math.log2(first[1]["stride"])), width, logit_input=True)
+        decoder = Decoder(ex["latent_channels"], c, steps, width, Normalise(np.zeros(c), np.ones(c)),
+                          entry["nonnegative"])
+        load_onnx_weights(encoder, out / ex["encoder"][-1])
+        load_onnx_weights(decoder, out / ex["decoder"][0])
+        for m in (encoder, decoder):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+        chain = encoder if first is None else (lambda x, e=encoder, f=first[0]: e(f(x)))
+        exits[ratio] = {"encode": chain, "decoder": decoder, "entry": ex}
+        first = first or (encoder, ex)
+    return {"channels": c, "norm": first[0].norm, "exits": exits}
+
+
+def train_compatibility(dump: str, layers: list[str], output: str, *, core: str, name: str,
+                        config: TrainingConfig | None = None, network: str | None = None,
+                        log: Callable[[str], None] = print,
+                        progress: Callable[[str, int, int, str], None] | None = None) -> dict:
+    """Compatibility autoencoders (Park, Kim & Ko, section 3.3) onto the `core` layer's auto-tiler.
+
+    For each of `layers` (a larger layer than the core's): one compatibility encoder maps it to the
+    core layer's shape, the core's frozen encoder and decoder code that, and one compatibility
+    decoder per core exit maps it back. The core is shared, so each new exit costs only the small
+    compatibility networks; its ratio is the core's times the layer's size over the core's (the
+    paper's 8/32 and 16/64). The encoder is trained with the core's lowest exit (MSE, then the task
+    loss), then frozen while each higher exit's decoder trains. Adds the exits to `output`'s
+    manifest (keys: the ratios rounded) and returns it."""
+    config = config or TrainingConfig()
+    out = Path(output)
+    existing = _existing_model(out, name)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    checkpoints = out / ".checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    core_built = _core_modules(existing, core, out, config.width)
+    cc = core_built["channels"]
+    core_norm = core_built["norm"]
+    core_prefix = core.lower().replace("/", "_")
+    files, phases, manifest_layers = {}, [], {}
+    for layer_index, layer in enumerate(layers):
+        data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
+        c, h, w = data.train.shape[1:]
+        if c * h * w <= cc * h * w:
+            raise InvalidInputError(f"{layer} ({c} channels) is not larger than the core {core} ({cc} channels)")
+        norm = Normalise(data.mean, data.std)
+        task = None
+        tail_path = network or _find_network(data.model)
+        if config.task_weight > 0 and tail_path:
+            from .tail import load_tail
+
+            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        log(f"{data.name}: compatibility autoencoders onto {core}'s core, {len(data.train)} training maps"
+            f"{', task loss through ' + Path(tail_path).name if task else ''}")
+        prefix = data.name.lower().replace("/", "_")
+        encoder = CompatEncoder(c, cc, config.width, norm, core_norm)
+        sample = torch.from_numpy(np.ascontiguousarray(data.train[:: max(1, len(data.train) // 24)][:24]))
+        init_compat_linear(encoder, sample)
+        entry_exits = {}
+        for index, (core_ratio, core_exit) in enumerate(sorted(core_built["exits"].items())):
+            if core_ratio not in config.ratios:
+                continue
+            decoder = CompatDecoder(cc, c, config.width, norm, core_norm, data.nonnegative)
+            with torch.no_grad():
+                init_compat_decoder(decoder, core_exit["decoder"](core_exit["encode"](encoder(sample))), sample)
+            trainable = [decoder] if index else [encoder, decoder]
+            if index:
+                for p in encoder.parameters():
+                    p.requires_grad_(False)
+            forward = (lambda x, e=encoder, ce=core_exit, d=decoder:  # noqa: E731
+                       d(ce["decoder"](hevc_proxy(ce["encode"](e(x)), config.noise))))
+            real = c * h * w / (core_exit["entry"]["latent_channels"] * (h // core_exit["entry"]["stride"])
+                                * (w // core_exit["entry"]["stride"]))
+            ratio_key = int(round(real))
+            old = existing["layers"].get(data.name, {}).get("exits", {}).get(str(ratio_key))
+            if old is not None and not old.get("core"):
+                raise InvalidInputError(f"{data.name} has a dedicated CR{ratio_key} exit already")
+            for stage, stage_task in (("MSE", None), ("task", task)):
+                if stage == "task" and (task is None or config.task_steps <= 0):
+                    continue
+                phase_name = f"{data.name} CR{ratio_key} (compatibility, {core} CR{core_ratio}) {stage}"
+                checkpoint = checkpoints / f"{prefix}_compat{ratio_key}_{stage.lower()}.pt"
+                if checkpoint.exists():
+                    saved = torch.load(checkpoint, weights_only=False)
+                    encoder.load_state_dict(saved["encoder"])
+                    decoder.load_state_dict(saved["decoder"])
+                    result = PhaseResult(**saved["result"])
+                    log(f"  {phase_name}: resumed from {checkpoint.name}")
+                else:
+                    result = train_phase(phase_name, trainable, forward, data, norm,
+                                         steps=config.steps if stage == "MSE" else config.task_steps,
+                                         lr=config.lr if stage == "MSE" else config.lr / 4, batch=config.batch,
+                                         crop=config.task_crop if stage_task else config.crop,
+                                         seed=config.seed + 10 * layer_index + core_ratio, task=stage_task,
+                                         minutes=config.minutes_per_phase, progress=progress)
+                    torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
+                                "result": asdict(result)}, checkpoint)
+                phases.append(result)
+                log(f"  {phase_name}: {result.steps} steps in {result.seconds:.0f} s, validation loss "
+                    f"{result.valid_loss:.4f} (normalised MSE {result.valid_nmse:.4f})")
+            dec_file = f"{prefix}_compat_dec{ratio_key}.onnx"
+            files[dec_file] = export_onnx(decoder, cc, out / dec_file)
+            enc_file = f"{prefix}_compat_enc.onnx"
+            ce = core_exit["entry"]
+            entry_exits[str(ratio_key)] = {
+                "encoder": [enc_file, *ce["encoder"]], "decoder": [*ce["decoder"], dec_file],
+                "stride": ce["stride"], "latent_channels": ce["latent_channels"], "ratio": real,
+                "core": f"{core} CR{core_ratio}"}
+        files[f"{prefix}_compat_enc.onnx"] = export_onnx(encoder, c, out / f"{prefix}_compat_enc.onnx")
+        manifest_layers[data.name] = {"exits": entry_exits}
+        del data
+    manifest = dict(existing)
+    manifest["layers"] = {k: dict(v) for k, v in existing["layers"].items()}
+    for layer, built in manifest_layers.items():
+        entry = manifest["layers"].setdefault(layer, {})
+        entry["exits"] = {**entry.get("exits", {}), **built["exits"]}
+        ratios = ", ".join(f"CR{r}" for r in sorted(built["exits"], key=int))
+        dedicated = entry.get("structure", "").split("; compatibility", 1)[0]
+        entry["structure"] = (f"{dedicated}; compatibility autoencoders onto {core}'s shared core at {ratios} "
+                              f"({core_prefix} exits + {layer.lower()}_compat_*.onnx)")
+    manifest["files"] = dict(sorted({**existing["files"], **{k: {"sha256": v, "bytes": (out / k).stat().st_size}
+                                                             for k, v in files.items()}}.items()))
+    training = dict(existing["training"])
+    training.setdefault("extensions", []).append({
+        "dump": Path(dump).name, "layers": layers, "core": core, **asdict(config), "torch": torch.__version__,
+        "seconds": round(sum(p.seconds for p in phases), 1),
+        "this_run_seconds": round(time.perf_counter() - started, 1), "phases": _phase_records(phases)})
+    manifest["training"] = training
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
