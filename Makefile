@@ -71,7 +71,7 @@ bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
 	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
 		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
 		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
-	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 | tee $(BENCH_OUT)/autotiler_bounds.md
+	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/autotiler_bounds.md
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
 	$(PY) bench/sequences.py data/reference_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/sequences.md
@@ -92,15 +92,19 @@ data/video_%.h5: examples/video/%.mp4
 		--compression lzf -o $@ --force
 
 # Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16, and S4 at CR64 for low
-# rates, cascaded on S4's CR4 encoder), trained on the training photos plus examples/images_more
-# with flips and zooms (needs torch): about 2 h on 2 CPU cores, resumable (checkpoints in the model
-# folder's .checkpoints; delete them to start over).
+# rates, cascaded on S4's CR4 encoder; S2 also at CR12 and CR48 through compatibility autoencoders
+# onto S1's auto-tiler, the shared core), trained on the training photos plus examples/images_more
+# with flips and zooms (needs torch): the phase lengths of the shipped models (manifest.json), about
+# 1 h 50 min on 2 CPU cores, resumable (checkpoints in the model folder's .checkpoints; delete them
+# to start over).
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
-		-o models/autotiler/centernet_mbv3 --minutes-per-phase 7
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 5
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 4 --cr 64 --extend \
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 8
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --core S1 --cr 4 --cr 16 \
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 7
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data

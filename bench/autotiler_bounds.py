@@ -1,9 +1,10 @@
 """The auto-tiler against its linear bound, without HEVC: what the autoencoder alone costs the task.
 
-    python bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 \
+    python bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 [data/video_*.h5] \
         > bench/results/autotiler_bounds.md
 
-For every layer and ratio of the shipped model, on the held-out photos:
+For every layer and ratio of the shipped model, on the held-out photos (and every 8th frame of
+the video dumps given, for the layers they hold: frames no model was trained on):
 
 * **PCA bound**: per-position channel PCA with the same number of values as the bottleneck
   (on s×s space-to-depth blocks, s the exit's stride, C·s²/CR components), fitted on maps of
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NETWORK = ROOT / "models" / "reference" / "centernet_mbv3_coco.onnx"
 
 
-def pca_reconstruct(train: np.ndarray, test: np.ndarray, stride: int, ratio: int) -> np.ndarray:
+def pca_reconstruct(train: np.ndarray, test: np.ndarray, stride: int, ratio: float) -> np.ndarray:
     mean = train.mean((0, 2, 3), dtype=np.float64).astype(np.float32)[:, None, None]
     std = (train.std((0, 2, 3), dtype=np.float64) + 1e-6).astype(np.float32)[:, None, None]
 
@@ -43,7 +44,7 @@ def pca_reconstruct(train: np.ndarray, test: np.ndarray, stride: int, ratio: int
     b = blocks(train).astype(np.float64)
     centre = b.mean(0)
     _, vectors = np.linalg.eigh(np.cov((b - centre).T))
-    k = b.shape[1] // ratio
+    k = round(b.shape[1] / ratio)
     basis = vectors[:, ::-1][:, :k]
     t = blocks(test)
     r = ((t - centre) @ basis) @ basis.T + centre
@@ -63,14 +64,31 @@ def autoencode(codec: AutoTiler, x: np.ndarray, quantize: bool) -> np.ndarray:
     return np.stack(out)
 
 
-def main(heldout: str, train_dump: str) -> None:
+VIDEO_STRIDE = 8
+
+
+def evaluation_maps(heldout: str, videos: list[str], layer: str) -> tuple[np.ndarray, str]:
+    """The held-out photos' maps of `layer`, then every VIDEO_STRIDE-th frame of each video dump that
+    holds the layer; and what they are, in words."""
+    with h5py.File(heldout) as f:
+        parts = [f[layer][()].astype(np.float32)]
+    frames = 0
+    for path in videos:
+        with h5py.File(path) as f:
+            if layer in f:
+                parts.append(f[layer][::VIDEO_STRIDE].astype(np.float32))
+                frames += len(parts[-1])
+    what = f"{len(parts[0])} photos" + (f" + {frames} video frames" if frames else "")
+    return np.concatenate(parts), what
+
+
+def main(heldout: str, train_dump: str, *videos: str) -> None:
     folder = available_models()["centernet_mbv3"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    print("| layer | CR | values | method | normalised MSE | PSNR | agreement |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | CR | values | method | normalised MSE | PSNR | agreement | maps |")
+    print("|---|---|---|---|---|---|---|---|")
     for layer, entry in manifest["layers"].items():
-        with h5py.File(heldout) as f:
-            x = f[layer][()].astype(np.float32)
+        x, what = evaluation_maps(heldout, list(videos), layer)
         with h5py.File(train_dump) as f:
             node = f[layer]
             train = np.stack([node[i] for i in range(0, len(node), 8)]).astype(np.float32)
@@ -80,13 +98,14 @@ def main(heldout: str, train_dump: str) -> None:
         for ratio in sorted(int(r) for r in entry["exits"]):
             exit_entry = entry["exits"][str(ratio)]
             codec = AutoTiler(cr=ratio)
-            candidates = {"PCA bound": pca_reconstruct(train, x, exit_entry["stride"], ratio),
+            real = exit_entry["ratio"]  # a compatibility exit's ratio is not always a whole number
+            candidates = {"PCA bound": pca_reconstruct(train, x, exit_entry["stride"], real),
                           "AE float": autoencode(codec, x, False), "AE 8-bit": autoencode(codec, x, True)}
             for method, y in candidates.items():
                 nmse = float(np.mean(((y - x) / std) ** 2))
                 agreement = task.agreement(x, y, reference)
-                print(f"| {layer} | {ratio} | {x[0].size // ratio} | {method} | {nmse:.4f} | "
-                      f"{metrics.psnr(x, y):.2f} | {agreement:.3f} |", flush=True)
+                print(f"| {layer} | {ratio} | {round(x[0].size / real)} | {method} | {nmse:.4f} | "
+                      f"{metrics.psnr(x, y):.2f} | {agreement:.3f} | {what} |", flush=True)
     files = manifest["files"]
     print("\n| layer | exit | encoder files | encoder kB | decoder kB |")
     print("|---|---|---|---|---|")
@@ -101,4 +120,4 @@ def main(heldout: str, train_dump: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
