@@ -616,8 +616,10 @@ def _print_bench(report) -> None:
               "train only the ratios it lacks, cascaded on its lowest-ratio encoder.")
 @click.option("--core", help="Train compatibility autoencoders instead: map each --layer onto this layer's "
               "auto-tiler in OUTPUT (shared, frozen), one exit per core ratio given with --cr.")
+@click.option("--finetune-decoders", is_flag=True, help="Train the decoders of OUTPUT's --layer/--cr exits further "
+              "with the task loss, encoders frozen; a decoder is replaced only if validation improves.")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
-          task_weight, network, width, lr, max_samples, seed, extend, core):
+          task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders):
     """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -626,13 +628,17 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     require_torch()
     from .train.autotiler import TrainingConfig, train_autotiler, train_compatibility
+    from .train.autotiler import finetune_decoders as finetune
 
     config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
                             minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
                             task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples)
     bar = _TrainingProgress()
     try:
-        if core:
+        if finetune_decoders:
+            manifest = finetune(dump_path, list(layers), output, name=name or Path(output).name, config=config,
+                                network=network, log=bar.log, progress=bar)
+        elif core:
             manifest = train_compatibility(dump_path, list(layers), output, core=core, name=name or Path(output).name,
                                            config=config, network=network, log=bar.log, progress=bar)
         else:

@@ -152,6 +152,35 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
                             config=config, log=lines.append)
 
 
+def test_finetune_decoders_keeps_the_encoders(tiny_model, tmp_path):
+    """Decoder fine-tuning leaves every encoder byte for byte (frames coded before still decode,
+    cascaded exits still fit) and replaces a decoder only when validation improved; the manifest's
+    hashes stay those of the files."""
+    import hashlib
+
+    from featcodec.train.autotiler import TrainingConfig, finetune_decoders
+
+    folder, manifest = tiny_model
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
+    encoders = {f: (copy / f).read_bytes() for f in manifest["files"] if "_enc" in f}
+    lines = []
+    tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
+                              config=TrainingConfig(ratios=(4,), task_steps=30, task_weight=0, batch=2, crop=16,
+                                                    width=8, valid_fraction=0.2), log=lines.append)
+    assert {f: (copy / f).read_bytes() for f in encoders} == encoders
+    record = tuned["training"]["extensions"][-1]
+    assert record["decoders_only"] and [p["name"] for p in record["phases"]] == ["small CR4 decoder MSE"]
+    assert record["replaced"] in ([], ["small_dec4.onnx"])
+    assert any(("replaced" if record["replaced"] else "kept") in line for line in lines)
+    for f, entry in tuned["files"].items():
+        assert hashlib.sha256((copy / f).read_bytes()).hexdigest() == entry["sha256"]
+    with pytest.raises(ValueError, match="no CR64 exit"):
+        finetune_decoders(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
+                          config=TrainingConfig(ratios=(4, 64), task_steps=2, task_weight=0, batch=2, crop=16,
+                                                width=8, valid_fraction=0.2), log=lines.append)
+
+
 def test_load_onnx_weights_refuses_another_module(tiny_model):
     from featcodec.train.autotiler import Encoder, load_onnx_weights
 

@@ -811,3 +811,76 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
     manifest["training"] = training
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, config: TrainingConfig | None = None,
+                      network: str | None = None, log: Callable[[str], None] = print,
+                      progress: Callable[[str, int, int, str], None] | None = None) -> dict:
+    """More training of existing exits' decoders with the task loss (MSE alone when
+    ``config.task_weight`` is 0), their encoders frozen, so the exits cascaded on them and the
+    frames already coded stay valid. A decoder is replaced only when its validation loss improves
+    on the one it had; the manifest records the new file and the phase. Returns the manifest."""
+    config = config or TrainingConfig()
+    out = Path(output)
+    existing = _existing_model(out, name)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    files, phases = {}, []
+    for layer_index, layer in enumerate(layers):
+        data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
+        task = None  # task_weight 0: MSE alone
+        if config.task_weight > 0:
+            tail_path = network or _find_network(data.model)
+            if not tail_path:
+                raise InvalidInputError(f"{layer}: no network for the task loss (give --network, or --task-weight 0)")
+            from .tail import load_tail
+
+            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        built = _phase_modules(data, config)
+        kept = _load_existing_exits(existing, data.name, built, out, config, log)
+        missing = [f"CR{r}" for r in config.ratios if r not in kept]
+        if missing:
+            raise InvalidInputError(f"{layer} has no {', '.join(missing)} exit to fine-tune")
+        for ratio in config.ratios:
+            exit_modules = built["exits"][ratio]
+            cascade = exit_modules["cascade_on"]
+            encoders = [built["exits"][cascade]["encoder"]] if cascade else []
+            encoders.append(exit_modules["encoder"])
+            for m in encoders:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad_(False)
+            decoder = exit_modules["decoder"]
+
+            def forward(x, encoders=encoders, decoder=decoder):
+                for encoder in encoders:
+                    x = encoder(x)
+                return decoder(hevc_proxy(x, config.noise))
+
+            valid = torch.from_numpy(np.ascontiguousarray(data.valid[:8]))
+            before, _ = _validate(forward, built["norm"], task, valid)
+            phase_name = f"{data.name} CR{ratio} decoder {'task' if task else 'MSE'}"
+            result = train_phase(phase_name, [decoder], forward, data, built["norm"], steps=config.task_steps,
+                                 lr=config.lr / 4, batch=config.batch, crop=config.task_crop if task else config.crop,
+                                 seed=config.seed + 10 * layer_index + ratio + 1, task=task,
+                                 minutes=config.minutes_per_phase, progress=progress)
+            phases.append(result)
+            dec_file = kept[ratio]["decoder"][0]
+            if result.valid_loss < before:
+                files[dec_file] = export_onnx(decoder, exit_modules["latent"], out / dec_file)
+                log(f"  {phase_name}: validation loss {before:.4f} -> {result.valid_loss:.4f}, {dec_file} replaced")
+            else:
+                log(f"  {phase_name}: validation loss {before:.4f}, no better ({result.valid_loss:.4f}): kept")
+        del data, built, task
+    manifest = dict(existing)
+    manifest["files"] = dict(sorted({**existing["files"], **{k: {"sha256": v, "bytes": (out / k).stat().st_size}
+                                                             for k, v in files.items()}}.items()))
+    training = dict(existing["training"])
+    training.setdefault("extensions", []).append({
+        "dump": Path(dump).name, "layers": layers, "decoders_only": True, **asdict(config),
+        "torch": torch.__version__, "seconds": round(sum(p.seconds for p in phases), 1),
+        "this_run_seconds": round(time.perf_counter() - started, 1), "phases": _phase_records(phases),
+        "replaced": sorted(files)})
+    manifest["training"] = training
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
