@@ -115,8 +115,10 @@ def main(heldout: str, train_dump: str, *videos: str) -> None:
             dec = sum(files[f]["bytes"] for f in exit_entry["decoder"]) / 1e3
             print(f"| {layer} | CR{ratio} | {' + '.join(exit_entry['encoder'])} | {enc:.0f} | {dec:.0f} |")
     total = sum(f["bytes"] for f in files.values()) / 1e6
-    print(f"\nAll {len(files)} files: {total:.2f} MB. Training: {manifest['training'].get('seconds', 0) / 60:.0f} min "
-          f"on {manifest['training']['dump']}.")
+    training = manifest["training"]
+    seconds = training.get("seconds", 0) + sum(e.get("seconds", 0) for e in training.get("extensions", []))
+    print(f"\nAll {len(files)} files: {total:.2f} MB. Training: {seconds / 60:.0f} min (phases, every run) "
+          f"on {training['dump']}.")
 
 
 if __name__ == "__main__":
