@@ -630,6 +630,8 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
     from .train.autotiler import TrainingConfig, train_autotiler, train_compatibility
     from .train.autotiler import finetune_decoders as finetune
 
+    if sum(map(bool, (extend, core, finetune_decoders))) > 1:
+        raise click.UsageError("give one of --extend, --core and --finetune-decoders")
     config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
                             minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
                             task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples)

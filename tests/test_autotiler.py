@@ -282,5 +282,7 @@ def test_train_cli_bad_inputs(cli, tmp_path):
     pytest.importorskip("torch")
     result = cli("train", tmp_path / "missing.h5", "--layer", "S1", "-o", tmp_path / "m")
     assert result.returncode != 0 and result.stderr.decode().startswith("Error: no such file")
+    result = cli("train", DEMO, "--layer", "S2", "--core", "S1", "--extend", "-o", tmp_path / "m")
+    assert result.returncode != 0 and "give one of --extend, --core and --finetune-decoders" in result.stderr.decode()
     result = cli("train", DEMO, "--layer", "S7", "-o", tmp_path / "m")
     assert result.stderr.decode().startswith("Error: ") and "no (N, C, H, W) dataset 'S7'" in result.stderr.decode()

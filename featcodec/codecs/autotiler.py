@@ -5,7 +5,9 @@ as in the paper: for a (C, H, W) layer at ``cr=N`` the bottleneck holds C·H·W/
 out as K latent maps of (H/s, W/s) (`exit_layout`: CR4 is K = C at s = 2, CR16 K = C at
 s = 4) that the codec tiles into one frame (the tiling codec's grid) for HEVC. A trained model
 (``models/autotiler/<name>/manifest.json`` plus ONNX files, see `featcodec.train.autotiler`)
-serves some layers at some ratios; asking for another is an error that lists those on offer.
+serves some layers at some ratios; asking for another is an error that lists those on offer. An
+exit's encoder and decoder are chains of ONNX files: a cascade (CR16 on CR4's encoder), or a
+compatibility network around another layer's shared exit (the manifest names that ``core``).
 The header records the layer, the map and latent sizes and the ratio reached (padding a map
 that the stride does not divide costs a few per cent), and every ONNX file with its sha256;
 decoding refuses a file whose hash differs. Networks run with onnxruntime; torch is never

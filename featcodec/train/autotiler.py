@@ -20,6 +20,11 @@ noise of a random amplitude up to ``noise`` and, on some samples, a 3×3 blur mi
 decoder learns to live with coding error. Early stopping on validation photos (the last ones
 of the dump: variants of a photo are stored together, so none of them leaks into training).
 
+Compatibility autoencoders (`train_compatibility`, the paper's section 3.3): a larger layer is
+mapped onto the shape of a core layer whose auto-tiler, frozen and shared, codes it; each core exit
+gives the larger layer one more exit, for the cost of the small compatibility networks.
+`finetune_decoders` trains existing exits' decoders further with the task loss, encoders frozen.
+
 Every phase is checkpointed in ``<output>/.checkpoints``: a killed run restarts where it was.
 ``extend=True`` adds exits to a model already in ``<output>``: the exits it has are loaded from
 its ONNX files (checked against onnxruntime) and kept byte for byte, and only the missing ones
