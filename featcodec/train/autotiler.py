@@ -729,7 +729,7 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
     for layer_index, layer in enumerate(layers):
         data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
         c, h, w = data.train.shape[1:]
-        if c * h * w <= cc * h * w:
+        if c <= cc:  # same spatial size (fully convolutional): channels decide
             raise InvalidInputError(f"{layer} ({c} channels) is not larger than the core {core} ({cc} channels)")
         norm = Normalise(data.mean, data.std)
         task = None
