@@ -164,10 +164,13 @@ def test_models_command_lists_shipped_autotiler(cli):
     out = cli("models", check=True).stdout.decode()
     assert out.startswith("centernet_mbv3 (codec autotiler")
     for layer in ("S1 tower_0/MobilenetV3/expanded_conv_2/add:0 (24, 128, 128): CR4, CR16",
-                  "S2 tower_0/MobilenetV3/expanded_conv_3/expand/Relu:0 (72, 128, 128): CR4, CR16",
+                  "S2 tower_0/MobilenetV3/expanded_conv_3/expand/Relu:0 (72, 128, 128): CR4, CR12, CR16, CR48",
                   "S4 tower_0/CenternetHead/mul:0 (128, 128, 128): CR4, CR16"):
         assert layer in out
     assert "CR4: real ratio 4.00x, 128 latent maps of 64x64 tiled 8x16 into one 512x1024 frame" in out
+    # S2's compatibility exits through S1's auto-tiler, the shared core
+    assert "CR12: real ratio 12.00x through S1 CR4's shared core, 24 latent maps of 64x64" in out
+    assert out.count("shared with other layers") == 2  # S2 and S1
 
 
 def test_headline_command_codes_the_real_ratio(cli, tmp_path):
@@ -185,4 +188,4 @@ def test_headline_command_codes_the_real_ratio(cli, tmp_path):
     result = cli("encode", tmp_path / "S2.npy", "-m", "autotiler", "--cr", "8", "-f")
     assert result.returncode == 1
     assert result.stderr.decode().strip() == ("Error: auto-tiler model 'centernet_mbv3' offers no CR8 for layer S2; "
-                                              "ratios on offer: 4, 16")
+                                              "ratios on offer: 4, 12, 16, 48")
