@@ -143,6 +143,20 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     listing = "\n".join(describe_models()).split("\ntiny (codec autotiler")[1].split("\ncenternet")[0]
     assert "CR8: real ratio 8.00x through small CR4's shared core" in listing
     assert listing.count("shared with other layers") == 2  # the core, and the layer mapped onto it
+    # A layer the model had no exit for gets an entry of its own, compatibility exits only.
+    alone = tmp_path / "alone" / "tiny"
+    shutil.copytree(folder / "tiny", alone, ignore=shutil.ignore_patterns(".checkpoints"))
+    trimmed = json.loads((alone / "manifest.json").read_text())
+    del trimmed["layers"]["large"]
+    (alone / "manifest.json").write_text(json.dumps(trimmed))
+    only = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(alone), core="small", name="tiny",
+                               config=TrainingConfig(ratios=(16,), steps=8, task_steps=0, batch=2, crop=16, width=8,
+                                                     valid_fraction=0.2), log=lines.append)["layers"]["large"]
+    assert (only["shape"], only["nonnegative"], sorted(only["exits"])) == ([16, 24, 24], False, ["32"])
+    assert only["structure"].startswith("compatibility autoencoders onto small's shared core at CR32")
+    monkeypatch.setenv("FEATCODEC_MODELS", str(alone.parent))
+    blob = featcodec.encode(x, "autotiler", model="tiny", cr=32, lossless=True)
+    assert featcodec.info(blob)["samples"][0]["layer"] == "large" and featcodec.decode(blob).shape == x.shape
     # A core the model lacks, and a layer no larger than the core, are refused.
     with pytest.raises(ValueError, match="no layer nope"):
         train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="nope", name="tiny",

@@ -744,17 +744,19 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
         encoder = CompatEncoder(c, cc, config.width, norm, core_norm)
         sample = torch.from_numpy(np.ascontiguousarray(data.train[:: max(1, len(data.train) // 24)][:24]))
         init_compat_linear(encoder, sample)
-        entry_exits = {}
-        for index, (core_ratio, core_exit) in enumerate(sorted(core_built["exits"].items())):
+        entry_exits, encoder_trained = {}, False
+        for core_ratio, core_exit in sorted(core_built["exits"].items()):
             if core_ratio not in config.ratios:
                 continue
             decoder = CompatDecoder(cc, c, config.width, norm, core_norm, data.nonnegative)
             with torch.no_grad():
                 init_compat_decoder(decoder, core_exit["decoder"](core_exit["encode"](encoder(sample))), sample)
-            trainable = [decoder] if index else [encoder, decoder]
-            if index:
+            # the encoder trains with the first exit asked for, then is shared, frozen, by the others
+            trainable = [decoder] if encoder_trained else [encoder, decoder]
+            if encoder_trained:
                 for p in encoder.parameters():
                     p.requires_grad_(False)
+            encoder_trained = True
             forward = (lambda x, e=encoder, ce=core_exit, d=decoder:  # noqa: E731
                        d(ce["decoder"](hevc_proxy(ce["encode"](e(x)), config.noise))))
             real = c * h * w / (core_exit["entry"]["latent_channels"] * (h // core_exit["entry"]["stride"])
@@ -795,17 +797,18 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
                 "stride": ce["stride"], "latent_channels": ce["latent_channels"], "ratio": real,
                 "core": f"{core} CR{core_ratio}"}
         files[f"{prefix}_compat_enc.onnx"] = export_onnx(encoder, c, out / f"{prefix}_compat_enc.onnx")
-        manifest_layers[data.name] = {"exits": entry_exits}
+        manifest_layers[data.name] = {"tensor": data.tensor, "shape": [int(c), int(h), int(w)],
+                                      "nonnegative": data.nonnegative, "exits": entry_exits}
         del data
     manifest = dict(existing)
     manifest["layers"] = {k: dict(v) for k, v in existing["layers"].items()}
     for layer, built in manifest_layers.items():
-        entry = manifest["layers"].setdefault(layer, {})
+        entry = manifest["layers"].setdefault(layer, {k: v for k, v in built.items() if k != "exits"})
         entry["exits"] = {**entry.get("exits", {}), **built["exits"]}
         ratios = ", ".join(f"CR{r}" for r in sorted(built["exits"], key=int))
         dedicated = entry.get("structure", "").split("; compatibility", 1)[0]
-        entry["structure"] = (f"{dedicated}; compatibility autoencoders onto {core}'s shared core at {ratios} "
-                              f"({core_prefix} exits + {layer.lower()}_compat_*.onnx)")
+        entry["structure"] = (f"{dedicated + '; ' if dedicated else ''}compatibility autoencoders onto {core}'s "
+                              f"shared core at {ratios} ({core_prefix} exits + {layer.lower()}_compat_*.onnx)")
     manifest["files"] = dict(sorted({**existing["files"], **{k: {"sha256": v, "bytes": (out / k).stat().st_size}
                                                              for k, v in files.items()}}.items()))
     training = dict(existing["training"])
