@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -337,11 +338,13 @@ def export_onnx(module, channels: int, path: Path) -> str:
     """Export a fully convolutional module with dynamic batch / height / width; returns its sha256."""
     module.eval()
     example = torch.zeros(1, channels, 32, 32)
+    partial = path.with_name(path.name + ".tmp")  # written whole, then renamed: a model file is never half new
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), dynamo=False, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}},
-                          opset_version=17)
+        torch.onnx.export(module, example, str(partial), dynamo=False, input_names=["input"],
+                          output_names=["output"], opset_version=17,
+                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}})
+    os.replace(partial, path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
