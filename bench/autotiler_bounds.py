@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from featcodec import metrics
-from featcodec.codecs.autotiler import AutoTiler, available_models
+from featcodec.codecs.autotiler import AutoTiler, available_models, training_seconds
 from featcodec.task import TaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,10 +115,8 @@ def main(heldout: str, train_dump: str, *videos: str) -> None:
             dec = sum(files[f]["bytes"] for f in exit_entry["decoder"]) / 1e3
             print(f"| {layer} | CR{ratio} | {' + '.join(exit_entry['encoder'])} | {enc:.0f} | {dec:.0f} |")
     total = sum(f["bytes"] for f in files.values()) / 1e6
-    training = manifest["training"]
-    seconds = training.get("seconds", 0) + sum(e.get("seconds", 0) for e in training.get("extensions", []))
-    print(f"\nAll {len(files)} files: {total:.2f} MB. Training: {seconds / 60:.0f} min (phases, every run) "
-          f"on {training['dump']}.")
+    print(f"\nAll {len(files)} files: {total:.2f} MB. Training: {training_seconds(manifest) / 60:.0f} min "
+          f"(phases, every run) on {manifest['training']['dump']}.")
 
 
 if __name__ == "__main__":

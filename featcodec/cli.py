@@ -649,10 +649,10 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
     finally:
         bar.stop()
     sizes = sum(f["bytes"] for f in manifest["files"].values())
-    training = manifest["training"]
-    seconds = training["seconds"] + sum(e.get("seconds", 0) for e in training.get("extensions", []))
+    from .codecs.autotiler import training_seconds
+
     click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, "
-               f"{seconds / 60:.1f} min of training in all", err=True)
+               f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
 
 
 class _TrainingProgress:

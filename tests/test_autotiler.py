@@ -157,6 +157,11 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     monkeypatch.setenv("FEATCODEC_MODELS", str(alone.parent))
     blob = featcodec.encode(x, "autotiler", model="tiny", cr=32, lossless=True)
     assert featcodec.info(blob)["samples"][0]["layer"] == "large" and featcodec.decode(blob).shape == x.shape
+    # Retraining the shared compatibility encoder for one exit would leave the other reading the old one.
+    with pytest.raises(ValueError, match="compatibility exits CR32 share the encoder"):
+        train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="small", name="tiny",
+                            config=TrainingConfig(ratios=(4,), steps=2, task_steps=0, batch=2, crop=16, width=8,
+                                                  valid_fraction=0.2), log=lines.append)
     # A core the model lacks, and a layer no larger than the core, are refused.
     with pytest.raises(ValueError, match="no layer nope"):
         train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="nope", name="tiny",

@@ -79,6 +79,12 @@ def _offered(entry: dict) -> list[int]:
     return sorted(int(r) for r in entry["exits"])
 
 
+def training_seconds(manifest: dict) -> float:
+    """Seconds of training phases a model's manifest records, over its first run and every extension."""
+    training = manifest.get("training", {})
+    return training.get("seconds", 0) + sum(e.get("seconds", 0) for e in training.get("extensions", []))
+
+
 def describe_models() -> list[str]:
     """What `featcodec models` prints: per model, each layer it serves, the ratios on offer and
     how they are built, with the size of the files each exit needs."""
@@ -88,7 +94,7 @@ def describe_models() -> list[str]:
         files = manifest["files"]
         total = sum(f["bytes"] for f in files.values())
         training = manifest.get("training", {})
-        seconds = training.get("seconds", 0) + sum(e.get("seconds", 0) for e in training.get("extensions", []))
+        seconds = training_seconds(manifest)
         lines.append(f"{name} (codec autotiler, {folder}): {len(files)} ONNX files, {total / 1e6:.2f} MB"
                      + (f"; trained in {seconds / 60:.0f} min on {training.get('dump')}" if seconds else ""))
         for layer, entry in manifest["layers"].items():

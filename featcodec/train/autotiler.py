@@ -235,6 +235,10 @@ class LayerData:
         return cls(dataset.strip("/"), tensor, str(model) if model is not None else None, train, valid, mean, std,
                    bool(train.min() >= 0), count)
 
+    def spread(self, count: int):
+        """`count` training maps spread over the dump (what the linear paths start from)."""
+        return torch.from_numpy(np.ascontiguousarray(self.train[:: max(1, len(self.train) // count)][:count]))
+
     def batch(self, rng: np.random.Generator, size: int, crop: int):
         """Random crops; flips only where the dump holds no mirrored photos of its own."""
         n, _, h, w = self.train.shape
@@ -332,6 +336,38 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
     for m in modules:
         m.eval()
     return PhaseResult(name, step, time.perf_counter() - start, loss_value, best, best_nmse, history)
+
+
+def _staged_phases(name: str, checkpoint_stem: Path, encoder, decoder, trainable: list, forward: Callable,
+                   data: LayerData, norm: Normalise, task, config: TrainingConfig, seed: int,
+                   log: Callable[[str], None], progress) -> list[PhaseResult]:
+    """An encoder / decoder pair's training: MSE first on small crops (cheap), then (with a task) the
+    task loss on larger ones at a lower rate. Each stage is checkpointed at ``<checkpoint_stem>_<stage>.pt``
+    and resumed from there when that file exists. Trains the modules of `trainable`."""
+    results = []
+    for stage, stage_task in (("MSE", None), ("task", task)):
+        if stage == "task" and (task is None or config.task_steps <= 0):
+            continue
+        phase_name = f"{name} {stage}"
+        checkpoint = checkpoint_stem.with_name(f"{checkpoint_stem.name}_{stage.lower()}.pt")
+        if checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            encoder.load_state_dict(saved["encoder"])
+            decoder.load_state_dict(saved["decoder"])
+            result = PhaseResult(**saved["result"])
+            log(f"  {phase_name}: resumed from {checkpoint.name}")
+        else:
+            result = train_phase(phase_name, trainable, forward, data, norm,
+                                 steps=config.steps if stage == "MSE" else config.task_steps,
+                                 lr=config.lr if stage == "MSE" else config.lr / 4, batch=config.batch,
+                                 crop=config.task_crop if stage_task else config.crop, seed=seed, task=stage_task,
+                                 minutes=config.minutes_per_phase, progress=progress)
+            torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
+                        "result": asdict(result)}, checkpoint)
+        results.append(result)
+        log(f"  {phase_name}: {result.steps} steps in {result.seconds:.0f} s, validation loss "
+            f"{result.valid_loss:.4f} (normalised MSE {result.valid_nmse:.4f})")
+    return results
 
 
 def export_onnx(module, channels: int, path: Path) -> str:
@@ -436,12 +472,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         c, h, w = data.train.shape[1:]
         built = _phase_modules(data, config)
         norm = built["norm"]
-        task = None
-        tail_path = network or _find_network(data.model)
-        if config.task_weight > 0 and tail_path:
-            from .tail import load_tail
-
-            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        task, tail_path = _task_loss(data, network, config)
         log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
             f"{', task loss through ' + Path(tail_path).name if task else ''}")
         prefix = data.name.lower().replace("/", "_")
@@ -460,34 +491,13 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
             else:
                 chain = encoder
             forward = lambda x, chain=chain, decoder=decoder: decoder(hevc_proxy(chain(x), config.noise))  # noqa: E731
-            sample = torch.from_numpy(np.ascontiguousarray(data.train[:: max(1, len(data.train) // 24)][:24]))
+            sample = data.spread(24)
             with torch.no_grad():
                 inputs = first(sample) if first is not None else sample
             init_linear_paths(encoder, decoder, inputs, sample)
-            for stage, stage_task in (("MSE", None), ("task", task)):
-                if stage == "task" and (task is None or config.task_steps <= 0):
-                    continue
-                phase_name = f"{data.name} CR{ratio} {stage}"
-                checkpoint = checkpoints / f"{prefix}_cr{ratio}_{stage.lower()}.pt"
-                if checkpoint.exists():
-                    saved = torch.load(checkpoint, weights_only=False)
-                    encoder.load_state_dict(saved["encoder"])
-                    decoder.load_state_dict(saved["decoder"])
-                    result = PhaseResult(**saved["result"])
-                    log(f"  {phase_name}: resumed from {checkpoint.name}")
-                else:
-                    # MSE first on small crops (cheap), then the task loss on larger ones at a lower rate.
-                    result = train_phase(phase_name, [encoder, decoder], forward, data, norm,
-                                         steps=config.steps if stage == "MSE" else config.task_steps,
-                                         lr=config.lr if stage == "MSE" else config.lr / 4, batch=config.batch,
-                                         crop=config.task_crop if stage_task else config.crop,
-                                         seed=config.seed + 10 * layer_index + ratio, task=stage_task,
-                                         minutes=config.minutes_per_phase, progress=progress)
-                    torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
-                                "result": asdict(result)}, checkpoint)
-                phases.append(result)
-                log(f"  {phase_name}: {result.steps} steps in {result.seconds:.0f} s, validation loss "
-                    f"{result.valid_loss:.4f} (normalised MSE {result.valid_nmse:.4f})")
+            phases += _staged_phases(f"{data.name} CR{ratio}", checkpoints / f"{prefix}_cr{ratio}", encoder, decoder,
+                                     [encoder, decoder], forward, data, norm, task, config,
+                                     config.seed + 10 * layer_index + ratio, log, progress)
 
         entry = {"tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
                  "structure": "dedicated (one encoder per layer; higher ratios cascade on the CR"
@@ -589,6 +599,17 @@ def _write_extension(existing: dict, out: Path, layers_built: dict, files: dict,
     manifest["training"] = training
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> tuple:
+    """(weight, TaskLoss) through the tail of `network` (default: the network the dump names, when
+    bundled) and that network's path; (None, path) when ``config.task_weight`` is 0 or none is found."""
+    tail_path = network or _find_network(data.model)
+    if config.task_weight <= 0 or not tail_path:
+        return None, tail_path
+    from .tail import load_tail
+
+    return (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS))), tail_path
 
 
 def _find_network(model_name: str | None) -> str | None:
@@ -735,22 +756,34 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
         if c <= cc:  # same spatial size (fully convolutional): channels decide
             raise InvalidInputError(f"{layer} ({c} channels) is not larger than the core {core} ({cc} channels)")
         norm = Normalise(data.mean, data.std)
-        task = None
-        tail_path = network or _find_network(data.model)
-        if config.task_weight > 0 and tail_path:
-            from .tail import load_tail
-
-            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        task, tail_path = _task_loss(data, network, config)
         log(f"{data.name}: compatibility autoencoders onto {core}'s core, {len(data.train)} training maps"
             f"{', task loss through ' + Path(tail_path).name if task else ''}")
         prefix = data.name.lower().replace("/", "_")
+        planned = {}  # core ratio -> (real ratio, exit key) of each exit this run trains
+        for core_ratio, core_exit in core_built["exits"].items():
+            if core_ratio in config.ratios:
+                ce = core_exit["entry"]
+                real = c * h * w / (ce["latent_channels"] * (h // ce["stride"]) * (w // ce["stride"]))
+                planned[core_ratio] = (real, int(round(real)))
+        had = existing["layers"].get(data.name, {}).get("exits", {})
+        keys = {str(key) for _, key in planned.values()}
+        dedicated = sorted(k for k in keys if k in had and not had[k].get("core"))
+        if dedicated:
+            raise InvalidInputError(f"{data.name} has a dedicated CR{dedicated[0]} exit already")
+        # every compatibility exit of a layer reads its one compatibility encoder, which this run retrains
+        stale = sorted((k for k, ex in had.items() if ex.get("core") and k not in keys), key=int)
+        if stale:
+            raise InvalidInputError(f"{data.name}'s compatibility exits {', '.join('CR' + k for k in stale)} share the "
+                                    "encoder this run retrains: train all of its core ratios together")
         encoder = CompatEncoder(c, cc, config.width, norm, core_norm)
-        sample = torch.from_numpy(np.ascontiguousarray(data.train[:: max(1, len(data.train) // 24)][:24]))
+        sample = data.spread(24)
         init_compat_linear(encoder, sample)
         entry_exits, encoder_trained = {}, False
         for core_ratio, core_exit in sorted(core_built["exits"].items()):
-            if core_ratio not in config.ratios:
+            if core_ratio not in planned:
                 continue
+            real, ratio_key = planned[core_ratio]
             decoder = CompatDecoder(cc, c, config.width, norm, core_norm, data.nonnegative)
             with torch.no_grad():
                 init_compat_decoder(decoder, core_exit["decoder"](core_exit["encode"](encoder(sample))), sample)
@@ -762,35 +795,10 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
             encoder_trained = True
             forward = (lambda x, e=encoder, ce=core_exit, d=decoder:  # noqa: E731
                        d(ce["decoder"](hevc_proxy(ce["encode"](e(x)), config.noise))))
-            real = c * h * w / (core_exit["entry"]["latent_channels"] * (h // core_exit["entry"]["stride"])
-                                * (w // core_exit["entry"]["stride"]))
-            ratio_key = int(round(real))
-            old = existing["layers"].get(data.name, {}).get("exits", {}).get(str(ratio_key))
-            if old is not None and not old.get("core"):
-                raise InvalidInputError(f"{data.name} has a dedicated CR{ratio_key} exit already")
-            for stage, stage_task in (("MSE", None), ("task", task)):
-                if stage == "task" and (task is None or config.task_steps <= 0):
-                    continue
-                phase_name = f"{data.name} CR{ratio_key} (compatibility, {core} CR{core_ratio}) {stage}"
-                checkpoint = checkpoints / f"{prefix}_compat{ratio_key}_{stage.lower()}.pt"
-                if checkpoint.exists():
-                    saved = torch.load(checkpoint, weights_only=False)
-                    encoder.load_state_dict(saved["encoder"])
-                    decoder.load_state_dict(saved["decoder"])
-                    result = PhaseResult(**saved["result"])
-                    log(f"  {phase_name}: resumed from {checkpoint.name}")
-                else:
-                    result = train_phase(phase_name, trainable, forward, data, norm,
-                                         steps=config.steps if stage == "MSE" else config.task_steps,
-                                         lr=config.lr if stage == "MSE" else config.lr / 4, batch=config.batch,
-                                         crop=config.task_crop if stage_task else config.crop,
-                                         seed=config.seed + 10 * layer_index + core_ratio, task=stage_task,
-                                         minutes=config.minutes_per_phase, progress=progress)
-                    torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
-                                "result": asdict(result)}, checkpoint)
-                phases.append(result)
-                log(f"  {phase_name}: {result.steps} steps in {result.seconds:.0f} s, validation loss "
-                    f"{result.valid_loss:.4f} (normalised MSE {result.valid_nmse:.4f})")
+            phases += _staged_phases(f"{data.name} CR{ratio_key} (compatibility, {core} CR{core_ratio})",
+                                     checkpoints / f"{prefix}_compat{ratio_key}", encoder, decoder, trainable, forward,
+                                     data, norm, task, config, config.seed + 10 * layer_index + core_ratio, log,
+                                     progress)
             dec_file = f"{prefix}_compat_dec{ratio_key}.onnx"
             files[dec_file] = export_onnx(decoder, cc, out / dec_file)
             enc_file = f"{prefix}_compat_enc.onnx"
@@ -839,14 +847,9 @@ def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, c
     files, phases = {}, []
     for layer_index, layer in enumerate(layers):
         data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
-        task = None  # task_weight 0: MSE alone
-        if config.task_weight > 0:
-            tail_path = network or _find_network(data.model)
-            if not tail_path:
-                raise InvalidInputError(f"{layer}: no network for the task loss (give --network, or --task-weight 0)")
-            from .tail import load_tail
-
-            task = (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS)))
+        task, _ = _task_loss(data, network, config)  # task_weight 0: MSE alone
+        if config.task_weight > 0 and task is None:
+            raise InvalidInputError(f"{layer}: no network for the task loss (give --network, or --task-weight 0)")
         built = _phase_modules(data, config)
         kept = _load_existing_exits(existing, data.name, built, out, config, log)
         missing = [f"CR{r}" for r in config.ratios if r not in kept]
