@@ -755,10 +755,6 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
         c, h, w = data.train.shape[1:]
         if c <= cc:  # same spatial size (fully convolutional): channels decide
             raise InvalidInputError(f"{layer} ({c} channels) is not larger than the core {core} ({cc} channels)")
-        norm = Normalise(data.mean, data.std)
-        task, tail_path = _task_loss(data, network, config)
-        log(f"{data.name}: compatibility autoencoders onto {core}'s core, {len(data.train)} training maps"
-            f"{', task loss through ' + Path(tail_path).name if task else ''}")
         prefix = data.name.lower().replace("/", "_")
         planned = {}  # core ratio -> (real ratio, exit key) of each exit this run trains
         for core_ratio, core_exit in core_built["exits"].items():
@@ -776,6 +772,10 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
         if stale:
             raise InvalidInputError(f"{data.name}'s compatibility exits {', '.join('CR' + k for k in stale)} share the "
                                     "encoder this run retrains: train all of its core ratios together")
+        norm = Normalise(data.mean, data.std)
+        task, tail_path = _task_loss(data, network, config)
+        log(f"{data.name}: compatibility autoencoders onto {core}'s core, {len(data.train)} training maps"
+            f"{', task loss through ' + Path(tail_path).name if task else ''}")
         encoder = CompatEncoder(c, cc, config.width, norm, core_norm)
         sample = data.spread(24)
         init_compat_linear(encoder, sample)
