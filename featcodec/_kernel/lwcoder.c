@@ -44,6 +44,14 @@
 #define SKIP_NUM 1 /* block mode when empty blocks >= SKIP_NUM / SKIP_DEN of all */
 #define SKIP_DEN 3
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define NOINLINE __attribute__((noinline))
+#else
+#define ALWAYS_INLINE inline
+#define NOINLINE
+#endif
+
 static inline int cap(int v, int top) { return v < top ? v : top; }
 #define CAP3(v) cap((v), 3)
 
@@ -182,18 +190,20 @@ static inline int rest_context(int version, int k, int left, int top, int partne
     return CTX_REST_BASE + ((cap(k, 7) - 1) * 8 + neighbourhood) * 2 + has_partner;
 }
 
-/* Version 5: the six neighbours' sum against 6k, for the decision "s > k" (as rest_context). */
+/* Version 5: the six neighbours' sum against 6k, for the decision "s > k" (as rest_context), in 9
+ * buckets: <= -12, -11..-6, -5..-3, -2..-1, 0, 1..2, 3..5, 6..11, >= 12. */
+static const uint8_t RELATIVE_BUCKET[25] = {0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 7, 8};
+
 static inline int relative_bucket(int sum, int k) {
     const int r = sum - 6 * k;
-    return r <= -12 ? 0 : r <= -6 ? 1 : r <= -3 ? 2 : r <= -1 ? 3 : r == 0 ? 4 : r <= 2 ? 5 : r <= 5 ? 6
-         : r <= 11 ? 7 : 8;
+    return RELATIVE_BUCKET[r < -12 ? 0 : r > 12 ? 24 : r + 12];
 }
 
 static const uint8_t SUM_BUCKET[43] = {0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8,
                                        8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
 
 /* One binary decision with both context models mixed; encodes `bit` or returns the decoded one. */
-static inline int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b, int ctx_c, int set, int bit,
+static ALWAYS_INLINE int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b, int ctx_c, int set, int bit,
                            rc_encoder *enc, rc_decoder *dec, double *cost) {
     bit_state *a = own + ctx_a, *sa = s->shared + ctx_a;
     bit_state *b = own + CTX_A + ctx_b, *sb = s->shared + CTX_A + ctx_b;
@@ -218,8 +228,10 @@ static inline int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b,
     return bit;
 }
 
-/* Codes (encode) or decodes every channel; one function so the two cannot drift apart. */
-static void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
+/* Codes (encode) or decodes every channel; one function so the two cannot drift apart. Inlined
+ * into encode_pass, decode_pass and cost_pass, where enc / dec are constants: each gets its own
+ * loop with the other modes' branches gone. */
+static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
                       rc_encoder *enc, rc_decoder *dec) {
     const int encode = dec == NULL;
     const int C = l->channels, H = l->height, W = l->width, n = l->n_symbols;
@@ -308,6 +320,20 @@ static void code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, cons
 }
 
 
+static NOINLINE void encode_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols,
+                                                  const uint8_t *block_flags, rc_encoder *enc) {
+    code_pass(s, l, (uint8_t *)symbols, block_flags, enc, NULL);
+}
+
+static NOINLINE void decode_pass(coder_state *s, const lw_layout *l, uint8_t *symbols,
+                                                  rc_decoder *dec) {
+    code_pass(s, l, symbols, NULL, NULL, dec);
+}
+
+static NOINLINE void cost_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols) {
+    code_pass(s, l, (uint8_t *)symbols, NULL, NULL, NULL);
+}
+
 /* The layout, and every symbol inside the alphabet (what the encoder and the cost both need). */
 static int check_symbols(const lw_layout *l, const uint8_t *symbols) {
     int status = lw_check_layout(l);
@@ -357,7 +383,7 @@ int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t 
     rc_encoder enc;
     rc_encoder_init(&enc, plane * C / 8 + 64);
     rc_encode_bit(&enc, 32768, s.block_mode);
-    code_pass(&s, l, (uint8_t *)symbols, block_flags, &enc, NULL);
+    encode_pass(&s, l, symbols, block_flags, &enc);
     rc_encoder_finish(&enc);
     free(block_flags);
     state_free(&s);
@@ -383,7 +409,7 @@ int lw_cost(const lw_layout *l, const uint8_t *symbols, double *bits) {
     for (int c = 0; c < C; c++) bits[c] = 0;
     s.costs = bits;
     s.block_mode = 0; /* the cost of every symbol, as a dense map codes them */
-    code_pass(&s, l, (uint8_t *)symbols, NULL, NULL, NULL);
+    cost_pass(&s, l, symbols);
     state_free(&s);
     return LW_OK;
 }
@@ -404,7 +430,7 @@ int lw_decode(const lw_layout *l, const uint8_t *in, size_t in_len, uint8_t *sym
     rc_decoder dec;
     rc_decoder_init(&dec, in, in_len);
     s.block_mode = rc_decode_bit(&dec, 32768);
-    code_pass(&s, l, symbols, NULL, NULL, &dec);
+    decode_pass(&s, l, symbols, &dec);
     state_free(&s);
     /* A stream lw_encode wrote ends where the decoder stops reading: nothing asked past its end,
      * at most the flushed bytes left over. */

@@ -13,7 +13,7 @@
 
 typedef struct {
     uint16_t p; /* P(bit = 1), 16 bits */
-    uint16_t n; /* events seen, saturating */
+    uint16_t n; /* events seen, saturating at N_TOP */
 } bit_state;
 
 #define P_MIN 48
@@ -22,24 +22,30 @@ typedef struct {
 #define SHARED_FINAL 128
 #define WEIGHT_FULL 64 /* events after which the weight table is flat */
 
+/* Event counts saturate at N_TOP, above every point where a rate or weight still changes, so
+ * each table is indexed by the count itself (no clamping on the coding path). */
+#define N_TOP 255
+
 typedef struct {
-    uint32_t channel_rate[CHANNEL_FINAL + 1]; /* 2^15 / (n + 1.5), then 2^15 / 32 */
-    uint32_t shared_rate[SHARED_FINAL + 1];
-    uint32_t weight[WEIGHT_FULL + 1]; /* 2^8 · n / (n + 6) */
+    uint32_t channel_rate[N_TOP + 1]; /* 2^15 / (n + 1.5), from n = CHANNEL_FINAL on 2^15 / 32 */
+    uint32_t shared_rate[N_TOP + 1];
+    uint32_t weight[N_TOP + 1]; /* 2^8 · n / (n + 6), flat from n = WEIGHT_FULL on */
+    uint16_t next[N_TOP + 1];   /* n + 1, saturating */
 } model_tables;
 
 static void model_tables_init(model_tables *t) {
-    for (int n = 0; n <= CHANNEL_FINAL; n++) {
-        double r = n < CHANNEL_FINAL ? 1.0 / (n + 1.5) : 1.0 / CHANNEL_FINAL;
+    for (int n = 0; n <= N_TOP; n++) {
+        int c = n < CHANNEL_FINAL ? n : CHANNEL_FINAL, h = n < SHARED_FINAL ? n : SHARED_FINAL;
+        int w = n < WEIGHT_FULL ? n : WEIGHT_FULL;
+        double r = c < CHANNEL_FINAL ? 1.0 / (c + 1.5) : 1.0 / CHANNEL_FINAL;
         if (r < 1.0 / CHANNEL_FINAL) r = 1.0 / CHANNEL_FINAL;
         t->channel_rate[n] = (uint32_t)(32768.0 * r);
-    }
-    for (int n = 0; n <= SHARED_FINAL; n++) {
-        double r = 1.0 / (n + 1.5);
+        r = 1.0 / (h + 1.5);
         if (r < 1.0 / SHARED_FINAL) r = 1.0 / SHARED_FINAL;
         t->shared_rate[n] = (uint32_t)(32768.0 * r);
+        t->weight[n] = (uint32_t)(256.0 * w / (w + 6.0));
+        t->next[n] = (uint16_t)(n < N_TOP ? n + 1 : N_TOP);
     }
-    for (int n = 0; n <= WEIGHT_FULL; n++) t->weight[n] = (uint32_t)(256.0 * n / (n + 6.0));
 }
 
 static void bit_states_init(bit_state *s, size_t count) {
@@ -51,8 +57,7 @@ static void bit_states_init(bit_state *s, size_t count) {
 
 /* The probability to code with, from a channel's and the shared estimate. */
 static inline uint32_t model_p(const model_tables *t, const bit_state *own, const bit_state *shared) {
-    int32_t n = own->n < WEIGHT_FULL ? own->n : WEIGHT_FULL;
-    int32_t p = (int32_t)shared->p + ((((int32_t)own->p - (int32_t)shared->p) * (int32_t)t->weight[n]) >> 8);
+    int32_t p = (int32_t)shared->p + ((((int32_t)own->p - (int32_t)shared->p) * (int32_t)t->weight[own->n]) >> 8);
     return (uint32_t)(p < P_MIN ? P_MIN : (p > P_MAX ? P_MAX : p));
 }
 
@@ -64,10 +69,10 @@ static inline void adapt(bit_state *s, int bit, uint32_t rate) {
 }
 
 static inline void model_update(const model_tables *t, bit_state *own, bit_state *shared, int bit) {
-    adapt(own, bit, t->channel_rate[own->n < CHANNEL_FINAL ? own->n : CHANNEL_FINAL]);
-    adapt(shared, bit, t->shared_rate[shared->n < SHARED_FINAL ? shared->n : SHARED_FINAL]);
-    if (own->n < 65535) own->n++;
-    if (shared->n < 65535) shared->n++;
+    adapt(own, bit, t->channel_rate[own->n]);
+    adapt(shared, bit, t->shared_rate[shared->n]);
+    own->n = t->next[own->n];
+    shared->n = t->next[shared->n];
 }
 
 #endif
