@@ -11,6 +11,7 @@ neighbouring settings (a few detections near the score threshold flip).
 For each reference split layer:
 
 * **speed and size** (calibrated on the training dump, held-out samples, one thread, float32 in,
+  for the default coder and the fast one (``fast=True``, coder version 6),
   quantization included): encode / decode MB/s through the codec's API; in the same run on the
   same samples, python-zstandard at levels 3 and 19 on the quantized symbols (one byte each);
   the ratio of our encode time to zstd -3's, and of our size to zstd -19's;
@@ -106,6 +107,18 @@ def main(train_path, heldout_path, output, extra_path=None):
                        "zstd3_mb_s": part.nbytes / 1e6 / zstd3_time, "encode_vs_zstd3": encode_time / zstd3_time,
                        "decode_vs_zstd3": decode_time / zstd3_time, "size_vs_zstd19": size / zstd19,
                        "zstd19_bpe": zstd19 * 8 / part.size}
+                # the fast coder (version 6): the same quantizer, so the same decoded values and agreement
+                fast = Lightweight(levels=n, fast=True).calibrate(calibration)
+                assert fast.table["thresholds"] == table["thresholds"]
+                fast_payloads, fast_encode = timed(lambda codec=fast, part=part: [codec.encode(s)[0] for s in part])
+                _, fast_decode = timed(lambda codec=fast, part=part, payloads=fast_payloads:
+                                       [codec.decode(p, s.shape, {}) for p, s in zip(payloads, part)])
+                row.update({"fast_bits_per_element": featcodec.info(featcodec.encode(x, fast))["bits_per_element"],
+                            "fast_encode_mb_s": part.nbytes / 1e6 / fast_encode,
+                            "fast_decode_mb_s": part.nbytes / 1e6 / fast_decode,
+                            "fast_encode_vs_zstd3": fast_encode / zstd3_time,
+                            "fast_decode_vs_zstd3": fast_decode / zstd3_time,
+                            "fast_size_vs_zstd19": sum(map(len, fast_payloads)) / zstd19})
                 speed.append(row)
                 print(row, flush=True)
                 uncalibrated = featcodec.encode(x, "lightweight", levels=n)
@@ -123,6 +136,9 @@ def main(train_path, heldout_path, output, extra_path=None):
                 print(generality[-1], flush=True)
             task_rows.append({"layer": layer,
                               "bpe_at_0.95": rate_at([r for r in speed if r["layer"] == layer]),
+                              "fast_bpe_at_0.95": rate_at([{"bits_per_element": r["fast_bits_per_element"],
+                                                            "agreement": r["agreement"]}
+                                                           for r in speed if r["layer"] == layer]),
                               "uncalibrated_bpe_at_0.95": rate_at([r for r in generality if r["layer"] == layer]),
                               "uniform_bpe_at_0.95": rate_at([{"bits_per_element": r["uniform_bits_per_element"],
                                                                "agreement": r["uniform_agreement"]}
@@ -137,12 +153,21 @@ def main(train_path, heldout_path, output, extra_path=None):
                      f"{r['bits_per_element']:.4f} | {r['agreement']:.3f} | {r['encode_mb_s']:.0f} | "
                      f"{r['decode_mb_s']:.0f} | {r['zstd3_mb_s']:.0f} | {r['encode_vs_zstd3']:.1f}x | "
                      f"{r['decode_vs_zstd3']:.1f}x | {r['size_vs_zstd19']:.3f} |")
+    lines += ["", "## The fast coder (`fast=True`, coder version 6), same quantizers, same runs", "",
+              "Same quantizer, so the same decoded values and agreement as the rows above.", "",
+              "| layer | levels | bits/elt | vs version 5 | enc MB/s | dec MB/s | enc / zstd -3 | dec / zstd -3 "
+              "| size / zstd -19 |", "|" + "---|" * 9]
+    for r in speed:
+        lines.append(f"| {r['layer']} | {r['levels']} | {r['fast_bits_per_element']:.4f} | "
+                     f"{r['fast_bits_per_element'] / r['bits_per_element'] - 1:+.1%} | {r['fast_encode_mb_s']:.0f} | "
+                     f"{r['fast_decode_mb_s']:.0f} | {r['fast_encode_vs_zstd3']:.1f}x | "
+                     f"{r['fast_decode_vs_zstd3']:.1f}x | {r['fast_size_vs_zstd19']:.3f} |")
     lines += ["", "## Bits per element at agreement 0.95", "",
-              "| layer | calibrated | uncalibrated (per sample) | uniform + zstd-19, same clip range |",
-              "|---|---|---|---|"]
+              "| layer | calibrated | calibrated, fast | uncalibrated (per sample) | uniform + zstd-19, same clip range |",
+              "|---|---|---|---|---|"]
     for r in task_rows:
-        lines.append(f"| {r['layer']} | {fmt(r['bpe_at_0.95'])} | {fmt(r['uncalibrated_bpe_at_0.95'])} | "
-                     f"{fmt(r['uniform_bpe_at_0.95'])} |")
+        lines.append(f"| {r['layer']} | {fmt(r['bpe_at_0.95'])} | {fmt(r['fast_bpe_at_0.95'])} | "
+                     f"{fmt(r['uncalibrated_bpe_at_0.95'])} | {fmt(r['uniform_bpe_at_0.95'])} |")
     lines += ["", "## Uncalibrated, per level count", "",
               "| layer | levels | bits/elt | agreement | uniform+zstd-19 bits/elt | uniform agreement |",
               "|---|---|---|---|---|---|"]

@@ -23,6 +23,7 @@ CODEC_CASES = {
         {"levels": 3, "clip": "model"},
         {"levels": 5, "activation": "leaky:0.1", "clip": [-0.5, 2.0]},
         {"table": {"thresholds": [0.25, 0.75], "levels": [0.0, 0.5, 1.0]}},
+        {"levels": 6, "fast": True},
     ],
     "fpc": [{"preset": "ultrafast"}, {"lossless": True, "preset": "ultrafast"},
             {"qp": 30, "bitdepth": 10, "norm": "channel", "preset": "ultrafast"}],
@@ -115,9 +116,8 @@ def test_bad_uniform_parameters(params):
         get_codec("uniform", **params)
 
 
-@pytest.mark.parametrize("name", ["lightweight_v4", "lightweight_signed_v4", "lightweight_blocks_v4",
-                                  "lightweight_partners_v4", "lightweight_v5", "lightweight_signed_v5",
-                                  "lightweight_blocks_v5", "lightweight_partners_v5"])
+@pytest.mark.parametrize("name", [f"lightweight{kind}_v{version}" for version in (4, 5, 6)
+                                  for kind in ("", "_signed", "_blocks", "_partners")])
 def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
     """The kernel's integer arithmetic is the same on every machine: re-encoding a golden file's
     values must give its payloads byte for byte (a change is a new coder version, never an accident)."""

@@ -10,7 +10,7 @@ import zstandard
 
 import featcodec
 import featcodec.entropy
-from featcodec.codecs.lightweight import Lightweight, ValueDistribution, empirical_clip, symbol_order
+from featcodec.codecs.lightweight import Lightweight, ValueDistribution, _symbols, empirical_clip, symbol_order
 from featcodec.container import Bitstream, pack
 from featcodec.entropy import (
     MAX_DEPTH,
@@ -262,8 +262,8 @@ def test_decoder_robustness(partnered, sparse):
     payload, table = codec.encode(symbols.astype(np.float32))
     with pytest.raises(CorruptStreamError):
         codec.validate(symbols.shape, {"thresholds": "x"})
-    with pytest.raises(CorruptStreamError, match="coder must be 4 or 5"):
-        codec.validate(symbols.shape, {**table, "coder": 6})
+    with pytest.raises(CorruptStreamError, match="coder must be 4, 5 or 6"):
+        codec.validate(symbols.shape, {**table, "coder": 7})
     for parents in ([1, 0] + [-1] * 6, [-1] * 7 + [8], [-1] * 7, "01"):  # validated before any decode
         with pytest.raises(CorruptStreamError):
             codec.validate(symbols.shape, {**table, "parents": parents})
@@ -334,7 +334,7 @@ def test_kernel_refuses_bad_layouts():
     for args in ((maps, 2, 4, 4, 17, 5, None, None), (maps, 2, 4, 4, 4, 5, cycle, None),
                  (maps, 3, 4, 4, 4, 5, None, None), (maps, 2, 4, 4, 4, 5, None, np.array([0, 0], np.int32).tobytes()),
                  (maps, 2, 4, 4, 4, 5, np.array([-1, 0], np.int32).tobytes(), np.array([1, 0], np.int32).tobytes()),
-                 (maps, 2, 4, 4, 4, 3, None, None), (maps, 2, 4, 4, 4, 6, None, None)):
+                 (maps, 2, 4, 4, 4, 3, None, None), (maps, 2, 4, 4, 4, 7, None, None)):
         with pytest.raises(ValueError):
             coder.encode(*args, None, None)
 
@@ -342,6 +342,27 @@ def test_kernel_refuses_bad_layouts():
 def test_tables_record_the_coder_version(real_s4):
     _, table = Lightweight(levels=4).encode(real_s4[0, :8])
     assert table["coder"] == featcodec.entropy.VERSION == 5
+    _, table = Lightweight(levels=4, fast=True).encode(real_s4[0, :8])
+    assert table["coder"] == featcodec.entropy.FAST_VERSION == 6
+    assert Lightweight(levels=4, fast=True).calibrate(real_s4).table["coder"] == 6
+    hand = {"thresholds": [0.5], "levels": [0.0, 1.0]}
+    assert Lightweight(table=hand, fast=True).table["coder"] == 6 and Lightweight(table=hand).table["coder"] == 5
+
+
+def test_fast_coder_does_a_third_of_the_work_for_a_few_percent_more_bits(real_s2, real_s4):
+    """Version 6 codes each decision with one context model, no mixing (its speed is the bench's
+    to show, bench/results/lightweight.md): its payloads stay within 10 % of version 5's on real
+    maps and decode only as version 6."""
+    for maps, n in ((real_s2[:1, :24], 8), (real_s4[:1], 16), (real_s2[:1, :24], 2)):
+        table = Lightweight(levels=n).design(maps)
+        symbols = np.stack([_symbols(s, table) for s in maps])
+        mixed = encode_symbol_maps(symbols, n, None, 5)
+        single = encode_symbol_maps(symbols, n, None, 6)
+        ratio = sum(map(len, single)) / sum(map(len, mixed))
+        assert 0.97 < ratio < 1.10, (n, ratio)
+        np.testing.assert_array_equal(decode_symbol_maps(single, symbols.shape[1:], n, None, 6), symbols)
+        with pytest.raises(CorruptStreamError):  # the version is in the table, not in the bytes
+            decode_symbol_maps(single, symbols.shape[1:], n, None, 5)
 
 
 def test_calibration_fixes_the_quantizer(real_s4):

@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
             reference = malloc(count);
             for (size_t i = 0; i < count; i++) reference[i] = below(10) ? symbols[i] : (uint8_t)below(n);
         }
-        lw_layout layout = {c, h, w, n, LW_VERSION_MIN + below(2), partnered ? parents : NULL,
+        lw_layout layout = {c, h, w, n, LW_VERSION_MIN + below(LW_VERSION - LW_VERSION_MIN + 1), partnered ? parents : NULL,
                             partnered ? order : NULL, reference};
         uint8_t *stream;
         size_t len;

@@ -122,6 +122,9 @@ class Codec(ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     # Rate points `featcodec bench` sweeps, per rate set: (label, parameters) pairs.
     rate_points: ClassVar[dict[str, RatePoints]] = {}
+    # Parameters `get_config` leaves out at these values: ones added after files were written
+    # without them, which keep their header byte for byte (from_config's default restores them).
+    config_omits: ClassVar[dict[str, Any]] = {"gop": 1}
     # Samples per group of a sequence (a codec that codes samples from the ones before them takes a
     # ``gop`` parameter); 1: every sample is coded alone and decodes alone.
     gop: int = 1
@@ -259,9 +262,11 @@ class Codec(ABC):
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"id": self.codec_id}
         for name in self.param_names():
-            config[name] = getattr(self, name)
-        if config.get("gop") == 1:  # intra coding: the header of featcodec before sequences, which it still reads
-            del config["gop"]
+            value = getattr(self, name)
+            # parameters added later are left out at their old behaviour (intra coding: gop 1), so
+            # such files keep the header of the featcodec before them, which still reads them
+            if name not in self.config_omits or value != self.config_omits[name]:
+                config[name] = value
         return config
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..entropy import FAST_VERSION
 from ..entropy import VERSION as CODER_VERSION
 from ..entropy import VERSIONS as CODER_VERSIONS
 from ..entropy import decode_values, design_partners, encode_symbol_maps, encode_values, partner_depths
@@ -78,9 +79,12 @@ class Lightweight(Codec):
         Param("quantizer", str, "Uniform or entropy-constrained scalar quantizer.", choices=("uniform", "ecsq")),
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
+        Param("fast", bool, "One context model per coding decision instead of three mixed (coder version 6): "
+                            "about 2.5x faster encode and decode, 0-7 % more bits."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
         GOP_PARAM,
     )
+    config_omits = {"gop": 1, "fast": False}
     rate_points = {
         "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
         + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
@@ -89,7 +93,7 @@ class Lightweight(Codec):
 
     def __init__(self, levels: int | None = None, bpe: float | None = None, snr: float | None = None,
                  clip: Any = "auto", activation: str = "auto", quantizer: str = "uniform", lam: float = 0.0,
-                 partners: bool = True, table: dict | None = None, gop: int = 1):
+                 partners: bool = True, fast: bool = False, table: dict | None = None, gop: int = 1):
         if levels is not None and (not isinstance(levels, int) or not 2 <= levels <= MAX_LEVELS):
             raise InvalidInputError(f"lightweight levels must be an integer 2..{MAX_LEVELS}, got {levels!r}")
         if bpe is not None and (not isinstance(bpe, (int, float)) or not 0 < bpe < 8):
@@ -108,6 +112,8 @@ class Lightweight(Codec):
             raise InvalidInputError(f"lam (the ECSQ Lagrangian) must be ≥ 0, got {lam!r}")
         if not isinstance(partners, bool):
             raise InvalidInputError(f"partners must be true or false, got {partners!r}")
+        if not isinstance(fast, bool):
+            raise InvalidInputError(f"fast must be true or false, got {fast!r}")
         self.levels = levels
         self.bpe = None if bpe is None else float(bpe)
         self.snr = None if snr is None else float(snr)
@@ -116,6 +122,9 @@ class Lightweight(Codec):
         self.quantizer = quantizer
         self.lam = float(lam)
         self.partners = partners
+        self.fast = fast
+        if fast and isinstance(table, dict) and "coder" not in table:  # a hand-written table: the fast coder
+            table = {**table, "coder": FAST_VERSION}
         self.table = None if table is None else _check_table(table, InvalidInputError)
         self.gop = check_gop(gop)
 
@@ -135,7 +144,7 @@ class Lightweight(Codec):
             table = self._search_snr(dist, kind, slope)
         else:
             table = self._design(dist, self.levels, kind, slope, self.lam)
-        return {**_zero_first(table), "coder": CODER_VERSION}
+        return {**_zero_first(table), "coder": FAST_VERSION if self.fast else CODER_VERSION}
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
@@ -169,7 +178,8 @@ class Lightweight(Codec):
         small activations vanish, which costs a detector far more than its MSE suggests.
         """
         probe = _rate_probe(data)
-        rate = lambda table: _coded_bpe(probe, table)  # noqa: E731
+        version = FAST_VERSION if self.fast else CODER_VERSION
+        rate = lambda table: _coded_bpe(probe, table, version)  # noqa: E731
         best, above = None, None
         for n_levels in range(2, MAX_LEVELS + 1):
             table = self._design(dist, n_levels, kind, slope, 0.0)
@@ -358,7 +368,8 @@ def _check_table(table, error) -> dict[str, list[float]]:
         checked["order"] = "zigzag"
     version = _coder_version(table)
     if isinstance(version, bool) or version not in (1, 2, 3, *CODER_VERSIONS):
-        raise error(f"quantizer table coder must be {' or '.join(map(str, CODER_VERSIONS))}, got {table['coder']!r}")
+        versions = ", ".join(map(str, CODER_VERSIONS[:-1])) + f" or {CODER_VERSIONS[-1]}"
+        raise error(f"quantizer table coder must be {versions}, got {table['coder']!r}")
     if version not in CODER_VERSIONS:
         # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes versions 4 and 5.
         raise (UnsupportedFormatError if error is CorruptStreamError else error)(
@@ -393,12 +404,13 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
         return table
     stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
     symbols = np.stack([_symbols(s, table) for s in samples[::stride]])
-    parents = design_partners(symbols, n_levels)
+    version = _coder_version(table)
+    parents = design_partners(symbols, n_levels, version)
     if max(parents) < 0:
         return table
     check = symbols[1::2] if len(symbols) > 1 else symbols
-    alone = sum(map(len, encode_symbol_maps(check, n_levels)))
-    partnered = sum(map(len, encode_symbol_maps(check, n_levels, parents)))
+    alone = sum(map(len, encode_symbol_maps(check, n_levels, None, version)))
+    partnered = sum(map(len, encode_symbol_maps(check, n_levels, parents, version)))
     if partnered > (1 - MIN_PARTNER_GAIN) * alone:
         return table
     return {**table, "parents": parents}
@@ -477,6 +489,6 @@ def _rate_probe(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples[:, :: max(1, channels // 16)])
 
 
-def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]]) -> float:
+def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]], version: int) -> float:
     symbols = np.stack([_symbols(s, _zero_first(table)) for s in probe])
-    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]))) * 8 / probe.size
+    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]), None, version)) * 8 / probe.size

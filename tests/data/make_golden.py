@@ -32,6 +32,12 @@ CASES = {
     "lightweight_signed_v5": dict(method="lightweight", levels=14, source="S1"),
     "lightweight_blocks_v5": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29)),
     "lightweight_partners_v5": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
+    # Entropy coder version 6 (`fast`: one context model per decision, no mixing), the same four kinds.
+    "lightweight_v6": dict(method="lightweight", levels=12, source="S2", fast=True),
+    "lightweight_signed_v6": dict(method="lightweight", levels=14, source="S1", fast=True),
+    "lightweight_blocks_v6": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29), fast=True),
+    "lightweight_partners_v6": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0],
+                                    fast=True),
     # HEVC codecs through the bundled ffmpeg / x265, one worker thread (x265's output depends on its
     # frame-thread count). A (C, H, W) crop of real S2 activations.
     "tiling_v1": dict(method="tiling", qp=30, preset="fast", source="S2"),
@@ -64,8 +70,9 @@ def golden_input(name: str):
     if "parents" in params:  # a calibrated table, as `Lightweight.calibrate` would write it
         from featcodec.codecs import Lightweight
 
-        table = Lightweight(levels=params.pop("levels")).design(data)
-        codec = Lightweight(table={**table, "parents": params.pop("parents")})
+        fast = params.pop("fast", False)
+        table = Lightweight(levels=params.pop("levels"), fast=fast).design(data)
+        codec = Lightweight(table={**table, "parents": params.pop("parents")}, fast=fast)
     else:
         codec = featcodec.get_codec(method, **params)
     codec.threads = 1
