@@ -163,7 +163,8 @@ def main(train_path, heldout_path, output, extra_path=None):
                      f"{r['fast_decode_mb_s']:.0f} | {r['fast_encode_vs_zstd3']:.1f}x | "
                      f"{r['fast_decode_vs_zstd3']:.1f}x | {r['fast_size_vs_zstd19']:.3f} |")
     lines += ["", "## Bits per element at agreement 0.95", "",
-              "| layer | calibrated | calibrated, fast | uncalibrated (per sample) | uniform + zstd-19, same clip range |",
+              "| layer | calibrated | calibrated, fast | uncalibrated (per sample) "
+              "| uniform + zstd-19, same clip range |",
               "|---|---|---|---|---|"]
     for r in task_rows:
         lines.append(f"| {r['layer']} | {fmt(r['bpe_at_0.95'])} | {fmt(r['fast_bpe_at_0.95'])} | "

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..entropy import FAST_VERSION
+from ..entropy import FAST_VERSION, decode_values, design_partners, encode_symbol_maps, encode_values, partner_depths
 from ..entropy import VERSION as CODER_VERSION
 from ..entropy import VERSIONS as CODER_VERSIONS
-from ..entropy import decode_values, design_partners, encode_symbol_maps, encode_values, partner_depths
 from ..errors import CorruptStreamError, InvalidInputError, UnsupportedFormatError
 from ..quantizer import (
     ActivationModel,
