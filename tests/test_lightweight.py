@@ -349,6 +349,20 @@ def test_tables_record_the_coder_version(real_s4):
     assert Lightweight(table=hand, fast=True).table["coder"] == 6 and Lightweight(table=hand).table["coder"] == 5
 
 
+def test_calibration_picks_the_fast_coder_where_it_costs_under_one_percent(real_s2, real_s4):
+    """Sparse S4 codes within 1 % either way, so calibration takes version 6 (a third of the work);
+    on dense S2 version 5's mixing saves several percent, so it stays; `fast` given overrides."""
+    for samples, picked in ((real_s4, 6), (real_s2, 5)):
+        table = Lightweight(levels=8).calibrate(samples).table
+        assert table["coder"] == picked
+        symbols = np.stack([_symbols(s, table) for s in samples[1::2]])
+        sizes = {v: sum(map(len, encode_symbol_maps(symbols, 8, table.get("parents"), v))) for v in (5, 6)}
+        assert (sizes[6] <= 1.01 * sizes[5]) == (picked == 6), sizes
+        assert Lightweight(levels=8, fast=False).calibrate(samples).table["coder"] == 5
+        assert Lightweight(levels=8, fast=True).calibrate(samples).table["coder"] == 6
+    assert "fast" not in Lightweight(levels=8).calibrate(real_s4).get_config()  # old headers stay byte for byte
+
+
 def test_fast_coder_does_a_third_of_the_work_for_a_few_percent_more_bits(real_s2, real_s4):
     """Version 6 codes each decision with one context model, no mixing (its speed is the bench's
     to show, bench/results/lightweight.md): its payloads stay within 10 % of version 5's on real

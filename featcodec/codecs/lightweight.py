@@ -54,6 +54,10 @@ DESIGN_SAMPLE = 400_000  # values used to design clip and quantizer (a strided s
 # calibration samples by at least this much (bench/results/lightweight.md says which layers do).
 MIN_PARTNER_GAIN = 0.02
 PARTNER_SAMPLES = 8  # calibration samples (at most) that choose and check partner channels
+# Calibration picks the fast coder (version 6) for a layer unless it costs more than this many more
+# bits than version 5 on calibration samples: on sparse maps (the reference S4) they code within
+# ±1 % of each other and version 6 does a third of the work; dense ones (S1, S2) lose 2-8 %.
+FAST_MAX_COST = 0.01
 
 
 class Lightweight(Codec):
@@ -79,20 +83,21 @@ class Lightweight(Codec):
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
         Param("fast", bool, "One context model per coding decision instead of three mixed (coder version 6): "
-                            "about 2.5x faster encode and decode, 0-7 % more bits."),
+                            "about 2.5x faster encode and decode, 0-8 % more bits. Default: calibration "
+                            "picks it where it costs under 1 % more bits."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
         GOP_PARAM,
     )
-    config_omits = {"gop": 1, "fast": False}
+    config_omits = {"gop": 1, "fast": None}
     rate_points = {
         "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
-        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)],
+        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)] + [("levels=8,fast", {"levels": 8, "fast": True})],
         "quick": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
     }
 
     def __init__(self, levels: int | None = None, bpe: float | None = None, snr: float | None = None,
                  clip: Any = "auto", activation: str = "auto", quantizer: str = "uniform", lam: float = 0.0,
-                 partners: bool = True, fast: bool = False, table: dict | None = None, gop: int = 1):
+                 partners: bool = True, fast: bool | None = None, table: dict | None = None, gop: int = 1):
         if levels is not None and (not isinstance(levels, int) or not 2 <= levels <= MAX_LEVELS):
             raise InvalidInputError(f"lightweight levels must be an integer 2..{MAX_LEVELS}, got {levels!r}")
         if bpe is not None and (not isinstance(bpe, (int, float)) or not 0 < bpe < 8):
@@ -111,7 +116,7 @@ class Lightweight(Codec):
             raise InvalidInputError(f"lam (the ECSQ Lagrangian) must be ≥ 0, got {lam!r}")
         if not isinstance(partners, bool):
             raise InvalidInputError(f"partners must be true or false, got {partners!r}")
-        if not isinstance(fast, bool):
+        if fast is not None and not isinstance(fast, bool):
             raise InvalidInputError(f"fast must be true or false, got {fast!r}")
         self.levels = levels
         self.bpe = None if bpe is None else float(bpe)
@@ -207,11 +212,14 @@ class Lightweight(Codec):
     def calibrate(self, samples: np.ndarray) -> Lightweight:
         """A copy of this codec whose quantizer is designed once from `samples` (N, C, H, W),
         with partner channels for the entropy coder when they pay (`MIN_PARTNER_GAIN`) unless
-        ``partners=False`` (faster coding, larger payloads)."""
+        ``partners=False`` (faster coding, larger payloads), and the fast coder where it costs
+        at most `FAST_MAX_COST` more bits unless ``fast`` is given."""
         samples = np.asarray(samples, np.float32)
         table = self.design(samples)
         if samples.ndim == 4 and self.partners:
             table = _with_partners(table, samples)
+        if samples.ndim == 4 and self.fast is None:
+            table = _fast_where_free(table, samples)
         config = self.get_config()
         config.update(table=table, bpe=None, snr=None, levels=None)
         config.pop("id")
@@ -413,6 +421,18 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
     if partnered > (1 - MIN_PARTNER_GAIN) * alone:
         return table
     return {**table, "parents": parents}
+
+
+def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
+    """`table` with the fast coder (version 6) if it codes calibration samples in at most
+    FAST_MAX_COST more bits than the table's own version."""
+    stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
+    check = samples[1::stride] if len(samples) > 1 else samples  # partners were chosen on samples[::stride]
+    symbols = np.stack([_symbols(s, table) for s in check])
+    n_levels, parents = len(table["levels"]), table.get("parents")
+    current = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, _coder_version(table))))
+    fast = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, FAST_VERSION)))
+    return {**table, "coder": FAST_VERSION} if fast <= (1 + FAST_MAX_COST) * current else table
 
 
 def _subsample(data: np.ndarray) -> np.ndarray:

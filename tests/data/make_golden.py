@@ -70,7 +70,7 @@ def golden_input(name: str):
     if "parents" in params:  # a calibrated table, as `Lightweight.calibrate` would write it
         from featcodec.codecs import Lightweight
 
-        fast = params.pop("fast", False)
+        fast = params.pop("fast", None)
         table = Lightweight(levels=params.pop("levels"), fast=fast).design(data)
         codec = Lightweight(table={**table, "parents": params.pop("parents")}, fast=fast)
     else:
