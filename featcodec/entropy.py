@@ -22,7 +22,7 @@ payloads and turns kernel failures into `CorruptStreamError`. Coder version 5 (d
   still decodes and encodes (a calibrated table may name it);
 * version 6 (the codec's ``fast=True``) keeps version 5's contexts but codes each decision with
   the first model's estimate alone, no mixing (its decisions "s > k" also read the six-neighbour
-  sum against 6k): about 2.6 times fewer instructions per map, 0-7 % more bits.
+  sum against 6k): about 2.6 times fewer instructions per map, 0-8 % more bits.
 
 Partner channels (`design_partners`, chosen once per layer by calibration) are coded before
 the channels that read them (`coding_order`).

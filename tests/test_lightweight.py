@@ -363,7 +363,7 @@ def test_calibration_picks_the_fast_coder_where_it_costs_under_one_percent(real_
     assert "fast" not in Lightweight(levels=8).calibrate(real_s4).get_config()  # old headers stay byte for byte
 
 
-def test_fast_coder_does_a_third_of_the_work_for_a_few_percent_more_bits(real_s2, real_s4):
+def test_fast_coder_costs_a_few_percent_more_bits_and_decodes_only_as_itself(real_s2, real_s4):
     """Version 6 codes each decision with one context model, no mixing (its speed is the bench's
     to show, bench/results/lightweight.md): its payloads stay within 10 % of version 5's on real
     maps and decode only as version 6."""

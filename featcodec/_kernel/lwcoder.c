@@ -1,5 +1,5 @@
 /* The lightweight codec's driver: contexts over a channel's raster scan, block skipping for
- * sparse maps, partner channels. See lwcoder.h and docs/FORMAT.md (coder version 4).
+ * sparse maps, partner channels. See lwcoder.h and docs/FORMAT.md (coder versions 4-6).
  *
  * A symbol s < n is coded as binary decisions "s > k" for k = 0, 1, … until one is 0 (or
  * k = n - 2): most activations are small, so most symbols cost one decision. Contexts:
@@ -212,7 +212,7 @@ static const uint8_t SUM_BUCKET[43] = {0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7,
 
 /* One binary decision; encodes `bit` or returns the decoded one. Versions 4-5 mix the three
  * context models; version 6 (`single`) codes with the first model's estimate alone and updates
- * only it: about 2.5x fewer instructions per decision, 2-8 % more bits. */
+ * only it: about 2.5x fewer instructions per decision, 0-8 % more bits. */
 static ALWAYS_INLINE int code_bit(coder_state *s, bit_state *own, int ctx_a, int ctx_b, int ctx_c, int set, int bit,
                                   rc_encoder *enc, rc_decoder *dec, double *cost, const int single) {
     bit_state *a = own + ctx_a, *sa = s->shared + ctx_a;

@@ -378,7 +378,7 @@ def _check_table(table, error) -> dict[str, list[float]]:
         versions = ", ".join(map(str, CODER_VERSIONS[:-1])) + f" or {CODER_VERSIONS[-1]}"
         raise error(f"quantizer table coder must be {versions}, got {table['coder']!r}")
     if version not in CODER_VERSIONS:
-        # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes versions 4 and 5.
+        # Versions 1-3 were the numpy wavefront coder (featcodec 0.1); the kernel codes versions 4-6.
         raise (UnsupportedFormatError if error is CorruptStreamError else error)(
             f"lightweight data for entropy coder version {version}, which this featcodec no longer decodes "
             f"(it codes version {CODER_VERSION}): decode it with featcodec 0.1, or recalibrate")
@@ -427,7 +427,7 @@ def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
     """`table` with the fast coder (version 6) if it codes calibration samples in at most
     FAST_MAX_COST more bits than the table's own version."""
     stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
-    check = samples[1::stride] if len(samples) > 1 else samples  # partners were chosen on samples[::stride]
+    check = samples[1::stride] if len(samples) > 1 else samples  # next to those the partners saw
     symbols = np.stack([_symbols(s, table) for s in check])
     n_levels, parents = len(table["levels"]), table.get("parents")
     current = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, _coder_version(table))))
