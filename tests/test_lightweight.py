@@ -360,7 +360,9 @@ def test_calibration_picks_the_fast_coder_where_it_costs_under_one_percent(real_
         assert (sizes[6] <= 1.01 * sizes[5]) == (picked == 6), sizes
         assert Lightweight(levels=8, fast=False).calibrate(samples).table["coder"] == 5
         assert Lightweight(levels=8, fast=True).calibrate(samples).table["coder"] == 6
-    assert "fast" not in Lightweight(levels=8).calibrate(real_s4).get_config()  # old headers stay byte for byte
+    calibrated = Lightweight(levels=8).calibrate(real_s4)
+    assert "fast" not in calibrated.get_config()  # old headers stay byte for byte
+    assert calibrated.describe().endswith("fast coder)")  # what `featcodec calibrate` prints
 
 
 def test_fast_coder_costs_a_few_percent_more_bits_and_decodes_only_as_itself(real_s2, real_s4):

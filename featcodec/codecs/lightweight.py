@@ -263,7 +263,8 @@ class Lightweight(Codec):
         if not self.table:
             return super().describe()
         partners = " with partner channels" if "parents" in self.table else ""
-        return f"codec {self.codec_id} (calibrated {len(self.table['levels'])}-level quantizer{partners})"
+        coder = ", fast coder" if _coder_version(self.table) == FAST_VERSION else ""
+        return f"codec {self.codec_id} (calibrated {len(self.table['levels'])}-level quantizer{partners}{coder})"
 
     def validate(self, shape, info):
         _check_partners(self.table or _check_table(info, CorruptStreamError), shape, CorruptStreamError)
