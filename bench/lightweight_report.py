@@ -34,7 +34,7 @@ import zstandard
 import featcodec
 from featcodec.bench import environment
 from featcodec.codecs import Lightweight
-from featcodec.codecs.lightweight import _symbols
+from featcodec.codecs.lightweight import _fast_where_free, _symbols
 from featcodec.task import TaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,13 @@ def timed(function, repeat=5):
         result = function()
         times.append(time.perf_counter() - start)
     return result, statistics.median(times)
+
+
+def timed_coding(codec, part):
+    """Payloads, and the encode and decode times of `part`'s samples (median of `timed`)."""
+    payloads, encode_time = timed(lambda: [codec.encode(s)[0] for s in part])
+    _, decode_time = timed(lambda: [codec.decode(p, s.shape, {}) for p, s in zip(payloads, part)])
+    return payloads, encode_time, decode_time
 
 
 def rate_at(rows, level=0.95):
@@ -90,11 +97,10 @@ def main(train_path, heldout_path, output, extra_path=None):
             for n in LEVELS:
                 codec = Lightweight(levels=n, fast=False).calibrate(calibration)  # version 5
                 table = codec.table
-                picked = Lightweight(levels=n).calibrate(calibration).table["coder"]  # calibration's choice
+                # what calibration without `fast` chooses: the same table, then the fast coder if free
+                picked = _fast_where_free(table, calibration)["coder"]
                 part = x[:SPEED_SAMPLES]
-                payloads, encode_time = timed(lambda codec=codec, part=part: [codec.encode(s)[0] for s in part])
-                _, decode_time = timed(lambda codec=codec, part=part, payloads=payloads:
-                                       [codec.decode(p, s.shape, {}) for p, s in zip(payloads, part)])
+                payloads, encode_time, decode_time = timed_coding(codec, part)
                 symbols = [np.ascontiguousarray(_symbols(s, table)).tobytes() for s in part]
                 _, zstd3_time = timed(lambda symbols=symbols: [z3.compress(s) for s in symbols])
                 zstd19 = sum(len(z19.compress(s)) for s in symbols)
@@ -111,9 +117,7 @@ def main(train_path, heldout_path, output, extra_path=None):
                 # the fast coder (version 6): the same quantizer, so the same decoded values and agreement
                 fast = Lightweight(levels=n, fast=True).calibrate(calibration)
                 assert fast.table["thresholds"] == table["thresholds"]
-                fast_payloads, fast_encode = timed(lambda codec=fast, part=part: [codec.encode(s)[0] for s in part])
-                _, fast_decode = timed(lambda codec=fast, part=part, payloads=fast_payloads:
-                                       [codec.decode(p, s.shape, {}) for p, s in zip(payloads, part)])
+                fast_payloads, fast_encode, fast_decode = timed_coding(fast, part)
                 row.update({"fast_bits_per_element": featcodec.info(featcodec.encode(x, fast))["bits_per_element"],
                             "fast_encode_mb_s": part.nbytes / 1e6 / fast_encode,
                             "fast_decode_mb_s": part.nbytes / 1e6 / fast_decode,

@@ -207,6 +207,11 @@ static inline int relative_bucket(int sum, int k) {
     return RELATIVE_BUCKET[r < -12 ? 0 : r > 12 ? 24 : r + 12];
 }
 
+/* Left, top, top-left, top-right, two to the left, two above (rows padded by 2 on the left). */
+static inline int six_sum(const uint8_t *cur, const uint8_t *above, const uint8_t *above2, int x) {
+    return cur[x - 1] + above[x] + above[x - 1] + above[x + 1] + cur[x - 2] + above2[x];
+}
+
 static const uint8_t SUM_BUCKET[43] = {0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8,
                                        8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
 
@@ -295,7 +300,7 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
                 const int left = cur[x - 1], top = above[x];
                 const int pv = prow ? prow[x] : 0;
                 /* the six neighbours' sum: version 6 reads it only for decisions past the first */
-                int sum = single ? 0 : left + top + above[x - 1] + above[x + 1] + cur[x - 2] + above2[x];
+                int sum = single ? 0 : six_sum(cur, above, above2, x);
                 const int bucket = single ? 0 : SUM_BUCKET[sum > 42 ? 42 : sum];
                 const int pbucket = has_partner ? 1 + CAP3(pv) : 0;
                 const int symbol = encode ? orow[x] : 0;
@@ -314,7 +319,7 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
                 if (n > 1 && code_bit(s, own, first_context(left, top, above[x - 1], above[x + 1], pbucket),
                              bucket * 5 + pbucket, ctx_c, empty, symbol > 0, enc, dec, cost, single)) {
                     value = 1;
-                    if (single) sum = left + top + above[x - 1] + above[x + 1] + cur[x - 2] + above2[x];
+                    if (single) sum = six_sum(cur, above, above2, x);
                     for (int k = 1; k < n - 1; k++) {
                         int prel = !has_partner ? 0 : (pv > k ? 2 : (pv == k ? 1 : 0));
                         const int kb = l->version >= 5 ? relative_bucket(sum, k) : bucket;

@@ -148,7 +148,12 @@ class Lightweight(Codec):
             table = self._search_snr(dist, kind, slope)
         else:
             table = self._design(dist, self.levels, kind, slope, self.lam)
-        return {**_zero_first(table), "coder": FAST_VERSION if self.fast else CODER_VERSION}
+        return {**_zero_first(table), "coder": self._designed_version}
+
+    @property
+    def _designed_version(self) -> int:
+        """The coder version of tables this codec designs (calibration may switch to the fast one)."""
+        return FAST_VERSION if self.fast else CODER_VERSION
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
@@ -182,8 +187,7 @@ class Lightweight(Codec):
         small activations vanish, which costs a detector far more than its MSE suggests.
         """
         probe = _rate_probe(data)
-        version = FAST_VERSION if self.fast else CODER_VERSION
-        rate = lambda table: _coded_bpe(probe, table, version)  # noqa: E731
+        rate = lambda table: _coded_bpe(probe, table, self._designed_version)  # noqa: E731
         best, above = None, None
         for n_levels in range(2, MAX_LEVELS + 1):
             table = self._design(dist, n_levels, kind, slope, 0.0)
