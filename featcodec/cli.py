@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -618,8 +619,11 @@ def _print_bench(report) -> None:
               "auto-tiler in OUTPUT (shared, frozen), one exit per core ratio given with --cr.")
 @click.option("--finetune-decoders", is_flag=True, help="Train the decoders of OUTPUT's --layer/--cr exits further "
               "with the task loss, encoders frozen; a decoder is replaced only if validation improves.")
+@click.option("--hevc-rates", help="With --finetune-decoders: train on latents really coded with x265 at these Kbpi "
+              "targets (comma-separated; 'lossless' for the uncoded 8-bit latent), each training map twice at the "
+              "next rates in turn, instead of the noise proxy. E.g. 15,30,60,120,240,lossless")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
-          task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders):
+          task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates):
     """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -632,9 +636,13 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     if sum(map(bool, (extend, core, finetune_decoders))) > 1:
         raise click.UsageError("give one of --extend, --core and --finetune-decoders")
+    if hevc_rates and not finetune_decoders:
+        raise click.UsageError("--hevc-rates goes with --finetune-decoders")
+    rates = _hevc_rates(hevc_rates) if hevc_rates else ()
     config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
                             minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
-                            task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples)
+                            task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples,
+                            hevc_rates=rates)
     bar = _TrainingProgress()
     try:
         if finetune_decoders:
@@ -653,6 +661,22 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, "
                f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
+
+
+def _hevc_rates(text: str) -> tuple:
+    """'15,30,lossless' → (15.0, 30.0, None)."""
+    rates = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            rate = None if part == "lossless" else float(part)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is neither a Kbpi target nor 'lossless'",
+                                     param_hint="--hevc-rates") from None
+        if rate is not None and not 0 < rate < math.inf:
+            raise click.BadParameter(f"Kbpi targets must be positive, got {part}", param_hint="--hevc-rates")
+        rates.append(rate)
+    return tuple(rates)
 
 
 class _TrainingProgress:

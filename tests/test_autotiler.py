@@ -200,6 +200,46 @@ def test_finetune_decoders_keeps_the_encoders(tiny_model, tmp_path):
                                                 width=8, valid_fraction=0.2), log=lines.append)
 
 
+def test_finetune_on_hevc_coded_latents(tiny_model, tmp_path):
+    """--hevc-rates: a cascaded exit's decoder alone (CR16 without CR4's) trains on latents x265
+    really coded, the encoders untouched, and the record says so."""
+    from featcodec.train.autotiler import TrainingConfig, finetune_decoders
+
+    folder, manifest = tiny_model
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
+    encoders = {f: (copy / f).read_bytes() for f in manifest["files"] if "_enc" in f}
+    lines = []
+    tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["large"], str(copy), name="tiny",
+                              config=TrainingConfig(ratios=(16,), task_steps=6, task_weight=0, batch=2, crop=16,
+                                                    width=8, valid_fraction=0.2, hevc_rates=(1.0, None)),
+                              log=lines.append)
+    assert {f: (copy / f).read_bytes() for f in encoders} == encoders
+    record = tuned["training"]["extensions"][-1]
+    assert list(record["hevc_rates"]) == [1.0, None]  # (a tuple until the manifest is read back)
+    assert [p["name"] for p in record["phases"]] == ["large CR16 decoder MSE on HEVC-coded latents"]
+    assert record["replaced"] in ([], ["large_dec16.onnx"])
+    assert any(line.startswith("  coded 10 training and 1 validation latents at 1, lossless Kbpi") for line in lines)
+
+
+def test_coded_latents_crops_line_up():
+    """A latent crop and its target crop cover the same part of the map (stride apart)."""
+    pytest.importorskip("torch")
+    from featcodec.train.autotiler import CodedLatents
+
+    h = w = 32
+    targets = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), (3, 1, h, w)).copy()
+    targets += np.arange(3, dtype=np.float32)[:, None, None, None] * 10_000
+    stride = 4
+    latents = np.repeat(targets[:, :, ::stride, ::stride], 2, axis=0)  # two copies per map
+    pairs = CodedLatents(latents, targets, latents[:2], targets[:2], stride)
+    inputs, crops = pairs.batch(np.random.default_rng(1), 16, 16)
+    assert inputs.shape == (16, 1, 4, 4) and crops.shape == (16, 1, 16, 16)
+    assert np.array_equal(crops[:, :, ::stride, ::stride].numpy(), inputs.numpy())
+    valid_inputs, valid_targets = pairs.validation(8)
+    assert len(valid_inputs) == len(valid_targets) == 2
+
+
 def test_load_onnx_weights_refuses_another_module(tiny_model):
     from featcodec.train.autotiler import Encoder, load_onnx_weights
 
@@ -303,5 +343,10 @@ def test_train_cli_bad_inputs(cli, tmp_path):
     assert result.returncode != 0 and result.stderr.decode().startswith("Error: no such file")
     result = cli("train", DEMO, "--layer", "S2", "--core", "S1", "--extend", "-o", tmp_path / "m")
     assert result.returncode != 0 and "give one of --extend, --core and --finetune-decoders" in result.stderr.decode()
+    result = cli("train", DEMO, "--layer", "S2", "--hevc-rates", "60", "-o", tmp_path / "m")
+    assert result.returncode != 0 and "--hevc-rates goes with --finetune-decoders" in result.stderr.decode()
+    for bad in ("60,fast", "0", "inf"):
+        result = cli("train", DEMO, "--layer", "S2", "--finetune-decoders", "--hevc-rates", bad, "-o", tmp_path / "m")
+        assert result.returncode != 0 and "--hevc-rates" in result.stderr.decode()
     result = cli("train", DEMO, "--layer", "S7", "-o", tmp_path / "m")
     assert result.stderr.decode().startswith("Error: ") and "no (N, C, H, W) dataset 'S7'" in result.stderr.decode()

@@ -53,6 +53,22 @@ def exit_layout(channels: int, ratio: int) -> tuple[int, int]:
     return steps, latent
 
 
+def latent_to_frame(latent: np.ndarray, bitdepth: int = 8) -> np.ndarray:
+    """The integer frame HEVC codes: K latent maps in [0, 1] at `bitdepth` bits, tiled in the
+    tiling codec's grid (`frame_to_latent` is its inverse, up to rounding)."""
+    top = (1 << bitdepth) - 1
+    integers = np.clip(np.rint(latent * top), 0, top).astype(np.uint16 if bitdepth > 8 else np.uint8)
+    rows, cols, _ = video.tile_grid(len(latent))
+    return video.tile(integers, rows, cols)
+
+
+def frame_to_latent(frame: np.ndarray, latent_shape: tuple[int, int, int], bitdepth: int = 8) -> np.ndarray:
+    """(K, h, w) float32 latent maps in [0, 1] from a decoded frame (what the decoder network reads)."""
+    k, lh, lw = latent_shape
+    rows, cols, _ = video.tile_grid(k)
+    return video.untile(frame, rows, cols, k, lh, lw).astype(np.float32) / np.float32((1 << bitdepth) - 1)
+
+
 def model_folders() -> list[Path]:
     folders = [Path(p) for p in os.environ.get("FEATCODEC_MODELS", "").split(os.pathsep) if p]
     folders.append(Path(__file__).resolve().parents[2] / "models" / "autotiler")
@@ -304,10 +320,7 @@ class AutoTiler(VideoCodec):
             raise MissingModelError(f"encoder of {self.model}/{key} CR{self.cr} gave {latent.shape}, "
                                     f"its manifest says {(k, lh, lw)}")
         with self.stage("normalise"):
-            top = (1 << self.bitdepth) - 1
-            integers = np.clip(np.rint(latent * top), 0, top).astype(np.uint16 if self.bitdepth > 8 else np.uint8)
-            rows, cols, _ = video.tile_grid(k)
-            frame = video.tile(integers, rows, cols)
+            frame = latent_to_frame(latent, self.bitdepth)
         ratio = sample.size / latent.size
         return frame, {"layer": key, "latent": [k, lh, lw], "map": list(frame.shape), "ratio": ratio}
 
@@ -334,11 +347,8 @@ class AutoTiler(VideoCodec):
 
     def from_frames(self, frames, shape, info):
         _, _, exit_entry = self._entry(tuple(shape))
-        k, lh, lw = self._latent_shape(shape, exit_entry)
-        rows, cols, _ = video.tile_grid(k)
         with self.stage("denormalise"):
-            latent = video.untile(frames[0], rows, cols, k, lh, lw).astype(np.float32)
-            latent = latent[None] / np.float32((1 << self.bitdepth) - 1)
+            latent = frame_to_latent(frames[0], self._latent_shape(shape, exit_entry), self.bitdepth)[None]
         with self.stage("nn_decode"):
             x = self._run(exit_entry["decoder"], latent)[0]
         return np.ascontiguousarray(x[:, : shape[1], : shape[2]], dtype=np.float32)

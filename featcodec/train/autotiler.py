@@ -23,7 +23,9 @@ of the dump: variants of a photo are stored together, so none of them leaks into
 Compatibility autoencoders (`train_compatibility`, the paper's section 3.3): a larger layer is
 mapped onto the shape of a core layer whose auto-tiler, frozen and shared, codes it; each core exit
 gives the larger layer one more exit, for the cost of the small compatibility networks.
-`finetune_decoders` trains existing exits' decoders further with the task loss, encoders frozen.
+`finetune_decoders` trains existing exits' decoders further with the task loss, encoders frozen;
+with ``hevc_rates`` on latents really coded by x265 at those Kbpi targets (`CodedLatents`)
+instead of the proxy, so a decoder learns the error HEVC makes at the rates it will be used at.
 
 Every phase is checkpointed in ``<output>/.checkpoints``: a killed run restarts where it was.
 ``extend=True`` adds exits to a model already in ``<output>``: the exits it has are loaded from
@@ -40,12 +42,13 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..codecs.autotiler import exit_layout
+from .. import video
+from ..codecs.autotiler import exit_layout, frame_to_latent, latent_to_frame
 from ..errors import InvalidInputError
 from . import require_torch
 
@@ -56,6 +59,7 @@ F = torch.nn.functional
 NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
 DETECTOR_OUTPUTS = ["tower_0/keypoints", "tower_0/wh"]
 GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
+VALID_MAPS = 8  # whole validation maps a phase's early stopping reads
 
 
 def _conv(cin, cout, k=3, stride=1):
@@ -235,6 +239,11 @@ class LayerData:
         return cls(dataset.strip("/"), tensor, str(model) if model is not None else None, train, valid, mean, std,
                    bool(train.min() >= 0), count)
 
+    def validation(self, count: int):
+        """(inputs, targets) of the first `count` validation maps: the maps themselves."""
+        x = torch.from_numpy(np.ascontiguousarray(self.valid[:count]))
+        return x, x
+
     def spread(self, count: int):
         """`count` training maps spread over the dump (what the linear paths start from)."""
         return torch.from_numpy(np.ascontiguousarray(self.train[:: max(1, len(self.train) // count)][:count]))
@@ -251,6 +260,66 @@ class LayerData:
 
 
 @dataclass
+class CodedLatents:
+    """Decoder training pairs: the latent maps of a frozen encoder after HEVC at the rates they will be
+    coded at (`code_latents`), and the maps they came from. `batch` and `validation` give (inputs,
+    targets) crops, aligned: a latent crop of crop/stride at (y, x)/stride, its target at (y, x)."""
+
+    train: np.ndarray  # (N·copies, K, h, w) decoded latents in [0, 1]
+    train_targets: np.ndarray  # (N, C, H, W): the map of train[i] is train_targets[i // copies]
+    valid: np.ndarray
+    valid_targets: np.ndarray
+    stride: int
+
+    def batch(self, rng: np.random.Generator, size: int, crop: int):
+        n, k, h, w = self.train.shape
+        copies = n // len(self.train_targets)
+        cells = max(1, min(crop, self.train_targets.shape[2], self.train_targets.shape[3]) // self.stride)
+        inputs = np.empty((size, k, cells, cells), np.float32)
+        targets = np.empty((size, self.train_targets.shape[1], cells * self.stride, cells * self.stride), np.float32)
+        for i in range(size):
+            j, y, x = rng.integers(n), rng.integers(h - cells + 1), rng.integers(w - cells + 1)
+            inputs[i] = self.train[j, :, y : y + cells, x : x + cells]
+            s = self.stride
+            targets[i] = self.train_targets[j // copies, :, y * s : (y + cells) * s, x * s : (x + cells) * s]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def validation(self, count: int):
+        return (torch.from_numpy(np.ascontiguousarray(self.valid[:count])),
+                torch.from_numpy(np.ascontiguousarray(self.valid_targets[:count])))
+
+
+def code_latents(encoders: list, maps: np.ndarray, rates: tuple, copies: int, first: int = 0,
+                 threads: int | None = None) -> tuple[np.ndarray, int]:
+    """Every map through the frozen `encoders`, its latent frame HEVC-coded `copies` times (the
+    rates of `rates` in turn from `first`: Kbpi targets, None for the 8-bit latent uncoded, which is
+    what lossless gives) and decoded as the codec does. Returns (N·copies, K, h, w) float32 latents and
+    how many targets the frame could not reach within 10 % (too small to spend them)."""
+    out, unreachable = None, 0
+    for i, sample in enumerate(maps):
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(sample[None]))
+            for encoder in encoders:
+                x = encoder(x)
+        latent = x[0].numpy()
+        frame = latent_to_frame(latent)
+        padded = video.pad_frames(frame[None])
+        if out is None:
+            out = np.empty((len(maps) * copies, *latent.shape), np.float32)
+        for j in range(copies):
+            rate = rates[(first + i * copies + j) % len(rates)]
+            coded = frame
+            if rate is not None:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", video.RateWarning)
+                    stream, _ = video.encode_frames(padded, 8, kbits=float(rate), threads=threads)
+                unreachable += any(issubclass(w.category, video.RateWarning) for w in caught)
+                coded = video.decode_frames(stream, 1, *padded.shape[1:], 8)[0, : frame.shape[0], : frame.shape[1]]
+            out[i * copies + j] = frame_to_latent(coded, latent.shape)
+    return out, unreachable
+
+
+@dataclass
 class PhaseResult:
     name: str
     steps: int
@@ -262,13 +331,15 @@ class PhaseResult:
 
 
 def _validate(forward, norm, task, valid) -> tuple[float, float]:
-    """(total loss, normalised MSE) on whole validation maps, the same noise every time."""
+    """(total loss, normalised MSE) on whole validation maps (`valid`: inputs, targets), the same
+    noise every time."""
     torch.manual_seed(0)
     totals, nmses = [], []
+    inputs, targets = valid
     with torch.no_grad():
-        for i in range(0, len(valid), 2):
-            x = valid[i : i + 2]
-            decoded = forward(x)
+        for i in range(0, len(inputs), 2):
+            x = targets[i : i + 2]
+            decoded = forward(inputs[i : i + 2])
             nmse = float(torch.mean((norm(decoded) - norm(x)) ** 2))
             total = nmse + (float(task[1](decoded, task[1].target(x))) * task[0] if task else 0.0)
             totals.append(total)
@@ -281,20 +352,22 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
                 patience: int = 8, every: int = 100, minutes: float | None = None,
                 progress: Callable[[str, int, int, str], None] | None = None) -> PhaseResult:
     """Adam (cosine-decayed) on normalised MSE (+ weighted task loss) of `forward(x)` against x;
-    keeps the best validation state (early stopping), stops at `steps` or after `minutes`."""
+    keeps the best validation state (early stopping), stops at `steps` or after `minutes`. `data`
+    is a `LayerData` (inputs are the targets) or `CodedLatents` (decoder inputs and their targets)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr / 20)
-    valid = torch.from_numpy(np.ascontiguousarray(data.valid[:8]))
+    valid = data.validation(VALID_MAPS)
     best, best_nmse, best_state, bad, history = float("inf"), float("nan"), None, 0, []
     start, loss_value, step = time.perf_counter(), float("nan"), 0
     for step in range(1, steps + 1):
         for m in modules:
             m.train()
         x = data.batch(rng, batch, crop)
-        decoded = forward(x)
+        inputs, x = x if isinstance(x, tuple) else (x, x)
+        decoded = forward(inputs)
         loss = torch.mean((norm(decoded) - norm(x)) ** 2)
         if task:
             loss = loss + task[0] * task[1](decoded, task[1].target(x))
@@ -430,6 +503,10 @@ class TrainingConfig:
     seed: int = 0
     valid_fraction: float = 0.1
     max_samples: int | None = None
+    # finetune_decoders: Kbpi targets (None: uncoded, as lossless) to code the latents at, instead
+    # of the noise proxy; each training map is coded `hevc_copies` times, at the next rates in turn
+    hevc_rates: tuple = ()
+    hevc_copies: int = 2
 
 
 def _phase_modules(data: LayerData, config: TrainingConfig) -> dict:
@@ -617,6 +694,21 @@ def _find_network(model_name: str | None) -> str | None:
         return None
     candidate = Path(__file__).resolve().parents[2] / "models" / "reference" / model_name
     return str(candidate) if candidate.is_file() else None
+
+
+def _coded_pairs(data: LayerData, encoders: list, stride: int, config: TrainingConfig,
+                 log: Callable[[str], None]) -> CodedLatents:
+    """`data`'s maps with their latents coded at ``config.hevc_rates`` (validation maps once each,
+    at the rates in turn, so every rate is validated)."""
+    started = time.perf_counter()
+    train, missed = code_latents(encoders, data.train, config.hevc_rates, config.hevc_copies)
+    valid_maps = data.valid[: max(VALID_MAPS, len(config.hevc_rates))]
+    valid, valid_missed = code_latents(encoders, valid_maps, config.hevc_rates, 1)
+    rates = ", ".join("lossless" if r is None else f"{r:g}" for r in config.hevc_rates)
+    log(f"  coded {len(train)} training and {len(valid)} validation latents at {rates} Kbpi in "
+        f"{time.perf_counter() - started:.0f} s ({missed + valid_missed} targets out of reach, kept at the "
+        "nearest rate)")
+    return CodedLatents(train, data.train, valid, valid_maps, stride)
 
 
 # --- compatibility autoencoders (the paper's section 3.3) -----------------------------------
@@ -850,8 +942,12 @@ def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, c
         task, _ = _task_loss(data, network, config)  # task_weight 0: MSE alone
         if config.task_weight > 0 and task is None:
             raise InvalidInputError(f"{layer}: no network for the task loss (give --network, or --task-weight 0)")
-        built = _phase_modules(data, config)
-        kept = _load_existing_exits(existing, data.name, built, out, config, log)
+        # the modules of the exits asked for and of the lowest-ratio one they cascade on
+        dedicated = [int(r) for r, e in existing["layers"].get(data.name, {}).get("exits", {}).items()
+                     if not e.get("core")]
+        chain = replace(config, ratios=tuple(sorted({*config.ratios, *sorted(dedicated)[:1]})))
+        built = _phase_modules(data, chain)
+        kept = _load_existing_exits(existing, data.name, built, out, chain, log)
         missing = [f"CR{r}" for r in config.ratios if r not in kept]
         if missing:
             raise InvalidInputError(f"{layer} has no {', '.join(missing)} exit to fine-tune")
@@ -871,10 +967,13 @@ def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, c
                     x = encoder(x)
                 return decoder(hevc_proxy(x, config.noise))
 
-            valid = torch.from_numpy(np.ascontiguousarray(data.valid[:8]))
-            before, _ = _validate(forward, built["norm"], task, valid)
-            phase_name = f"{data.name} CR{ratio} decoder {'task' if task else 'MSE'}"
-            result = train_phase(phase_name, [decoder], forward, data, built["norm"], steps=config.task_steps,
+            pairs, coded = data, ""
+            if config.hevc_rates:
+                pairs = _coded_pairs(data, encoders, 2 ** exit_modules["steps"], config, log)
+                forward, coded = decoder, " on HEVC-coded latents"
+            before, _ = _validate(forward, built["norm"], task, pairs.validation(VALID_MAPS))
+            phase_name = f"{data.name} CR{ratio} decoder {'task' if task else 'MSE'}{coded}"
+            result = train_phase(phase_name, [decoder], forward, pairs, built["norm"], steps=config.task_steps,
                                  lr=config.lr / 4, batch=config.batch, crop=config.task_crop if task else config.crop,
                                  seed=config.seed + 10 * layer_index + ratio + 1, task=task,
                                  minutes=config.minutes_per_phase, progress=progress)
