@@ -93,11 +93,14 @@ data/video_%.h5: examples/video/%.mp4
 
 # Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16, and S4 at CR64 for low
 # rates, cascaded on S4's CR4 encoder; S2 also at CR12 and CR48 through compatibility autoencoders
-# onto S1's auto-tiler, the shared core; S2's CR4 decoder then trained further with the task loss),
+# onto S1's auto-tiler, the shared core; S2's CR4 decoder then trained further with the task loss;
+# last, S4's CR16 and CR64 decoders trained on latents really coded by x265 at the paper's rates),
 # trained on the training photos plus examples/images_more with flips and zooms (needs torch), with
-# the phase lengths of the shipped models (manifest.json): 116 min of training phases on 2 CPU cores,
-# about 2 h in all. The first three steps resume from checkpoints (the model folder's .checkpoints;
-# delete them to start over); the last trains S2's CR4 decoder again each time it runs.
+# the phase lengths of the shipped models (manifest.json): 131 min of training phases on 2 CPU cores
+# plus about 6 min of x265 coding in the last step, about 2 h 25 in all. The first three steps
+# resume from checkpoints (the model folder's .checkpoints; delete them to start over); the last
+# two train their decoders again each time they run.
+HEVC_RATES := 15,30,60,120,240,lossless
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
@@ -108,6 +111,8 @@ models: $(PY) data/autotiler_train.h5
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 7
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 4 --finetune-decoders --task-steps 900 \
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 16
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 16 --cr 64 --finetune-decoders \
+		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 8
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data
