@@ -273,14 +273,13 @@ class CodedLatents:
 
     def batch(self, rng: np.random.Generator, size: int, crop: int):
         n, k, h, w = self.train.shape
-        copies = n // len(self.train_targets)
-        cells = max(1, min(crop, self.train_targets.shape[2], self.train_targets.shape[3]) // self.stride)
+        copies, s = n // len(self.train_targets), self.stride
+        cells = max(1, min(crop, self.train_targets.shape[2], self.train_targets.shape[3]) // s)
         inputs = np.empty((size, k, cells, cells), np.float32)
-        targets = np.empty((size, self.train_targets.shape[1], cells * self.stride, cells * self.stride), np.float32)
+        targets = np.empty((size, self.train_targets.shape[1], cells * s, cells * s), np.float32)
         for i in range(size):
             j, y, x = rng.integers(n), rng.integers(h - cells + 1), rng.integers(w - cells + 1)
             inputs[i] = self.train[j, :, y : y + cells, x : x + cells]
-            s = self.stride
             targets[i] = self.train_targets[j // copies, :, y * s : (y + cells) * s, x * s : (x + cells) * s]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
@@ -289,11 +288,10 @@ class CodedLatents:
                 torch.from_numpy(np.ascontiguousarray(self.valid_targets[:count])))
 
 
-def code_latents(encoders: list, maps: np.ndarray, rates: tuple, copies: int, first: int = 0,
-                 threads: int | None = None) -> tuple[np.ndarray, int]:
+def code_latents(encoders: list, maps: np.ndarray, rates: tuple, copies: int) -> tuple[np.ndarray, int]:
     """Every map through the frozen `encoders`, its latent frame HEVC-coded `copies` times (the
-    rates of `rates` in turn from `first`: Kbpi targets, None for the 8-bit latent uncoded, which is
-    what lossless gives) and decoded as the codec does. Returns (N·copies, K, h, w) float32 latents and
+    rates of `rates` in turn: Kbpi targets, None for the 8-bit latent uncoded, which is what
+    lossless gives) and decoded as the codec does. Returns (N·copies, K, h, w) float32 latents and
     how many targets the frame could not reach within 10 % (too small to spend them)."""
     out, unreachable = None, 0
     for i, sample in enumerate(maps):
@@ -307,12 +305,12 @@ def code_latents(encoders: list, maps: np.ndarray, rates: tuple, copies: int, fi
         if out is None:
             out = np.empty((len(maps) * copies, *latent.shape), np.float32)
         for j in range(copies):
-            rate = rates[(first + i * copies + j) % len(rates)]
+            rate = rates[(i * copies + j) % len(rates)]
             coded = frame
             if rate is not None:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", video.RateWarning)
-                    stream, _ = video.encode_frames(padded, 8, kbits=float(rate), threads=threads)
+                    stream, _ = video.encode_frames(padded, 8, kbits=float(rate))
                 unreachable += any(issubclass(w.category, video.RateWarning) for w in caught)
                 coded = video.decode_frames(stream, 1, *padded.shape[1:], 8)[0, : frame.shape[0], : frame.shape[1]]
             out[i * copies + j] = frame_to_latent(coded, latent.shape)
