@@ -37,6 +37,17 @@ def tiny_model(tmp_path_factory):
     return root / "models", manifest
 
 
+def _model_copy(tiny_model, to: Path) -> Path:
+    """A copy of the tiny model's folder at `to` (without its checkpoints), for a test to change."""
+    shutil.copytree(tiny_model[0] / "tiny", to, ignore=shutil.ignore_patterns(".checkpoints"))
+    return to
+
+
+def _contents(folder: Path, names) -> dict:
+    """File name → bytes, to show files were kept byte for byte."""
+    return {f: (folder / f).read_bytes() for f in names}
+
+
 def test_exit_layout_holds_the_real_ratio():
     for channels in (24, 72, 128, 3, 256):
         for ratio in (4, 16):
@@ -89,15 +100,14 @@ def test_extend_adds_an_exit_and_keeps_the_others(tiny_model, tmp_path, monkeypa
     from featcodec.train.autotiler import TrainingConfig, train_autotiler
 
     folder, manifest = tiny_model
-    copy = tmp_path / "models" / "tiny"
-    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
-    before = {f: (copy / f).read_bytes() for f in manifest["files"]}
+    copy = _model_copy(tiny_model, tmp_path / "models" / "tiny")
+    before = _contents(copy, manifest["files"])
     lines = []
     extended = train_autotiler(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
                                config=TrainingConfig(ratios=(4, 64), steps=8, task_steps=0, batch=2, crop=16, width=8,
                                                      valid_fraction=0.2), log=lines.append, extend=True)
     assert any("small CR4: kept from the existing model" in line for line in lines)
-    assert {f: (copy / f).read_bytes() for f in manifest["files"]} == before
+    assert _contents(copy, manifest["files"]) == before
     small = extended["layers"]["small"]["exits"]
     assert sorted(small, key=int) == ["4", "16", "64"]  # CR16, not asked for, stays
     assert small["64"]["encoder"] == ["small_enc4.onnx", "small_enc64.onnx"]
@@ -116,14 +126,13 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     from featcodec.train.autotiler import TrainingConfig, train_compatibility
 
     folder, manifest = tiny_model
-    copy = tmp_path / "models" / "tiny"
-    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
-    before = {f: (copy / f).read_bytes() for f in manifest["files"]}
+    copy = _model_copy(tiny_model, tmp_path / "models" / "tiny")
+    before = _contents(copy, manifest["files"])
     config = TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8, valid_fraction=0.2)
     lines = []
     extended = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="small", name="tiny",
                                    config=config, log=lines.append)
-    assert {f: (copy / f).read_bytes() for f in manifest["files"]} == before  # the core is untouched
+    assert _contents(copy, manifest["files"]) == before  # the core is untouched
     large = extended["layers"]["large"]
     assert sorted(large["exits"], key=int) == ["4", "8", "16", "32"]  # 16 channels onto 8: twice the core's ratio
     eight = large["exits"]["8"]
@@ -144,8 +153,7 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     assert "CR8: real ratio 8.00x through small CR4's shared core" in listing
     assert listing.count("shared with other layers") == 2  # the core, and the layer mapped onto it
     # A layer the model had no exit for gets an entry of its own, compatibility exits only.
-    alone = tmp_path / "alone" / "tiny"
-    shutil.copytree(folder / "tiny", alone, ignore=shutil.ignore_patterns(".checkpoints"))
+    alone = _model_copy(tiny_model, tmp_path / "alone" / "tiny")
     trimmed = json.loads((alone / "manifest.json").read_text())
     del trimmed["layers"]["large"]
     (alone / "manifest.json").write_text(json.dumps(trimmed))
@@ -180,14 +188,13 @@ def test_finetune_decoders_keeps_the_encoders(tiny_model, tmp_path):
     from featcodec.train.autotiler import TrainingConfig, finetune_decoders
 
     folder, manifest = tiny_model
-    copy = tmp_path / "tiny"
-    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
-    encoders = {f: (copy / f).read_bytes() for f in manifest["files"] if "_enc" in f}
+    copy = _model_copy(tiny_model, tmp_path / "tiny")
+    encoders = _contents(copy, [f for f in manifest["files"] if "_enc" in f])
     lines = []
     tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
                               config=TrainingConfig(ratios=(4,), task_steps=30, task_weight=0, batch=2, crop=16,
                                                     width=8, valid_fraction=0.2), log=lines.append)
-    assert {f: (copy / f).read_bytes() for f in encoders} == encoders
+    assert _contents(copy, encoders) == encoders
     record = tuned["training"]["extensions"][-1]
     assert record["decoders_only"] and [p["name"] for p in record["phases"]] == ["small CR4 decoder MSE"]
     assert record["replaced"] in ([], ["small_dec4.onnx"])
@@ -206,15 +213,14 @@ def test_finetune_on_hevc_coded_latents(tiny_model, tmp_path):
     from featcodec.train.autotiler import TrainingConfig, finetune_decoders
 
     folder, manifest = tiny_model
-    copy = tmp_path / "tiny"
-    shutil.copytree(folder / "tiny", copy, ignore=shutil.ignore_patterns(".checkpoints"))
-    encoders = {f: (copy / f).read_bytes() for f in manifest["files"] if "_enc" in f}
+    copy = _model_copy(tiny_model, tmp_path / "tiny")
+    encoders = _contents(copy, [f for f in manifest["files"] if "_enc" in f])
     lines = []
     tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["large"], str(copy), name="tiny",
                               config=TrainingConfig(ratios=(16,), task_steps=6, task_weight=0, batch=2, crop=16,
                                                     width=8, valid_fraction=0.2, hevc_rates=(1.0, None)),
                               log=lines.append)
-    assert {f: (copy / f).read_bytes() for f in encoders} == encoders
+    assert _contents(copy, encoders) == encoders
     record = tuned["training"]["extensions"][-1]
     assert list(record["hevc_rates"]) == [1.0, None]  # (a tuple until the manifest is read back)
     assert [p["name"] for p in record["phases"]] == ["large CR16 decoder MSE on HEVC-coded latents"]
