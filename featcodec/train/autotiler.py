@@ -249,14 +249,16 @@ class LayerData:
         return torch.from_numpy(np.ascontiguousarray(self.train[:: max(1, len(self.train) // count)][:count]))
 
     def batch(self, rng: np.random.Generator, size: int, crop: int):
-        """Random crops; flips only where the dump holds no mirrored photos of its own."""
+        """(inputs, targets) of random crops, the crops themselves both (no flips here: the dump holds
+        mirrored photos of its own)."""
         n, _, h, w = self.train.shape
         crop = min(crop, h, w)
         out = np.empty((size, self.train.shape[1], crop, crop), np.float32)
         for i in range(size):
             k, y, x = rng.integers(n), rng.integers(h - crop + 1), rng.integers(w - crop + 1)
             out[i] = self.train[k, :, y : y + crop, x : x + crop]
-        return torch.from_numpy(out)
+        x = torch.from_numpy(out)
+        return x, x
 
 
 @dataclass
@@ -363,8 +365,7 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
     for step in range(1, steps + 1):
         for m in modules:
             m.train()
-        x = data.batch(rng, batch, crop)
-        inputs, x = x if isinstance(x, tuple) else (x, x)
+        inputs, x = data.batch(rng, batch, crop)
         decoded = forward(inputs)
         loss = torch.mean((norm(decoded) - norm(x)) ** 2)
         if task:
