@@ -48,7 +48,7 @@ SANITIZE := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-o
 KERNEL := featcodec/_kernel
 fuzz:
 	@mkdir -p build
-	gcc $(SANITIZE) -std=c99 -Wall -Wextra -Wno-unused-function $(KERNEL)/fuzz.c $(KERNEL)/lwcoder.c -lm -o build/fuzz
+	gcc $(SANITIZE) -std=c11 -Wall -Wextra -Wno-unused-function $(KERNEL)/fuzz.c $(KERNEL)/lwcoder.c -lm -o build/fuzz
 	build/fuzz 500000 1 & build/fuzz 500000 2; wait
 
 sanitize: $(PY)

@@ -116,8 +116,8 @@ def test_bad_uniform_parameters(params):
         get_codec("uniform", **params)
 
 
-@pytest.mark.parametrize("name", [f"lightweight{kind}_v{version}" for version in (4, 5, 6)
-                                  for kind in ("", "_signed", "_blocks", "_partners")])
+@pytest.mark.parametrize("name", [f"lightweight{kind}_v{version}" for version in (4, 5, 6, 7)
+                                  for kind in ("", "_signed", "_blocks", "_partners")] + ["lightweight_binary_v7"])
 def test_lightweight_encoder_is_pinned_by_golden_bytes(name):
     """The kernel's integer arithmetic is the same on every machine: re-encoding a golden file's
     values must give its payloads byte for byte (a change is a new coder version, never an accident)."""

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cdf.h"
 #include "model.h"
 #include "rangecoder.h"
 
@@ -56,6 +57,16 @@
 #else
 #define ALWAYS_INLINE inline
 #define NOINLINE
+#endif
+
+/* The coding passes are compiled twice on x86-64 Linux, for AVX2 and for the baseline, and the
+ * loader picks one (GCC / Clang function multi-versioning): version 7's 16-lane vectors take
+ * half the instructions with AVX2. Integer code: both give the same bytes. */
+#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__) && !defined(FEATCODEC_BASELINE) && \
+    ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6) || (defined(__clang__) && __clang_major__ >= 14))
+#define CODING_PASS NOINLINE __attribute__((target_clones("avx2", "default")))
+#else
+#define CODING_PASS NOINLINE
 #endif
 
 static inline int cap(int v, int top) { return v < top ? v : top; }
@@ -129,6 +140,7 @@ uint32_t lw_checksum(const uint8_t *data, size_t count) {
 static struct {
     int ready;
     model_tables model;
+    cdf_tables cdf;
     mix_tables mix;
     float cost_of[4097]; /* -log2(i / 4096) */
 } TABLES;
@@ -136,6 +148,7 @@ static struct {
 void lw_init(void) {
     if (TABLES.ready) return;
     model_tables_init(&TABLES.model);
+    cdf_tables_init(&TABLES.cdf);
     mix_tables_init(&TABLES.mix);
     for (int i = 0; i <= 4096; i++) TABLES.cost_of[i] = i ? (float)-log2(i / 4096.0) : 16.0f;
     TABLES.ready = 1;
@@ -156,7 +169,16 @@ typedef struct {
     int block_mode;
     double *costs;     /* lw_cost: bits per channel, in place of the range coder */
     const float *cost_of;
+    /* version 7: per channel MS_CONTEXTS distributions and their event counts, then the pooled ones */
+    cdf16 *dists;
+    uint8_t *events;
 } coder_state;
+
+static int ms_state_init(coder_state *s, const lw_layout *l);
+
+/* Version 7 codes alphabets of 3 or more symbols one step per symbol; two symbols are one binary
+ * decision already, which version 6's coder does faster. */
+static inline int multi_symbol(const lw_layout *l) { return l->version >= 7 && l->n_symbols > 2; }
 
 static int state_init(coder_state *s, const lw_layout *l) {
     lw_init();
@@ -164,8 +186,8 @@ static int state_init(coder_state *s, const lw_layout *l) {
     s->mix = &TABLES.mix;
     s->cost_of = TABLES.cost_of;
     mix_weights_init(s->weights, MIX_SETS);
-    s->contexts = l->version >= 6 ? CTX6_ALL : CTX_ALL;
-    s->own = (bit_state *)malloc(sizeof(bit_state) * (size_t)l->channels * s->contexts);
+    s->contexts = multi_symbol(l) ? 0 : l->version >= 6 ? CTX6_ALL : CTX_ALL; /* binary decisions' states */
+    s->own = (bit_state *)malloc(sizeof(bit_state) * ((size_t)l->channels * s->contexts + 1));
     s->rows = (uint8_t *)calloc(3 * ((size_t)l->width + 4), 1);
     s->activity = (uint16_t *)calloc((size_t)l->height * l->width, sizeof(uint16_t));
     size_t bw = ((size_t)l->width + LW_BLOCK - 1) / LW_BLOCK, bh = ((size_t)l->height + LW_BLOCK - 1) / LW_BLOCK;
@@ -173,7 +195,7 @@ static int state_init(coder_state *s, const lw_layout *l) {
     if (!s->own || !s->rows || !s->flags || !s->activity) return LW_NOMEM;
     bit_states_init(s->own, (size_t)l->channels * s->contexts);
     bit_states_init(s->shared, CTX_MAX);
-    return LW_OK;
+    return multi_symbol(l) ? ms_state_init(s, l) : LW_OK;
 }
 
 static void state_free(coder_state *s) {
@@ -181,6 +203,8 @@ static void state_free(coder_state *s) {
     free(s->rows);
     free(s->flags);
     free(s->activity);
+    free(s->dists);
+    free(s->events);
 }
 
 static inline int first_context(int left, int top, int top_left, int top_right, int partner) {
@@ -347,19 +371,156 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
 }
 
 
-static NOINLINE void encode_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols,
+/* --- version 7: one multi-symbol step per symbol ------------------------------------------
+ *
+ * Each symbol is coded in one step with a 16-lane adaptive distribution (cdf.h) instead of
+ * one binary decision per "s > k": fewer, branch-free steps, so 1.5-2x faster than version 6
+ * and smaller on the reference layers. The coded distribution is the average of two context
+ * models, each with the partner's symbol (none, 0 .. 3, 4+):
+ *   A: left, top, top-left, top-right, each capped at 3 (256 x 6: the pattern of small values);
+ *   B: the weighted sum 2·left + 2·top + top-left + top-right in 12 buckets and |left - top|
+ *      capped at 2 (12 x 3 x 6: the magnitude of large values).
+ * A context's first use in a channel starts from the distribution pooled over the channels
+ * coded so far (which learns from each channel's first MS_POOLED events in the context), so
+ * maps with many small channels start warm. Block flags (sparse maps) are two-symbol
+ * distributions in four contexts; inter coding reads the reference symbol as the partner.
+ * Two-symbol alphabets are coded as version 6 codes them (multi_symbol). */
+#define MS_A (256 * 6)
+#define MS_B (12 * 3 * 6)
+#define MS_BLOCK (MS_A + MS_B)
+#define MS_CONTEXTS (MS_BLOCK + CTX_BLOCK)
+#define MS_POOLED 64
+
+static const uint8_t MAGNITUDE_BUCKET[91] = { /* 0 .. 5, 6, 7-9, 10-13, 14-19, 20-27, 28-39, 40+ */
+    0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 9, 9, 9,
+    9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11,
+    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11,
+    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11,
+};
+
+static int ms_state_init(coder_state *s, const lw_layout *l) {
+    const size_t count = ((size_t)l->channels + 1) * MS_CONTEXTS; /* the pooled ones last */
+    s->dists = (cdf16 *)aligned_alloc(sizeof(cdf16), count * sizeof(cdf16));
+    s->events = (uint8_t *)calloc(count, 1);
+    if (!s->dists || !s->events) return LW_NOMEM;
+    cdf16 *pooled = s->dists + (size_t)l->channels * MS_CONTEXTS;
+    for (int k = 0; k < MS_CONTEXTS; k++) cdf_init(pooled + k, k < MS_BLOCK ? l->n_symbols : 2);
+    return LW_OK;
+}
+
+/* One symbol (< n) with the average of contexts ca and cb (equal for block flags); encodes
+ * `symbol` or returns the decoded one. */
+static ALWAYS_INLINE int code_symbol(coder_state *s, cdf16 *own, uint8_t *seen, cdf16 *pooled, uint8_t *pooled_seen,
+                                     int ca, int cb, const v16u *top, int symbol, rc_encoder *enc,
+                                     rc_decoder *dec, double *cost) {
+    const cdf_tables *t = &TABLES.cdf;
+    cdf16 *a = own + ca, *b = own + cb;
+    if (!seen[ca]) a->c = pooled[ca].c; /* a context's first use in this channel */
+    if (!seen[cb]) b->c = pooled[cb].c;
+    v16u cum = ((a->c >> 1) + (b->c >> 1)) + t->minf;
+    if (dec) symbol = cdf_find(&cum, rc_decode_target(dec));
+    const uint32_t lo = symbol ? cum[symbol - 1] : 0, hi = cum[symbol];
+    if (enc) rc_encode_range(enc, lo, hi);
+    else if (dec) rc_decode_range(dec, lo, hi);
+    else *cost += s->cost_of[(hi - lo) >> 3];
+    cdf_adapt(t, a, symbol, t->own_shift[seen[ca]], top);
+    if (seen[ca] < MS_POOLED) {
+        cdf_adapt(t, pooled + ca, symbol, t->pooled_shift[pooled_seen[ca]], top);
+        pooled_seen[ca] = t->next[pooled_seen[ca]];
+    }
+    seen[ca] = t->next[seen[ca]];
+    if (cb != ca) {
+        cdf_adapt(t, b, symbol, t->own_shift[seen[cb]], top);
+        if (seen[cb] < MS_POOLED) {
+            cdf_adapt(t, pooled + cb, symbol, t->pooled_shift[pooled_seen[cb]], top);
+            pooled_seen[cb] = t->next[pooled_seen[cb]];
+        }
+        seen[cb] = t->next[seen[cb]];
+    }
+    return symbol;
+}
+
+/* code_pass for version 7: the same scan, block flags and partners, one step per symbol. */
+static ALWAYS_INLINE void ms_code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
+                                       rc_encoder *enc, rc_decoder *dec) {
+    const int encode = dec == NULL;
+    const int C = l->channels, H = l->height, W = l->width, n = l->n_symbols;
+    const size_t plane = (size_t)H * W, stride = (size_t)W + 4;
+    const int bw = (W + LW_BLOCK - 1) / LW_BLOCK, bh = (H + LW_BLOCK - 1) / LW_BLOCK;
+    v16u top, flag_top;
+    for (int j = 0; j < CDF_LANES; j++) {
+        top[j] = cdf_top(n);
+        flag_top[j] = cdf_top(2);
+    }
+    cdf16 *pooled = s->dists + (size_t)C * MS_CONTEXTS;
+    uint8_t *pooled_seen = s->events + (size_t)C * MS_CONTEXTS;
+    for (int i = 0; i < C; i++) {
+        const int c = l->order ? l->order[i] : i;
+        cdf16 *own = s->dists + (size_t)c * MS_CONTEXTS;
+        uint8_t *seen = s->events + (size_t)c * MS_CONTEXTS;
+        double *cost = s->costs ? s->costs + c : NULL;
+        uint8_t *out = symbols + (size_t)c * plane;
+        const uint8_t *ref = l->reference ? l->reference + (size_t)c * plane : NULL;
+        const int has_partner = ref || (l->parents && l->parents[c] >= 0);
+        const uint8_t *partner = ref ? ref : has_partner ? symbols + (size_t)l->parents[c] * plane : NULL;
+        uint8_t *above = s->rows + 2, *cur = above + stride;
+        memset(s->rows, 0, 3 * stride);
+        memset(s->flags, 0, (size_t)(bh + 1) * (bw + 1));
+        for (int y = 0; y < H; y++) {
+            uint8_t *frow = s->flags + (size_t)(y / LW_BLOCK + 1) * (bw + 1) + 1;
+            if (s->block_mode && y % LW_BLOCK == 0) {
+                const uint8_t *up = frow - (bw + 1);
+                for (int bx = 0; bx < bw; bx++) {
+                    const int ctx = MS_BLOCK + frow[bx - 1] + 2 * up[bx];
+                    const int flag = encode ? block_flags[((size_t)c * bh + y / LW_BLOCK) * bw + bx] : 0;
+                    frow[bx] = (uint8_t)code_symbol(s, own, seen, pooled, pooled_seen, ctx, ctx, &flag_top, flag, enc,
+                                                    dec, cost);
+                }
+            }
+            const uint8_t *prow = partner ? partner + (size_t)y * W : NULL;
+            uint8_t *orow = out + (size_t)y * W;
+            for (int x = 0; x < W; x++) {
+                if (s->block_mode && !frow[x / LW_BLOCK]) {
+                    const uint8_t copied = ref ? prow[x] : 0;
+                    cur[x] = copied;
+                    if (!encode) orow[x] = copied;
+                    continue;
+                }
+                const int left = cur[x - 1], up = above[x], up_left = above[x - 1], up_right = above[x + 1];
+                const int partner_bucket = has_partner ? 1 + cap(prow[x], 4) : 0;
+                const int ca = (((CAP3(left) * 4 + CAP3(up)) * 4 + CAP3(up_left)) * 4 + CAP3(up_right)) * 6 + partner_bucket;
+                const int spread = cap(left > up ? left - up : up - left, 2);
+                const int cb = MS_A + (MAGNITUDE_BUCKET[2 * left + 2 * up + up_left + up_right] * 3 + spread) * 6
+                               + partner_bucket;
+                int value = encode ? orow[x] : 0;
+                if (n > 1) value = code_symbol(s, own, seen, pooled, pooled_seen, ca, cb, &top, value, enc, dec, cost);
+                cur[x] = (uint8_t)value;
+                if (!encode) orow[x] = (uint8_t)value;
+            }
+            uint8_t *spare = above; /* rotate: the current row becomes the one above */
+            above = cur;
+            cur = spare;
+            memset(cur - 2, 0, stride);
+        }
+    }
+}
+
+static CODING_PASS void encode_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols,
                                  const uint8_t *block_flags, rc_encoder *enc) {
-    if (l->version >= 6) code_pass(s, l, (uint8_t *)symbols, block_flags, enc, NULL, 1);
+    if (multi_symbol(l)) ms_code_pass(s, l, (uint8_t *)symbols, block_flags, enc, NULL);
+    else if (l->version >= 6) code_pass(s, l, (uint8_t *)symbols, block_flags, enc, NULL, 1);
     else code_pass(s, l, (uint8_t *)symbols, block_flags, enc, NULL, 0);
 }
 
-static NOINLINE void decode_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, rc_decoder *dec) {
-    if (l->version >= 6) code_pass(s, l, symbols, NULL, NULL, dec, 1);
+static CODING_PASS void decode_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, rc_decoder *dec) {
+    if (multi_symbol(l)) ms_code_pass(s, l, symbols, NULL, NULL, dec);
+    else if (l->version >= 6) code_pass(s, l, symbols, NULL, NULL, dec, 1);
     else code_pass(s, l, symbols, NULL, NULL, dec, 0);
 }
 
-static NOINLINE void cost_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols) {
-    if (l->version >= 6) code_pass(s, l, (uint8_t *)symbols, NULL, NULL, NULL, 1);
+static CODING_PASS void cost_pass(coder_state *s, const lw_layout *l, const uint8_t *symbols) {
+    if (multi_symbol(l)) ms_code_pass(s, l, (uint8_t *)symbols, NULL, NULL, NULL);
+    else if (l->version >= 6) code_pass(s, l, (uint8_t *)symbols, NULL, NULL, NULL, 1);
     else code_pass(s, l, (uint8_t *)symbols, NULL, NULL, NULL, 0);
 }
 

@@ -13,12 +13,13 @@
 enum { LW_OK = 0, LW_NOMEM = 1, LW_BAD_ARGS = 2, LW_CORRUPT = 3 };
 
 #define LW_VERSION_MIN 4
-#define LW_VERSION 6
+#define LW_VERSION 7
 
 typedef struct {
     int channels, height, width, n_symbols;
     /* coder version: 4; 5 (contexts of the decisions "s > k" relative to k); 6 (version 5's
-     * contexts, the first context model alone: faster, a few % larger) */
+     * contexts, the first context model alone: faster, a few % larger); 7 (one multi-symbol
+     * step per symbol: faster than 6, smaller than 6) */
     int version;
     const int32_t *parents; /* per channel: partner channel coded earlier, or -1; NULL: none */
     const int32_t *order;   /* coding order of the channels (a permutation); NULL: 0 .. C-1 */

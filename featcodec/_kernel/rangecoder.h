@@ -127,4 +127,33 @@ static inline int rc_decode_bit(rc_decoder *d, uint32_t p1) {
     return bit;
 }
 
+/* Multi-symbol coding (version 7): the symbol owns [lo, hi) of 2^15, the same coder state as the
+ * binary decisions. */
+static inline void rc_encode_range(rc_encoder *e, uint32_t lo, uint32_t hi) {
+    const uint32_t r = e->range >> 15;
+    e->low += (uint64_t)r * lo;
+    e->range = r * (hi - lo);
+    while (e->range < RC_TOP) {
+        e->range <<= 8;
+        rc_shift_low(e);
+    }
+}
+
+/* Where the next symbol lies in 2^15. The range is >= 2^24, so the divisor is >= 2^9; a crafted
+ * stream may point past 2^15 - 1, which is clamped (it decodes to the last symbol). */
+static inline uint32_t rc_decode_target(const rc_decoder *d) {
+    const uint32_t v = d->code / (d->range >> 15);
+    return v < 32767u ? v : 32767u;
+}
+
+static inline void rc_decode_range(rc_decoder *d, uint32_t lo, uint32_t hi) {
+    const uint32_t r = d->range >> 15;
+    d->code -= r * lo;
+    d->range = r * (hi - lo);
+    while (d->range < RC_TOP) {
+        d->range <<= 8;
+        d->code = (d->code << 8) | rc_next(d);
+    }
+}
+
 #endif

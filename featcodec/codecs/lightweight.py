@@ -54,9 +54,9 @@ DESIGN_SAMPLE = 400_000  # values used to design clip and quantizer (a strided s
 # calibration samples by at least this much (bench/results/lightweight.md says which layers do).
 MIN_PARTNER_GAIN = 0.02
 PARTNER_SAMPLES = 8  # calibration samples (at most) that choose and check partner channels
-# Calibration picks the fast coder (version 6) for a layer unless it costs more than this many more
-# bits than version 5 on calibration samples: on sparse maps (the reference S4) they code within
-# ±1 % of each other and version 6 does a third of the work; dense ones (S1, S2) lose 2-8 %.
+# Calibration picks the fast coder (version 7) for a layer unless it costs more than this many more
+# bits than version 5 on calibration samples: on sparse maps (the reference S4) version 7 is the
+# smaller of the two, on dense ones (S1, S2) it costs 1-4 % more.
 FAST_MAX_COST = 0.01
 
 
@@ -82,8 +82,8 @@ class Lightweight(Codec):
         Param("quantizer", str, "Uniform or entropy-constrained scalar quantizer.", choices=("uniform", "ecsq")),
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
-        Param("fast", bool, "One context model per coding decision instead of three mixed (coder version 6): "
-                            "about 2.5x faster encode and decode, 0-8 % more bits. Default: calibration "
+        Param("fast", bool, "One multi-symbol coding step per element instead of mixed binary decisions (coder "
+                            "version 7): about 3x faster encode, 2x faster decode, 0-4 % more bits. Default: calibration "
                             "picks it where it costs under 1 % more bits."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
         GOP_PARAM,
@@ -267,7 +267,7 @@ class Lightweight(Codec):
         if not self.table:
             return super().describe()
         partners = " with partner channels" if "parents" in self.table else ""
-        coder = ", fast coder" if _coder_version(self.table) == FAST_VERSION else ""
+        coder = ", fast coder" if _coder_version(self.table) >= 6 else ""  # version 6: the fast coder before 7
         return f"codec {self.codec_id} (calibrated {len(self.table['levels'])}-level quantizer{partners}{coder})"
 
     def validate(self, shape, info):
@@ -429,7 +429,7 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
 
 
 def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
-    """`table` with the fast coder (version 6) if it codes calibration samples in at most
+    """`table` with the fast coder (version 7) if it codes calibration samples in at most
     FAST_MAX_COST more bits than the table's own version."""
     stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
     check = samples[1::stride] if len(samples) > 1 else samples  # next to those the partners saw

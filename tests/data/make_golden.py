@@ -32,12 +32,21 @@ CASES = {
     "lightweight_signed_v5": dict(method="lightweight", levels=14, source="S1"),
     "lightweight_blocks_v5": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29)),
     "lightweight_partners_v5": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0]),
-    # Entropy coder version 6 (`fast`: one context model per decision, no mixing), the same four kinds.
+    # Entropy coder version 6 (one context model per decision, no mixing), the same four kinds; written
+    # when `fast` meant version 6 (it means version 7 since), so rerunning these cases writes version 7.
     "lightweight_v6": dict(method="lightweight", levels=12, source="S2", fast=True),
     "lightweight_signed_v6": dict(method="lightweight", levels=14, source="S1", fast=True),
     "lightweight_blocks_v6": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29), fast=True),
     "lightweight_partners_v6": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0],
                                     fast=True),
+    # Entropy coder version 7 (`fast`: one multi-symbol step per symbol), the same four kinds, and two
+    # levels (a binary alphabet, which version 7 codes as version 6 does).
+    "lightweight_v7": dict(method="lightweight", levels=12, source="S2", fast=True),
+    "lightweight_signed_v7": dict(method="lightweight", levels=14, source="S1", fast=True),
+    "lightweight_blocks_v7": dict(method="lightweight", levels=16, source="S4", crop=(12, 40, 21, 29), fast=True),
+    "lightweight_partners_v7": dict(method="lightweight", levels=9, source="S2", parents=[-1, 0, 1, 1, 3, 0],
+                                    fast=True),
+    "lightweight_binary_v7": dict(method="lightweight", levels=2, source="S2", fast=True),
     # HEVC codecs through the bundled ffmpeg / x265, one worker thread (x265's output depends on its
     # frame-thread count). A (C, H, W) crop of real S2 activations.
     "tiling_v1": dict(method="tiling", qp=30, preset="fast", source="S2"),
