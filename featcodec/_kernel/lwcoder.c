@@ -378,24 +378,25 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
  * and smaller on the reference layers. The coded distribution is the average of two context
  * models, each with the partner's symbol (none, 0 .. 3, 4+):
  *   A: left, top, top-left, top-right, each capped at 3 (256 x 6: the pattern of small values);
- *   B: the weighted sum 2·left + 2·top + top-left + top-right in 12 buckets and |left - top|
- *      capped at 2 (12 x 3 x 6: the magnitude of large values).
+ *   B: the weighted sum 2·left + 2·top + top-left + top-right in 14 buckets and |left - top|
+ *      capped at 2 (14 x 3 x 6: the magnitude of large values).
  * A context's first use in a channel starts from the distribution pooled over the channels
  * coded so far (which learns from each channel's first MS_POOLED events in the context), so
  * maps with many small channels start warm. Block flags (sparse maps) are two-symbol
  * distributions in four contexts; inter coding reads the reference symbol as the partner.
  * Two-symbol alphabets are coded as version 6 codes them (multi_symbol). */
 #define MS_A (256 * 6)
-#define MS_B (12 * 3 * 6)
+#define MAGNITUDE_BUCKETS 14
+#define MS_B (MAGNITUDE_BUCKETS * 3 * 6)
 #define MS_BLOCK (MS_A + MS_B)
 #define MS_CONTEXTS (MS_BLOCK + CTX_BLOCK)
 #define MS_POOLED 64
 
-static const uint8_t MAGNITUDE_BUCKET[91] = { /* 0 .. 5, 6, 7-9, 10-13, 14-19, 20-27, 28-39, 40+ */
+static const uint8_t MAGNITUDE_BUCKET[91] = { /* 0 .. 5, 6, 7-9, 10-13, 14-19, 20-27, 28-39, 40-51, 52-67, 68+ */
     0, 1, 2, 3, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 9, 9, 9,
     9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11,
-    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11,
-    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11,
+    11, 11, 11, 11, 11, 11, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 13,
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13,
 };
 
 static int ms_state_init(coder_state *s, const lw_layout *l) {
