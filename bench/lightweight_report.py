@@ -11,7 +11,8 @@ neighbouring settings (a few detections near the score threshold flip).
 For each reference split layer:
 
 * **speed and size** (calibrated on the training dump, held-out samples, one thread, float32 in,
-  for the default coder and the fast one (``fast=True``, coder version 6),
+  for the default coder, the fast one (``fast=True``, coder version 7) and version 6 (the fast
+  coder before version 7),
   quantization included): encode / decode MB/s through the codec's API; in the same run on the
   same samples, python-zstandard at levels 3 and 19 on the quantized symbols (one byte each);
   the ratio of our encode time to zstd -3's, and of our size to zstd -19's;
@@ -114,16 +115,21 @@ def main(train_path, heldout_path, output, extra_path=None):
                        "zstd3_mb_s": part.nbytes / 1e6 / zstd3_time, "encode_vs_zstd3": encode_time / zstd3_time,
                        "decode_vs_zstd3": decode_time / zstd3_time, "size_vs_zstd19": size / zstd19,
                        "zstd19_bpe": zstd19 * 8 / part.size}
-                # the fast coder (version 6): the same quantizer, so the same decoded values and agreement
+                # the fast coder (version 7): the same quantizer, so the same decoded values and agreement
                 fast = Lightweight(levels=n, fast=True).calibrate(calibration)
                 assert fast.table["thresholds"] == table["thresholds"]
                 fast_payloads, fast_encode, fast_decode = timed_coding(fast, part)
+                old = Lightweight(table={**fast.table, "coder": 6})  # the fast coder before version 7
+                old_payloads, old_encode, old_decode = timed_coding(old, part)
                 row.update({"fast_bits_per_element": featcodec.info(featcodec.encode(x, fast))["bits_per_element"],
                             "fast_encode_mb_s": part.nbytes / 1e6 / fast_encode,
                             "fast_decode_mb_s": part.nbytes / 1e6 / fast_decode,
                             "fast_encode_vs_zstd3": fast_encode / zstd3_time,
                             "fast_decode_vs_zstd3": fast_decode / zstd3_time,
-                            "fast_size_vs_zstd19": sum(map(len, fast_payloads)) / zstd19})
+                            "fast_size_vs_zstd19": sum(map(len, fast_payloads)) / zstd19,
+                            "v6_encode_vs_zstd3": old_encode / zstd3_time,
+                            "v6_decode_vs_zstd3": old_decode / zstd3_time,
+                            "v6_size_vs_fast": sum(map(len, old_payloads)) / sum(map(len, fast_payloads))})
                 speed.append(row)
                 print(row, flush=True)
                 uncalibrated = featcodec.encode(x, "lightweight", levels=n)
@@ -159,17 +165,20 @@ def main(train_path, heldout_path, output, extra_path=None):
                      f"{r['bits_per_element']:.4f} | {r['agreement']:.3f} | {r['encode_mb_s']:.0f} | "
                      f"{r['decode_mb_s']:.0f} | {r['zstd3_mb_s']:.0f} | {r['encode_vs_zstd3']:.1f}x | "
                      f"{r['decode_vs_zstd3']:.1f}x | {r['size_vs_zstd19']:.3f} |")
-    lines += ["", "## The fast coder (`fast=True`, coder version 6), same quantizers, same runs", "",
+    lines += ["", "## The fast coder (`fast=True`, coder version 7), same quantizers, same runs", "",
               "Same quantizer, so the same decoded values and agreement as the rows above. Without `fast`, "
-              "calibration picks version 6 where it costs at most 1 % more bits on calibration samples.", "",
+              "calibration picks version 7 where it costs at most 1 % more bits on calibration samples. "
+              "Version 6 (the fast coder before version 7): its time and size, same runs.", "",
               "| layer | levels | bits/elt | vs version 5 | enc MB/s | dec MB/s | enc / zstd -3 | dec / zstd -3 "
-              "| size / zstd -19 | calibration picks |", "|" + "---|" * 10]
+              "| size / zstd -19 | calibration picks | v6 enc / zstd -3 | v6 dec / zstd -3 | v6 size / v7 |",
+              "|" + "---|" * 13]
     for r in speed:
         lines.append(f"| {r['layer']} | {r['levels']} | {r['fast_bits_per_element']:.4f} | "
                      f"{r['fast_bits_per_element'] / r['bits_per_element'] - 1:+.1%} | {r['fast_encode_mb_s']:.0f} | "
                      f"{r['fast_decode_mb_s']:.0f} | {r['fast_encode_vs_zstd3']:.1f}x | "
                      f"{r['fast_decode_vs_zstd3']:.1f}x | {r['fast_size_vs_zstd19']:.3f} | "
-                     f"version {r['calibration_picks']} |")
+                     f"version {r['calibration_picks']} | {r['v6_encode_vs_zstd3']:.1f}x | "
+                     f"{r['v6_decode_vs_zstd3']:.1f}x | {r['v6_size_vs_fast']:.3f} |")
     lines += ["", "## Bits per element at agreement 0.95", "",
               "| layer | calibrated | calibrated, fast | uncalibrated (per sample) "
               "| uniform + zstd-19, same clip range |",
