@@ -327,6 +327,22 @@ def test_fuzz_the_compiled_decoder():
     assert runs >= 20_000 and outcomes < runs  # most mutations are caught, none crashed
 
 
+def test_version_7_stream_with_a_crafted_first_length_is_corrupt():
+    """Version 7 (3+ symbols) is two coders' streams behind the first's length: a length past the end,
+    one leaving the second stream too short, or a cut prefix is refused before any decoding."""
+    coder = featcodec.entropy.kernel()
+    maps = np.random.default_rng(7).integers(0, 5, (4, 16, 16)).astype(np.uint8)
+    body = bytes(coder.encode(maps, 4, 16, 16, 5, 7, None, None, None, None)[0])
+    assert bytes(coder.decode(body, 4, 16, 16, 5, 7, None, None, None)[0]) == maps.tobytes()
+    first = int.from_bytes(body[:4], "little")
+    assert 5 <= first < len(body) - 4 - 5  # two streams of at least 5 bytes (channels 0-1 and 2-3 paired)
+    for length in (len(body), len(body) - 4 - 4, 2**32 - 1, 0, 4):
+        with pytest.raises(ValueError):
+            coder.decode(length.to_bytes(4, "little") + body[4:], 4, 16, 16, 5, 7, None, None, None)
+    with pytest.raises(ValueError):
+        coder.decode(body[:3], 4, 16, 16, 5, 7, None, None, None)
+
+
 def test_kernel_refuses_bad_layouts():
     coder = featcodec.entropy.kernel()
     maps = np.zeros((2, 4, 4), np.uint8)

@@ -188,10 +188,10 @@ static int state_init(coder_state *s, const lw_layout *l) {
     mix_weights_init(s->weights, MIX_SETS);
     s->contexts = multi_symbol(l) ? 0 : l->version >= 6 ? CTX6_ALL : CTX_ALL; /* binary decisions' states */
     s->own = (bit_state *)malloc(sizeof(bit_state) * ((size_t)l->channels * s->contexts + 1));
-    s->rows = (uint8_t *)calloc(3 * ((size_t)l->width + 4), 1);
+    s->rows = (uint8_t *)calloc(6 * ((size_t)l->width + 4), 1); /* two channels' three rows (version 7) */
     s->activity = (uint16_t *)calloc((size_t)l->height * l->width, sizeof(uint16_t));
     size_t bw = ((size_t)l->width + LW_BLOCK - 1) / LW_BLOCK, bh = ((size_t)l->height + LW_BLOCK - 1) / LW_BLOCK;
-    s->flags = (uint8_t *)calloc((bh + 1) * (bw + 1), 1);
+    s->flags = (uint8_t *)calloc(2 * (bh + 1) * (bw + 1), 1);
     if (!s->own || !s->rows || !s->flags || !s->activity) return LW_NOMEM;
     bit_states_init(s->own, (size_t)l->channels * s->contexts);
     bit_states_init(s->shared, CTX_MAX);
@@ -374,8 +374,8 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
 /* --- version 7: one multi-symbol step per symbol ------------------------------------------
  *
  * Each symbol is coded in one step with a 16-lane adaptive distribution (cdf.h) instead of
- * one binary decision per "s > k": fewer, branch-free steps, so 1.5-2x faster than version 6
- * and smaller on the reference layers. The coded distribution is the average of two context
+ * one binary decision per "s > k": fewer, branch-free steps, and channels coded two at a time
+ * on two range coders (ms_code_pass). The coded distribution is the average of two context
  * models, each with the partner's symbol (none, 0 .. 3, 4+):
  *   A: left, top, top-left, top-right, each capped at 3 (256 x 6: the pattern of small values);
  *   B: the weighted sum 2·left + 2·top + top-left + top-right in 14 buckets and |left - top|
@@ -441,68 +441,136 @@ static ALWAYS_INLINE int code_symbol(coder_state *s, cdf16 *own, uint8_t *seen, 
     return symbol;
 }
 
-/* code_pass for version 7: the same scan, block flags and partners, one step per symbol. */
+/* Version 7 codes channels two at a time, symbol by symbol in turn, each of the pair with its own
+ * range coder (the second into a second stream): a decoder's steps wait on the symbol before
+ * (its context), so two independent chains keep the CPU busy where one leaves it waiting. A
+ * channel whose partner is the one just before it is coded alone. */
+typedef struct {
+    cdf16 *own;
+    uint8_t *seen, *out, *rows, *above, *cur, *flags, *frow, *orow;
+    const uint8_t *ref, *partner, *prow;
+    int channel, has_partner;
+    double *cost;
+    rc_encoder *enc;
+    rc_decoder *dec;
+} ms_lane;
+
+typedef struct {
+    coder_state *s;
+    const lw_layout *l;
+    uint8_t *symbols;
+    const uint8_t *block_flags;
+    cdf16 *pooled;
+    uint8_t *pooled_seen;
+    v16u top, flag_top;
+    int bw, bh;
+    size_t plane, stride;
+} ms_pass;
+
+static ALWAYS_INLINE void lane_start(const ms_pass *p, ms_lane *lane, int c, uint8_t *rows, uint8_t *flags,
+                                     rc_encoder *enc, rc_decoder *dec) {
+    const lw_layout *l = p->l;
+    lane->channel = c;
+    lane->own = p->s->dists + (size_t)c * MS_CONTEXTS;
+    lane->seen = p->s->events + (size_t)c * MS_CONTEXTS;
+    lane->cost = p->s->costs ? p->s->costs + c : NULL;
+    lane->out = p->symbols + (size_t)c * p->plane;
+    lane->ref = l->reference ? l->reference + (size_t)c * p->plane : NULL;
+    lane->has_partner = lane->ref || (l->parents && l->parents[c] >= 0);
+    lane->partner = lane->ref ? lane->ref : lane->has_partner ? p->symbols + (size_t)l->parents[c] * p->plane : NULL;
+    lane->rows = rows;
+    lane->above = rows + 2;
+    lane->cur = lane->above + p->stride;
+    lane->flags = flags;
+    lane->enc = enc;
+    lane->dec = dec;
+    memset(rows, 0, 3 * p->stride);
+    memset(flags, 0, (size_t)(p->bh + 1) * (p->bw + 1));
+}
+
+/* The block flags of a band (at its first row) and the row's pointers. */
+static ALWAYS_INLINE void lane_row(const ms_pass *p, ms_lane *lane, int y) {
+    const int W = p->l->width, bw = p->bw;
+    lane->frow = lane->flags + (size_t)(y / LW_BLOCK + 1) * (bw + 1) + 1;
+    if (p->s->block_mode && y % LW_BLOCK == 0) {
+        const uint8_t *up = lane->frow - (bw + 1);
+        for (int bx = 0; bx < bw; bx++) {
+            const int ctx = MS_BLOCK + lane->frow[bx - 1] + 2 * up[bx];
+            const size_t at = ((size_t)lane->channel * p->bh + y / LW_BLOCK) * bw + bx;
+            const int flag = !lane->dec && p->block_flags ? p->block_flags[at] : 0;
+            lane->frow[bx] = (uint8_t)code_symbol(p->s, lane->own, lane->seen, p->pooled, p->pooled_seen, ctx, ctx,
+                                                  &p->flag_top, flag, lane->enc, lane->dec, lane->cost);
+        }
+    }
+    lane->prow = lane->partner ? lane->partner + (size_t)y * W : NULL;
+    lane->orow = lane->out + (size_t)y * W;
+}
+
+static ALWAYS_INLINE void lane_symbol(const ms_pass *p, ms_lane *lane, int x) {
+    const int decode = lane->dec != NULL;
+    uint8_t *cur = lane->cur, *above = lane->above;
+    if (p->s->block_mode && !lane->frow[x / LW_BLOCK]) {
+        const uint8_t copied = lane->ref ? lane->prow[x] : 0;
+        cur[x] = copied;
+        if (decode) lane->orow[x] = copied;
+        return;
+    }
+    const int left = cur[x - 1], up = above[x], up_left = above[x - 1], up_right = above[x + 1];
+    const int partner_bucket = lane->has_partner ? 1 + cap(lane->prow[x], 4) : 0;
+    const int ca = (((CAP3(left) * 4 + CAP3(up)) * 4 + CAP3(up_left)) * 4 + CAP3(up_right)) * 6 + partner_bucket;
+    const int spread = cap(left > up ? left - up : up - left, 2);
+    const int cb = MS_A + (MAGNITUDE_BUCKET[2 * left + 2 * up + up_left + up_right] * 3 + spread) * 6 + partner_bucket;
+    int value = decode ? 0 : lane->orow[x];
+    value = code_symbol(p->s, lane->own, lane->seen, p->pooled, p->pooled_seen, ca, cb, &p->top, value, lane->enc,
+                        lane->dec, lane->cost);
+    cur[x] = (uint8_t)value;
+    if (decode) lane->orow[x] = (uint8_t)value;
+}
+
+static ALWAYS_INLINE void lane_row_end(const ms_pass *p, ms_lane *lane) {
+    uint8_t *spare = lane->above; /* rotate: the current row becomes the one above */
+    lane->above = lane->cur;
+    lane->cur = spare;
+    memset(spare - 2, 0, p->stride);
+}
+
+/* code_pass for version 7 (n >= 3): the same scan, block flags and partners, one step per symbol,
+ * channels in pairs on coders 0 and 1 (enc / dec: two each, or NULL for the cost). */
 static ALWAYS_INLINE void ms_code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
                                        rc_encoder *enc, rc_decoder *dec) {
-    const int encode = dec == NULL;
-    const int C = l->channels, H = l->height, W = l->width, n = l->n_symbols;
-    const size_t plane = (size_t)H * W, stride = (size_t)W + 4;
-    const int bw = (W + LW_BLOCK - 1) / LW_BLOCK, bh = (H + LW_BLOCK - 1) / LW_BLOCK;
-    v16u top, flag_top;
+    const int C = l->channels, H = l->height, W = l->width;
+    ms_pass p = {s, l, symbols, block_flags, s->dists + (size_t)C * MS_CONTEXTS, s->events + (size_t)C * MS_CONTEXTS,
+                 {0}, {0}, (W + LW_BLOCK - 1) / LW_BLOCK, (H + LW_BLOCK - 1) / LW_BLOCK, (size_t)H * W, (size_t)W + 4};
     for (int j = 0; j < CDF_LANES; j++) {
-        top[j] = cdf_top(n);
-        flag_top[j] = cdf_top(2);
+        p.top[j] = cdf_top(l->n_symbols);
+        p.flag_top[j] = cdf_top(2);
     }
-    cdf16 *pooled = s->dists + (size_t)C * MS_CONTEXTS;
-    uint8_t *pooled_seen = s->events + (size_t)C * MS_CONTEXTS;
-    for (int i = 0; i < C; i++) {
+    const size_t flag_size = (size_t)(p.bh + 1) * (p.bw + 1);
+    ms_lane first, second;
+    memset(&second, 0, sizeof second); /* set when a pair starts; zeroed for the compiler's sake */
+    for (int i = 0; i < C;) {
         const int c = l->order ? l->order[i] : i;
-        cdf16 *own = s->dists + (size_t)c * MS_CONTEXTS;
-        uint8_t *seen = s->events + (size_t)c * MS_CONTEXTS;
-        double *cost = s->costs ? s->costs + c : NULL;
-        uint8_t *out = symbols + (size_t)c * plane;
-        const uint8_t *ref = l->reference ? l->reference + (size_t)c * plane : NULL;
-        const int has_partner = ref || (l->parents && l->parents[c] >= 0);
-        const uint8_t *partner = ref ? ref : has_partner ? symbols + (size_t)l->parents[c] * plane : NULL;
-        uint8_t *above = s->rows + 2, *cur = above + stride;
-        memset(s->rows, 0, 3 * stride);
-        memset(s->flags, 0, (size_t)(bh + 1) * (bw + 1));
+        const int d = i + 1 < C ? (l->order ? l->order[i + 1] : i + 1) : -1;
+        const int paired = d >= 0 && !(l->parents && l->parents[d] == c);
+        lane_start(&p, &first, c, s->rows, s->flags, enc, dec);
+        if (paired)
+            lane_start(&p, &second, d, s->rows + 3 * p.stride, s->flags + flag_size, enc ? enc + 1 : NULL,
+                       dec ? dec + 1 : NULL);
         for (int y = 0; y < H; y++) {
-            uint8_t *frow = s->flags + (size_t)(y / LW_BLOCK + 1) * (bw + 1) + 1;
-            if (s->block_mode && y % LW_BLOCK == 0) {
-                const uint8_t *up = frow - (bw + 1);
-                for (int bx = 0; bx < bw; bx++) {
-                    const int ctx = MS_BLOCK + frow[bx - 1] + 2 * up[bx];
-                    const int flag = encode ? block_flags[((size_t)c * bh + y / LW_BLOCK) * bw + bx] : 0;
-                    frow[bx] = (uint8_t)code_symbol(s, own, seen, pooled, pooled_seen, ctx, ctx, &flag_top, flag, enc,
-                                                    dec, cost);
+            lane_row(&p, &first, y);
+            if (paired) {
+                lane_row(&p, &second, y);
+                for (int x = 0; x < W; x++) {
+                    lane_symbol(&p, &first, x);
+                    lane_symbol(&p, &second, x);
                 }
+                lane_row_end(&p, &second);
+            } else {
+                for (int x = 0; x < W; x++) lane_symbol(&p, &first, x);
             }
-            const uint8_t *prow = partner ? partner + (size_t)y * W : NULL;
-            uint8_t *orow = out + (size_t)y * W;
-            for (int x = 0; x < W; x++) {
-                if (s->block_mode && !frow[x / LW_BLOCK]) {
-                    const uint8_t copied = ref ? prow[x] : 0;
-                    cur[x] = copied;
-                    if (!encode) orow[x] = copied;
-                    continue;
-                }
-                const int left = cur[x - 1], up = above[x], up_left = above[x - 1], up_right = above[x + 1];
-                const int partner_bucket = has_partner ? 1 + cap(prow[x], 4) : 0;
-                const int ca = (((CAP3(left) * 4 + CAP3(up)) * 4 + CAP3(up_left)) * 4 + CAP3(up_right)) * 6 + partner_bucket;
-                const int spread = cap(left > up ? left - up : up - left, 2);
-                const int cb = MS_A + (MAGNITUDE_BUCKET[2 * left + 2 * up + up_left + up_right] * 3 + spread) * 6
-                               + partner_bucket;
-                int value = encode ? orow[x] : 0;
-                if (n > 1) value = code_symbol(s, own, seen, pooled, pooled_seen, ca, cb, &top, value, enc, dec, cost);
-                cur[x] = (uint8_t)value;
-                if (!encode) orow[x] = (uint8_t)value;
-            }
-            uint8_t *spare = above; /* rotate: the current row becomes the one above */
-            above = cur;
-            cur = spare;
-            memset(cur - 2, 0, stride);
+            lane_row_end(&p, &first);
         }
+        i += 1 + paired;
     }
 }
 
@@ -571,19 +639,45 @@ int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t 
         for (int b = 0; b < bh * bw; b++) empty += !f[b];
     }
     s.block_mode = empty * SKIP_DEN >= (size_t)C * bh * bw * SKIP_NUM;
-    rc_encoder enc;
-    rc_encoder_init(&enc, plane * C / 8 + 64);
-    rc_encode_bit(&enc, 32768, s.block_mode);
-    encode_pass(&s, l, symbols, block_flags, &enc);
-    rc_encoder_finish(&enc);
+    /* version 7 (multi_symbol): two coders, the stream their bytes after the first's length (LE32) */
+    const int coders = multi_symbol(l) ? 2 : 1;
+    rc_encoder enc[2];
+    for (int k = 0; k < coders; k++) rc_encoder_init(&enc[k], plane * C / 8 / coders + 64);
+    rc_encode_bit(&enc[0], 32768, s.block_mode);
+    encode_pass(&s, l, symbols, block_flags, enc);
     free(block_flags);
     state_free(&s);
-    if (enc.failed) {
-        free(enc.buf);
+    int failed = 0;
+    for (int k = 0; k < coders; k++) {
+        rc_encoder_finish(&enc[k]);
+        failed |= enc[k].failed;
+    }
+    if (!failed && coders == 2) {
+        uint8_t *joined = (uint8_t *)malloc(4 + enc[0].len + enc[1].len);
+        if (joined && enc[0].len <= 0xFFFFFFFFu) {
+            for (int b = 0; b < 4; b++) joined[b] = (uint8_t)(enc[0].len >> (8 * b));
+            memcpy(joined + 4, enc[0].buf, enc[0].len);
+            memcpy(joined + 4 + enc[0].len, enc[1].buf, enc[1].len);
+            *out_len = 4 + enc[0].len + enc[1].len;
+        } else {
+            free(joined);
+            joined = NULL;
+            failed = 1;
+        }
+        free(enc[0].buf);
+        free(enc[1].buf);
+        enc[0].buf = joined;
+    } else if (coders == 2) {
+        free(enc[1].buf);
+    } else {
+        *out_len = enc[0].len;
+    }
+    if (failed) {
+        free(enc[0].buf);
+        *out_len = 0;
         return LW_NOMEM;
     }
-    *out = enc.buf;
-    *out_len = enc.len;
+    *out = enc[0].buf;
     return LW_OK;
 }
 
@@ -610,7 +704,21 @@ int lw_cost(const lw_layout *l, const uint8_t *symbols, double *bits) {
 int lw_decode(const lw_layout *l, const uint8_t *in, size_t in_len, uint8_t *symbols) {
     int status = lw_check_layout(l);
     if (status != LW_OK) return status;
-    if (in_len < 5 || in[0] != 0) return LW_CORRUPT; /* the coder's first byte is always 0 */
+    /* version 7: two coders' streams, the first's length (LE32) in front */
+    const int coders = multi_symbol(l) ? 2 : 1;
+    const uint8_t *part[2] = {in, NULL};
+    size_t part_len[2] = {in_len, 0};
+    if (coders == 2) {
+        if (in_len < 4) return LW_CORRUPT;
+        const size_t first = (size_t)in[0] | (size_t)in[1] << 8 | (size_t)in[2] << 16 | (size_t)in[3] << 24;
+        if (first > in_len - 4) return LW_CORRUPT;
+        part[0] = in + 4;
+        part_len[0] = first;
+        part[1] = in + 4 + first;
+        part_len[1] = in_len - 4 - first;
+    }
+    for (int k = 0; k < coders; k++) /* a coder's first byte is always 0, and it flushes 5 */
+        if (part_len[k] < 5 || part[k][0] != 0) return LW_CORRUPT;
     coder_state s;
     memset(&s, 0, sizeof s);
     if (state_init(&s, l) != LW_OK) {
@@ -618,14 +726,14 @@ int lw_decode(const lw_layout *l, const uint8_t *in, size_t in_len, uint8_t *sym
         return LW_NOMEM;
     }
     memset(symbols, 0, (size_t)l->channels * l->height * l->width);
-    rc_decoder dec;
-    rc_decoder_init(&dec, in, in_len);
-    s.block_mode = rc_decode_bit(&dec, 32768);
-    decode_pass(&s, l, symbols, &dec);
+    rc_decoder dec[2];
+    for (int k = 0; k < coders; k++) rc_decoder_init(&dec[k], part[k], part_len[k]);
+    s.block_mode = rc_decode_bit(&dec[0], 32768);
+    decode_pass(&s, l, symbols, dec);
     state_free(&s);
     /* A stream lw_encode wrote ends where the decoder stops reading: nothing asked past its end,
      * at most the flushed bytes left over. */
-    if (dec.overrun) return LW_CORRUPT;
-    if (in_len - dec.pos > 8) return LW_CORRUPT;
+    for (int k = 0; k < coders; k++)
+        if (dec[k].overrun || part_len[k] - dec[k].pos > 8) return LW_CORRUPT;
     return LW_OK;
 }
