@@ -169,7 +169,8 @@ typedef struct {
     int block_mode;
     double *costs;     /* lw_cost: bits per channel, in place of the range coder */
     const float *cost_of;
-    /* version 7: per channel MS_CONTEXTS distributions and their event counts, then the pooled ones */
+    /* version 7: MS_CONTEXTS distributions and their event counts for each of the two channels being
+     * coded (a channel's own are needed only while it is coded), then the pooled ones */
     cdf16 *dists;
     uint8_t *events;
 } coder_state;
@@ -400,11 +401,11 @@ static const uint8_t MAGNITUDE_BUCKET[91] = { /* 0 .. 5, 6, 7-9, 10-13, 14-19, 2
 };
 
 static int ms_state_init(coder_state *s, const lw_layout *l) {
-    const size_t count = ((size_t)l->channels + 1) * MS_CONTEXTS; /* the pooled ones last */
+    const size_t count = 3 * (size_t)MS_CONTEXTS; /* two channels', then the pooled ones */
     s->dists = (cdf16 *)aligned_alloc(sizeof(cdf16), count * sizeof(cdf16));
     s->events = (uint8_t *)calloc(count, 1);
     if (!s->dists || !s->events) return LW_NOMEM;
-    cdf16 *pooled = s->dists + (size_t)l->channels * MS_CONTEXTS;
+    cdf16 *pooled = s->dists + 2 * MS_CONTEXTS;
     for (int k = 0; k < MS_CONTEXTS; k++) cdf_init(pooled + k, k < MS_BLOCK ? l->n_symbols : 2);
     return LW_OK;
 }
@@ -467,12 +468,16 @@ typedef struct {
     size_t plane, stride;
 } ms_pass;
 
-static ALWAYS_INLINE void lane_start(const ms_pass *p, ms_lane *lane, int c, uint8_t *rows, uint8_t *flags,
-                                     rc_encoder *enc, rc_decoder *dec) {
+/* Starts channel c in slot 0 or 1 (its rows, flags and distributions, every context unseen). */
+static ALWAYS_INLINE void lane_start(const ms_pass *p, ms_lane *lane, int c, int slot, rc_encoder *enc,
+                                     rc_decoder *dec) {
     const lw_layout *l = p->l;
+    uint8_t *rows = p->s->rows + 3 * p->stride * slot;
+    uint8_t *flags = p->s->flags + (size_t)(p->bh + 1) * (p->bw + 1) * slot;
     lane->channel = c;
-    lane->own = p->s->dists + (size_t)c * MS_CONTEXTS;
-    lane->seen = p->s->events + (size_t)c * MS_CONTEXTS;
+    lane->own = p->s->dists + (size_t)slot * MS_CONTEXTS;
+    lane->seen = p->s->events + (size_t)slot * MS_CONTEXTS;
+    memset(lane->seen, 0, MS_CONTEXTS);
     lane->cost = p->s->costs ? p->s->costs + c : NULL;
     lane->out = p->symbols + (size_t)c * p->plane;
     lane->ref = l->reference ? l->reference + (size_t)c * p->plane : NULL;
@@ -539,23 +544,20 @@ static ALWAYS_INLINE void lane_row_end(const ms_pass *p, ms_lane *lane) {
 static ALWAYS_INLINE void ms_code_pass(coder_state *s, const lw_layout *l, uint8_t *symbols, const uint8_t *block_flags,
                                        rc_encoder *enc, rc_decoder *dec) {
     const int C = l->channels, H = l->height, W = l->width;
-    ms_pass p = {s, l, symbols, block_flags, s->dists + (size_t)C * MS_CONTEXTS, s->events + (size_t)C * MS_CONTEXTS,
+    ms_pass p = {s, l, symbols, block_flags, s->dists + 2 * MS_CONTEXTS, s->events + 2 * MS_CONTEXTS,
                  {0}, {0}, (W + LW_BLOCK - 1) / LW_BLOCK, (H + LW_BLOCK - 1) / LW_BLOCK, (size_t)H * W, (size_t)W + 4};
     for (int j = 0; j < CDF_LANES; j++) {
         p.top[j] = cdf_top(l->n_symbols);
         p.flag_top[j] = cdf_top(2);
     }
-    const size_t flag_size = (size_t)(p.bh + 1) * (p.bw + 1);
     ms_lane first, second;
     memset(&second, 0, sizeof second); /* set when a pair starts; zeroed for the compiler's sake */
     for (int i = 0; i < C;) {
         const int c = l->order ? l->order[i] : i;
         const int d = i + 1 < C ? (l->order ? l->order[i + 1] : i + 1) : -1;
         const int paired = d >= 0 && !(l->parents && l->parents[d] == c);
-        lane_start(&p, &first, c, s->rows, s->flags, enc, dec);
-        if (paired)
-            lane_start(&p, &second, d, s->rows + 3 * p.stride, s->flags + flag_size, enc ? enc + 1 : NULL,
-                       dec ? dec + 1 : NULL);
+        lane_start(&p, &first, c, 0, enc, dec);
+        if (paired) lane_start(&p, &second, d, 1, enc ? enc + 1 : NULL, dec ? dec + 1 : NULL);
         for (int y = 0; y < H; y++) {
             lane_row(&p, &first, y);
             if (paired) {
