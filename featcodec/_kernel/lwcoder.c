@@ -654,32 +654,26 @@ int lw_encode(const lw_layout *l, const uint8_t *symbols, uint8_t **out, size_t 
         rc_encoder_finish(&enc[k]);
         failed |= enc[k].failed;
     }
-    if (!failed && coders == 2) {
-        uint8_t *joined = (uint8_t *)malloc(4 + enc[0].len + enc[1].len);
-        if (joined && enc[0].len <= 0xFFFFFFFFu) {
-            for (int b = 0; b < 4; b++) joined[b] = (uint8_t)(enc[0].len >> (8 * b));
-            memcpy(joined + 4, enc[0].buf, enc[0].len);
-            memcpy(joined + 4 + enc[0].len, enc[1].buf, enc[1].len);
-            *out_len = 4 + enc[0].len + enc[1].len;
-        } else {
-            free(joined);
-            joined = NULL;
-            failed = 1;
+    if (coders == 2 && !failed) {
+        const size_t first = enc[0].len, total = 4 + enc[0].len + enc[1].len;
+        uint8_t *joined = first <= 0xFFFFFFFFu ? (uint8_t *)malloc(total) : NULL;
+        if (joined) {
+            for (int b = 0; b < 4; b++) joined[b] = (uint8_t)(first >> (8 * b));
+            memcpy(joined + 4, enc[0].buf, first);
+            memcpy(joined + 4 + first, enc[1].buf, enc[1].len);
         }
         free(enc[0].buf);
-        free(enc[1].buf);
         enc[0].buf = joined;
-    } else if (coders == 2) {
-        free(enc[1].buf);
-    } else {
-        *out_len = enc[0].len;
+        enc[0].len = total;
+        failed = !joined;
     }
+    if (coders == 2) free(enc[1].buf);
     if (failed) {
         free(enc[0].buf);
-        *out_len = 0;
         return LW_NOMEM;
     }
     *out = enc[0].buf;
+    *out_len = enc[0].len;
     return LW_OK;
 }
 
