@@ -32,9 +32,10 @@ typedef struct {
 
 /* Rates: a channel's distribution starts as a copy of the one pooled over the channels coded
  * so far (see lwcoder.c) and learns at 1/2^shift, shift = log2(events + 2) clamped to
- * [OWN_FIRST, OWN_FINAL]; the pooled one from 1/2 down to 1/2^POOLED_FINAL. */
+ * [OWN_FIRST, OWN_FINAL]; the pooled one, which starts from a prior, to [POOLED_FIRST, POOLED_FINAL]. */
 #define OWN_FIRST 3
 #define OWN_FINAL 6
+#define POOLED_FIRST 3
 #define POOLED_FINAL 8
 
 typedef struct {
@@ -54,7 +55,7 @@ static int cdf_rate_shift(int events, int first, int final) {
 static void cdf_tables_init(cdf_tables *t) {
     for (int n = 0; n < 256; n++) {
         t->own_shift[n] = (uint8_t)cdf_rate_shift(n, OWN_FIRST, OWN_FINAL);
-        t->pooled_shift[n] = (uint8_t)cdf_rate_shift(n, 1, POOLED_FINAL);
+        t->pooled_shift[n] = (uint8_t)cdf_rate_shift(n, POOLED_FIRST, POOLED_FINAL);
         t->next[n] = (uint8_t)(n < 255 ? n + 1 : 255);
     }
     for (int s = 0; s <= CDF_LANES; s++)

@@ -382,8 +382,8 @@ static ALWAYS_INLINE void code_pass(coder_state *s, const lw_layout *l, uint8_t 
  *   B: the weighted sum 2·left + 2·top + top-left + top-right in 14 buckets and |left - top|
  *      capped at 2 (14 x 3 x 6: the magnitude of large values).
  * A context's first use in a channel starts from the distribution pooled over the channels
- * coded so far (which learns from each channel's first MS_POOLED events in the context), so
- * maps with many small channels start warm. Block flags (sparse maps) are two-symbol
+ * coded so far (which starts from a prior, ms_prior, and learns from each channel's first
+ * MS_POOLED events in the context), so maps with many small channels start warm. Block flags (sparse maps) are two-symbol
  * distributions in four contexts; inter coding reads the reference symbol as the partner.
  * Two-symbol alphabets are coded as version 6 codes them (multi_symbol). */
 #define MS_A (256 * 6)
@@ -400,13 +400,53 @@ static const uint8_t MAGNITUDE_BUCKET[91] = { /* 0 .. 5, 6, 7-9, 10-13, 14-19, 2
     13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13,
 };
 
+/* exp(-i / 8) in 16 bits, at least 1: a literal table, so the priors are the same integers everywhere */
+static const uint16_t EXP_EIGHTHS[128] = {
+    65535, 57834, 51039, 45042, 39749, 35078, 30957, 27319, 24109, 21276, 18776, 16570, 14623, 12905, 11388, 10050,
+    8869, 7827, 6907, 6096, 5379, 4747, 4190, 3697, 3263, 2879, 2541, 2242, 1979, 1746, 1541, 1360,
+    1200, 1059, 935, 825, 728, 642, 567, 500, 442, 390, 344, 303, 268, 236, 209, 184,
+    162, 143, 127, 112, 99, 87, 77, 68, 60, 53, 47, 41, 36, 32, 28, 25,
+    22, 19, 17, 15, 13, 12, 10, 9, 8, 7, 6, 6, 5, 4, 4, 3,
+    3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* A context's prior (its pooled distribution before any event): P(s) proportional to
+ * exp(-|s - m| / w) with m = sum / 6 the neighbours' weighted mean (2·left + 2·top + top-left +
+ * top-right = sum) and w = (1 + m) / 2: small symbols next to small ones, spread growing with
+ * the magnitude. Integer arithmetic only (the exponent in eighths, rounded). */
+static void ms_prior(cdf16 *d, int n, int sum) {
+    uint64_t weight[CDF_LANES], total = 0;
+    for (int j = 0; j < n; j++) {
+        const int distance = 6 * j > sum ? 6 * j - sum : sum - 6 * j;
+        const int eighths = (16 * distance + (6 + sum) / 2) / (6 + sum);
+        total += weight[j] = EXP_EIGHTHS[eighths < 127 ? eighths : 127];
+    }
+    const uint64_t top = cdf_top(n);
+    uint64_t below = 0;
+    for (int j = 0; j < CDF_LANES; j++) {
+        if (j < n - 1) below += weight[j];
+        d->c[j] = (uint16_t)(j >= n - 1 ? top : top * below / total);
+    }
+}
+
 static int ms_state_init(coder_state *s, const lw_layout *l) {
+    static const int BUCKET_START[MAGNITUDE_BUCKETS + 1] = {0, 1, 2, 3, 4, 5, 7, 10, 14, 20, 28, 40, 52, 68, 91};
     const size_t count = 3 * (size_t)MS_CONTEXTS; /* two channels', then the pooled ones */
     s->dists = (cdf16 *)aligned_alloc(sizeof(cdf16), count * sizeof(cdf16));
     s->events = (uint8_t *)calloc(count, 1);
     if (!s->dists || !s->events) return LW_NOMEM;
     cdf16 *pooled = s->dists + 2 * MS_CONTEXTS;
-    for (int k = 0; k < MS_CONTEXTS; k++) cdf_init(pooled + k, k < MS_BLOCK ? l->n_symbols : 2);
+    for (int k = 0; k < MS_A; k++) { /* ((left·4 + top)·4 + top-left)·4 + top-right, then the partner */
+        const int r = k / 6, left = r / 64, top = (r / 16) % 4, top_left = (r / 4) % 4, top_right = r % 4;
+        ms_prior(pooled + k, l->n_symbols, 2 * left + 2 * top + top_left + top_right);
+    }
+    for (int k = MS_A; k < MS_BLOCK; k++) { /* the middle of the magnitude bucket */
+        const int bucket = (k - MS_A) / 18;
+        ms_prior(pooled + k, l->n_symbols, (BUCKET_START[bucket] + BUCKET_START[bucket + 1] - 1) / 2);
+    }
+    for (int k = MS_BLOCK; k < MS_CONTEXTS; k++) cdf_init(pooled + k, 2);
     return LW_OK;
 }
 
