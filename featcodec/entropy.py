@@ -26,8 +26,9 @@ payloads and turns kernel failures into `CorruptStreamError`. Coder version 5 (d
 * version 7 (the codec's ``fast=True``) codes each symbol in one step with a 16-lane adaptive
   distribution, the average of two context models (the pattern of the four causal neighbours'
   small values; their weighted sum and spread), each with the partner, two channels at a time on
-  two range coders: on the reference layers at 8-16 levels up to 1.8x faster to encode and 2x to
-  decode than version 6, about as fast at 2-4 levels, up to 4 % smaller, at most 1.5 % larger
+  two range coders, its distributions started from priors pooled over channels: on the reference
+  layers at 8-16 levels 1.2-1.7x faster to encode and 1.2-1.9x to decode than version 6, about as
+  fast at 2-4 levels, up to 4 % smaller, at most 1.5 % larger
   (an uncalibrated sparse 16-level map: 15 %) (`bench/results/lightweight.md`).
 
 Partner channels (`design_partners`, chosen once per layer by calibration) are coded before

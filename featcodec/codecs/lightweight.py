@@ -83,7 +83,7 @@ class Lightweight(Codec):
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
         Param("fast", bool, "One multi-symbol coding step per element instead of mixed binary decisions (coder "
-                            "version 7): 1.6-4x faster encode and decode, -5 to +15 % bits. Default: "
+                            "version 7): 1.6-5x faster encode and decode, -5 to +15 % bits. Default: "
                             "calibration picks it where it costs under 1 % more bits."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
         GOP_PARAM,
