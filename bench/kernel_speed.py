@@ -9,14 +9,13 @@ python-zstandard level 3 on the quantized symbols (one byte each) in the same ru
 element with their ratio to zstd -19's. About two minutes.
 """
 
-import statistics
 import sys
-import time
 from functools import partial
 
 import h5py
 import numpy as np
 import zstandard
+from lightweight_report import timed  # bench/ is the script's folder, first on sys.path
 
 from featcodec.codecs import Lightweight
 from featcodec.codecs.lightweight import _levels_by_symbol, _symbols, symbol_order
@@ -25,17 +24,6 @@ from featcodec.entropy import decode_values, encode_values
 VERSIONS = (5, 6, 7)
 LEVELS = (2, 4, 8, 16)
 SAMPLES = 4
-
-
-def timed(function, repeat=7):
-    """The result of `function` and its median time over `repeat` runs (after one warm-up)."""
-    function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
 
 
 def compress_all(compressor, symbols):
@@ -64,12 +52,12 @@ def main(train_path="data/reference_train.h5", heldout_path="data/reference_held
             for n in LEVELS:
                 table = Lightweight(levels=n, fast=False).calibrate(train[layer][::3]).table
                 symbols = [np.ascontiguousarray(_symbols(s, table)).tobytes() for s in part]
-                _, zstd3 = timed(partial(compress_all, z3, symbols))
+                _, zstd3 = timed(partial(compress_all, z3, symbols), repeat=7)
                 zstd19 = sum(len(z19.compress(s)) for s in symbols)
                 cells = [f"{part.nbytes / 1e6 / zstd3:.0f}"]
                 for version in VERSIONS:
-                    payloads, encode = timed(partial(encode_all, part, table, version))
-                    _, decode = timed(partial(decode_all, payloads, part, table, version))
+                    payloads, encode = timed(partial(encode_all, part, table, version), repeat=7)
+                    _, decode = timed(partial(decode_all, payloads, part, table, version), repeat=7)
                     size = sum(map(len, payloads))
                     mb = part.nbytes / 1e6
                     cells += [f"{size * 8 / part.size:.4f}", f"{size / zstd19:.3f}", f"{mb / encode:.0f}",

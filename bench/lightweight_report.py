@@ -45,6 +45,7 @@ SPEED_SAMPLES = 4
 
 
 def timed(function, repeat=5):
+    """The result of `function` and its median time over `repeat` runs (after one warm-up)."""
     function()
     times = []
     for _ in range(repeat):
