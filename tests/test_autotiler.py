@@ -23,7 +23,7 @@ REFERENCE = ROOT / "models" / "reference" / "centernet_mbv3_coco.onnx"
 def tiny_model(tmp_path_factory):
     """A model trained here, in seconds, on a tiny synthetic dump (skipped without torch)."""
     pytest.importorskip("torch")
-    from featcodec.train.autotiler import TrainingConfig, train_autotiler
+    from featcodec.train.autotiler import train_autotiler
 
     root = tmp_path_factory.mktemp("autotiler")
     rng = np.random.default_rng(0)
@@ -31,10 +31,17 @@ def tiny_model(tmp_path_factory):
     with h5py.File(root / "dump.h5", "w") as f:
         f.create_dataset("small", data=smooth(8)).attrs["layer"] = "small:0"
         f.create_dataset("large", data=smooth(16) - 3).attrs["layer"] = "large:0"
-    config = TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8, valid_fraction=0.2)
+    config = _tiny_config(steps=8, task_steps=0)
     manifest = train_autotiler(str(root / "dump.h5"), ["small", "large"], str(root / "models" / "tiny"), name="tiny",
                                config=config, log=lambda line: None)
     return root / "models", manifest
+
+
+def _tiny_config(**params):
+    """A training configuration small enough for a test: 16 x 16 crops, width 8, batches of 2."""
+    from featcodec.train.autotiler import TrainingConfig
+
+    return TrainingConfig(batch=2, crop=16, width=8, valid_fraction=0.2, **params)
 
 
 def _model_copy(tiny_model, to: Path) -> Path:
@@ -81,15 +88,14 @@ def test_training_exports_loadable_onnx(tiny_model):
 
 
 def test_training_resumes_from_checkpoints(tiny_model, tmp_path):
-    from featcodec.train.autotiler import TrainingConfig, train_autotiler
+    from featcodec.train.autotiler import train_autotiler
 
     folder, manifest = tiny_model
     copy = tmp_path / "tiny"
     shutil.copytree(folder / "tiny", copy)
     lines = []
     again = train_autotiler(str(folder.parent / "dump.h5"), ["small", "large"], str(copy), name="tiny",
-                            config=TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8,
-                                                  valid_fraction=0.2), log=lines.append)
+                            config=_tiny_config(steps=8, task_steps=0), log=lines.append)
     assert sum("resumed" in line for line in lines) == 4
     assert again["files"] == manifest["files"]  # same weights, same ONNX bytes
 
@@ -97,15 +103,15 @@ def test_training_resumes_from_checkpoints(tiny_model, tmp_path):
 def test_extend_adds_an_exit_and_keeps_the_others(tiny_model, tmp_path, monkeypatch):
     """--extend loads a model's exits from its ONNX files, keeps them byte for byte, and trains only
     the missing ratio, cascaded on the existing CR4 encoder."""
-    from featcodec.train.autotiler import TrainingConfig, train_autotiler
+    from featcodec.train.autotiler import train_autotiler
 
     folder, manifest = tiny_model
     copy = _model_copy(tiny_model, tmp_path / "models" / "tiny")
     before = _contents(copy, manifest["files"])
     lines = []
     extended = train_autotiler(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
-                               config=TrainingConfig(ratios=(4, 64), steps=8, task_steps=0, batch=2, crop=16, width=8,
-                                                     valid_fraction=0.2), log=lines.append, extend=True)
+                               config=_tiny_config(ratios=(4, 64), steps=8, task_steps=0), log=lines.append,
+                               extend=True)
     assert any("small CR4: kept from the existing model" in line for line in lines)
     assert _contents(copy, manifest["files"]) == before
     small = extended["layers"]["small"]["exits"]
@@ -123,12 +129,12 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     """The paper's compatibility autoencoders: a larger layer is mapped onto the core layer's
     auto-tiler, whose files are shared (kept byte for byte); each core exit gives the larger layer
     an exit at the core's ratio times the size ratio, coded and decoded through the chain."""
-    from featcodec.train.autotiler import TrainingConfig, train_compatibility
+    from featcodec.train.autotiler import train_compatibility
 
     folder, manifest = tiny_model
     copy = _model_copy(tiny_model, tmp_path / "models" / "tiny")
     before = _contents(copy, manifest["files"])
-    config = TrainingConfig(steps=8, task_steps=0, batch=2, crop=16, width=8, valid_fraction=0.2)
+    config = _tiny_config(steps=8, task_steps=0)
     lines = []
     extended = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="small", name="tiny",
                                    config=config, log=lines.append)
@@ -158,8 +164,8 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     del trimmed["layers"]["large"]
     (alone / "manifest.json").write_text(json.dumps(trimmed))
     only = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(alone), core="small", name="tiny",
-                               config=TrainingConfig(ratios=(16,), steps=8, task_steps=0, batch=2, crop=16, width=8,
-                                                     valid_fraction=0.2), log=lines.append)["layers"]["large"]
+                               config=_tiny_config(ratios=(16,), steps=8, task_steps=0),
+                               log=lines.append)["layers"]["large"]
     assert (only["shape"], only["nonnegative"], sorted(only["exits"])) == ([16, 24, 24], False, ["32"])
     assert only["structure"].startswith("compatibility autoencoders onto small's shared core at CR32")
     monkeypatch.setenv("FEATCODEC_MODELS", str(alone.parent))
@@ -168,8 +174,7 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     # Retraining the shared compatibility encoder for one exit would leave the other reading the old one.
     with pytest.raises(ValueError, match="compatibility exits CR32 share the encoder"):
         train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="small", name="tiny",
-                            config=TrainingConfig(ratios=(4,), steps=2, task_steps=0, batch=2, crop=16, width=8,
-                                                  valid_fraction=0.2), log=lines.append)
+                            config=_tiny_config(ratios=(4,), steps=2, task_steps=0), log=lines.append)
     # A core the model lacks, and a layer no larger than the core, are refused.
     with pytest.raises(ValueError, match="no layer nope"):
         train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(copy), core="nope", name="tiny",
@@ -185,15 +190,14 @@ def test_finetune_decoders_keeps_the_encoders(tiny_model, tmp_path):
     hashes stay those of the files."""
     import hashlib
 
-    from featcodec.train.autotiler import TrainingConfig, finetune_decoders
+    from featcodec.train.autotiler import finetune_decoders
 
     folder, manifest = tiny_model
     copy = _model_copy(tiny_model, tmp_path / "tiny")
     encoders = _contents(copy, [f for f in manifest["files"] if "_enc" in f])
     lines = []
     tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
-                              config=TrainingConfig(ratios=(4,), task_steps=30, task_weight=0, batch=2, crop=16,
-                                                    width=8, valid_fraction=0.2), log=lines.append)
+                              config=_tiny_config(ratios=(4,), task_steps=30, task_weight=0), log=lines.append)
     assert _contents(copy, encoders) == encoders
     record = tuned["training"]["extensions"][-1]
     assert record["decoders_only"] and [p["name"] for p in record["phases"]] == ["small CR4 decoder MSE"]
@@ -203,22 +207,20 @@ def test_finetune_decoders_keeps_the_encoders(tiny_model, tmp_path):
         assert hashlib.sha256((copy / f).read_bytes()).hexdigest() == entry["sha256"]
     with pytest.raises(ValueError, match="no CR64 exit"):
         finetune_decoders(str(folder.parent / "dump.h5"), ["small"], str(copy), name="tiny",
-                          config=TrainingConfig(ratios=(4, 64), task_steps=2, task_weight=0, batch=2, crop=16,
-                                                width=8, valid_fraction=0.2), log=lines.append)
+                          config=_tiny_config(ratios=(4, 64), task_steps=2, task_weight=0), log=lines.append)
 
 
 def test_finetune_on_hevc_coded_latents(tiny_model, tmp_path):
     """--hevc-rates: a cascaded exit's decoder alone (CR16 without CR4's) trains on latents x265
     really coded, the encoders untouched, and the record says so."""
-    from featcodec.train.autotiler import TrainingConfig, finetune_decoders
+    from featcodec.train.autotiler import finetune_decoders
 
     folder, manifest = tiny_model
     copy = _model_copy(tiny_model, tmp_path / "tiny")
     encoders = _contents(copy, [f for f in manifest["files"] if "_enc" in f])
     lines = []
     tuned = finetune_decoders(str(folder.parent / "dump.h5"), ["large"], str(copy), name="tiny",
-                              config=TrainingConfig(ratios=(16,), task_steps=6, task_weight=0, batch=2, crop=16,
-                                                    width=8, valid_fraction=0.2, hevc_rates=(1.0, None)),
+                              config=_tiny_config(ratios=(16,), task_steps=6, task_weight=0, hevc_rates=(1.0, None)),
                               log=lines.append)
     assert _contents(copy, encoders) == encoders
     record = tuned["training"]["extensions"][-1]
