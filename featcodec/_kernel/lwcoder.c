@@ -432,7 +432,6 @@ static void ms_prior(cdf16 *d, int n, int sum) {
 }
 
 static int ms_state_init(coder_state *s, const lw_layout *l) {
-    static const int BUCKET_START[MAGNITUDE_BUCKETS + 1] = {0, 1, 2, 3, 4, 5, 7, 10, 14, 20, 28, 40, 52, 68, 91};
     const size_t count = 3 * (size_t)MS_CONTEXTS; /* two channels', then the pooled ones */
     s->dists = (cdf16 *)aligned_alloc(sizeof(cdf16), count * sizeof(cdf16));
     s->events = (uint8_t *)calloc(count, 1);
@@ -442,9 +441,12 @@ static int ms_state_init(coder_state *s, const lw_layout *l) {
         const int r = k / 6, left = r / 64, top = (r / 16) % 4, top_left = (r / 4) % 4, top_right = r % 4;
         ms_prior(pooled + k, l->n_symbols, 2 * left + 2 * top + top_left + top_right);
     }
+    int bucket_start[MAGNITUDE_BUCKETS + 1]; /* each bucket's first sum, read off MAGNITUDE_BUCKET */
+    bucket_start[MAGNITUDE_BUCKETS] = (int)sizeof MAGNITUDE_BUCKET;
+    for (int sum = (int)sizeof MAGNITUDE_BUCKET - 1; sum >= 0; sum--) bucket_start[MAGNITUDE_BUCKET[sum]] = sum;
     for (int k = MS_A; k < MS_BLOCK; k++) { /* the middle of the magnitude bucket */
         const int bucket = (k - MS_A) / 18;
-        ms_prior(pooled + k, l->n_symbols, (BUCKET_START[bucket] + BUCKET_START[bucket + 1] - 1) / 2);
+        ms_prior(pooled + k, l->n_symbols, (bucket_start[bucket] + bucket_start[bucket + 1] - 1) / 2);
     }
     for (int k = MS_BLOCK; k < MS_CONTEXTS; k++) cdf_init(pooled + k, 2);
     return LW_OK;
