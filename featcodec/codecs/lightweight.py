@@ -22,6 +22,7 @@ stores it in the codec's configuration, so per-sample encoding is a single pass.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -156,21 +157,37 @@ class Lightweight(Codec):
         return FAST_VERSION if self.fast else CODER_VERSION
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
-        """The fewest levels whose quantization noise stays `snr` dB below the signal power."""
+        """The quantizer of fewest bits (order-0 entropy of its cells) whose noise stays `snr` dB
+        below the signal power, over 2-16 levels and both clips of `_candidates`; none that close:
+        the 16-level one of least error."""
         allowed = float(np.var(dist.sorted)) / 10 ** (self.snr / 10)
+        bits = lambda table: float(dist.entropy_batch(np.asarray([table["thresholds"]]))[0])  # noqa: E731
+        best = None
         for n_levels in range(2, MAX_LEVELS + 1):
-            table = self._design(dist, n_levels, kind, slope, self.lam)
-            if dist.mse(table["thresholds"], table["levels"]) <= allowed:
-                return table
-        return table
+            candidates = self._candidates(dist, n_levels, kind, slope, self.lam)
+            if best is not None and min(map(bits, candidates)) > bits(best):
+                break  # more levels only cost more
+            for table in candidates:
+                if dist.mse(table["thresholds"], table["levels"]) <= allowed and (best is None or
+                                                                                  bits(table) < bits(best)):
+                    best = table
+        return best or candidates[0]
 
-    def _design(self, dist, n_levels, kind, slope, lam) -> dict[str, list[float]]:
+    def _candidates(self, dist, n_levels, kind, slope, lam) -> list[dict[str, list[float]]]:
+        """The N-level quantizers a rate or distortion search weighs: the one of least error, and
+        with the default clip and a uniform quantizer also the one clipped for its bits (`rate_clip`)."""
+        tables = [self._design(dist, n_levels, kind, slope, lam)]
+        if self.clip == "auto" and self.quantizer == "uniform" and lam == 0:
+            tables.append(self._design(dist, n_levels, kind, slope, lam, by_rate=True))
+        return tables
+
+    def _design(self, dist, n_levels, kind, slope, lam, by_rate=False) -> dict[str, list[float]]:
         if isinstance(self.clip, list):
             lo, hi = self.clip
         elif self.clip == "model":
             lo, hi = optimal_clip(ActivationModel.fit(dist.sorted, kind, slope), n_levels)
         else:
-            lo, hi = empirical_clip(dist, n_levels, relu=kind == "relu")
+            lo, hi = (rate_clip if by_rate else empirical_clip)(dist, n_levels, relu=kind == "relu")
         if not hi > lo:  # a constant tensor
             hi = lo + 1.0
         if self.quantizer == "ecsq" or lam > 0:
@@ -180,14 +197,23 @@ class Lightweight(Codec):
         return {"thresholds": [float(t) for t in thresholds], "levels": [float(v) for v in levels]}
 
     def _search_rate(self, data, dist, kind, slope) -> dict[str, list[float]]:
-        """The most levels whose coded rate meets the target; with ``quantizer="ecsq"``, λ then
-        spends what is left at the next level count.
+        """The quantizer of least error whose coded rate meets the target, over 2-16 levels and
+        both clips of `_candidates`; with ``quantizer="ecsq"``, the most levels that meet it, then
+        λ spends what is left at the next level count.
 
         The uniform search is the default because ECSQ at large λ widens the zero cell until
         small activations vanish, which costs a detector far more than its MSE suggests.
         """
         probe = _rate_probe(data)
         rate = lambda table: _coded_bpe(probe, table, self._designed_version)  # noqa: E731
+        if self.quantizer == "uniform":  # the least error among the quantizers that fit
+            fitting = []
+            for n_levels in range(2, MAX_LEVELS + 1):
+                fits = [t for t in self._candidates(dist, n_levels, kind, slope, 0.0) if rate(t) <= self.bpe]
+                if not fits:
+                    break  # more levels only cost more
+                fitting += fits
+            return min(fitting, key=lambda t: dist.mse(**t)) if fitting else self._design(dist, 2, kind, slope, 0.0)
         best, above = None, None
         for n_levels in range(2, MAX_LEVELS + 1):
             table = self._design(dist, n_levels, kind, slope, 0.0)
@@ -196,7 +222,7 @@ class Lightweight(Codec):
             else:
                 above = n_levels
                 break
-        if above is None or self.quantizer != "ecsq":
+        if above is None:
             return best or self._design(dist, 2, kind, slope, 0.0)
         scale = float(np.var(dist.sorted)) or 1.0
         lo_lam, hi_lam = 0.0, scale
@@ -462,15 +488,24 @@ class ValueDistribution:
         levels = np.asarray(levels, np.float64)
         return float(np.sum(second - 2 * levels * first + levels ** 2 * count) / self.sorted.size)
 
-    def mse_batch(self, thresholds: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """`mse` of K quantizers at once: (K, L-1) thresholds and (K, L) levels -> (K,)."""
+    def _cuts(self, thresholds: np.ndarray) -> np.ndarray:
+        """Where K quantizers' cells start and end in the sorted values: (K, L-1) -> (K, L+1)."""
         thresholds = np.asarray(thresholds, np.float64)
         inner = np.searchsorted(self.sorted, thresholds.ravel(), side="left").reshape(thresholds.shape)
         edges = np.zeros((len(inner), 1), inner.dtype)
-        cuts = np.concatenate([edges, inner, edges + self.sorted.size], axis=1)
+        return np.concatenate([edges, inner, edges + self.sorted.size], axis=1)
+
+    def mse_batch(self, thresholds: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """`mse` of K quantizers at once: (K, L-1) thresholds and (K, L) levels -> (K,)."""
+        cuts = self._cuts(thresholds)
         count = np.diff(cuts, axis=1)
         first, second = np.diff(self.sum1[cuts], axis=1), np.diff(self.sum2[cuts], axis=1)
         return np.sum(second - 2 * levels * first + levels ** 2 * count, axis=1) / self.sorted.size
+
+    def entropy_batch(self, thresholds: np.ndarray) -> np.ndarray:
+        """Order-0 entropy (bits per value) of the cells of K quantizers: (K, L-1) thresholds -> (K,)."""
+        share = np.diff(self._cuts(thresholds), axis=1) / self.sorted.size
+        return -np.sum(share * np.log2(np.where(share > 0, share, 1.0)), axis=1)
 
 
 def empirical_clip(values: np.ndarray, n_levels: int, relu: bool) -> tuple[float, float]:
@@ -502,6 +537,40 @@ def empirical_clip(values: np.ndarray, n_levels: int, relu: bool) -> tuple[float
         if not relu and vmin < 0:
             bottom_grid = min(hi, 0.0) + (vmin - min(hi, 0.0)) * np.geomspace(1.0, 1e-3, 96)
             lo = refine(bottom_grid[bottom_grid < hi], lambda low, hi=hi: (low, hi))
+    return lo, hi
+
+
+def rate_clip(values, n_levels: int, relu: bool) -> tuple[float, float]:
+    """The clip range of an N-level uniform quantizer that is best for the bits it costs.
+
+    `empirical_clip` minimises the error at a fixed number of levels, as if every cell cost the
+    same bits. Entropy-coded, a rare outer cell costs almost nothing, so a wider clip, whose
+    coarser step costs fewer bits, can give less error at the same rate. This one minimises
+    D + λ·H: the measured MSE plus λ times the order-0 entropy of the cells, with λ the slope of an
+    entropy-coded uniform quantizer's distortion-rate curve at the step of the fixed-N clip (at
+    high rate -dD/dR = (ln 2 / 6)·Δ²). On the reference detector's layers the quantizers so
+    clipped code in 10-25 % fewer bits at equal measured error (`bench/results/lightweight_rate_clip.md`).
+    """
+    dist = values if isinstance(values, ValueDistribution) else ValueDistribution(values)
+    lo, hi = empirical_clip(dist, n_levels, relu)
+    vmin, vmax = float(dist.sorted[0]), float(dist.sorted[-1])
+    if vmax <= vmin or hi <= lo:
+        return lo, hi
+    weight = math.log(2) / 6 * ((hi - lo) / (n_levels - 1)) ** 2
+
+    def best(candidates, make):
+        low, high = np.broadcast_arrays(*make(candidates))
+        thresholds, levels = uniform_quantizers(low, high, n_levels)
+        cost = dist.mse_batch(thresholds, levels) + weight * dist.entropy_batch(thresholds)
+        return float(candidates[int(np.argmin(cost))])
+
+    def widths(end, limit):  # from a little inside the fixed-N clip out to the data's extreme
+        return end * np.geomspace(0.8, max(limit / end, 1.0), 65) if end else np.zeros(1)
+
+    for _ in range(1 if relu else 3):
+        hi = best(widths(hi, vmax), lambda h, lo=lo: (lo, h))
+        if not relu and vmin < 0 < hi:
+            lo = best(widths(lo, vmin), lambda low, hi=hi: (low, hi))
     return lo, hi
 
 
