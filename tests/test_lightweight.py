@@ -174,6 +174,15 @@ def test_snr_and_bpe_searches_spend_fewer_bits_for_the_same_quality(real_s2):
     assert max(gains) > 0.3
 
 
+@pytest.mark.parametrize("target", [0.6, 0.9])
+def test_calibrated_rate_target_is_met_with_partners(real_s2, target):
+    """The rate search's probe codes without partners; calibration corrects for them."""
+    codec = Lightweight(bpe=target).calibrate(real_s2)
+    assert "parents" in codec.table
+    coded = featcodec.info(featcodec.encode(real_s2, codec))["bits_per_element"]
+    assert 0.8 * target <= coded <= 1.05 * target
+
+
 def _rd_cost(values, thresholds, levels, lam):
     cells = quantize(values, np.asarray(thresholds))
     p = np.bincount(cells, minlength=len(levels)) / values.size
