@@ -578,8 +578,8 @@ def rate_clip(values, n_levels: int, relu: bool) -> tuple[float, float]:
     coarser step costs fewer bits, can give less error at the same rate. This one minimises
     D + λ·H: the measured MSE plus λ times the order-0 entropy of the cells, with λ the slope of an
     entropy-coded uniform quantizer's distortion-rate curve at the step of the fixed-N clip (at
-    high rate -dD/dR = (ln 2 / 6)·Δ²). On the reference detector's layers the quantizers so
-    clipped code in 10-25 % fewer bits at equal measured error (`bench/results/lightweight_rate_clip.md`).
+    high rate -dD/dR = (ln 2 / 6)·Δ²). Given these clips too, the SNR search codes the reference
+    detector's layers in 2-23 % fewer bits at equal SNR (`bench/results/lightweight_rate_clip.md`).
     """
     dist = values if isinstance(values, ValueDistribution) else ValueDistribution(values)
     lo, hi = empirical_clip(dist, n_levels, relu)
