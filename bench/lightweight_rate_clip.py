@@ -25,7 +25,7 @@ from featcodec.task import TaskModel
 TARGETS = {"S4": [("snr", 12), ("snr", 15), ("bpe", 0.15), ("bpe", 0.25)],
            "S2": [("snr", 12), ("snr", 15), ("bpe", 0.6), ("bpe", 0.9)],
            "S1": [("snr", 12), ("snr", 15), ("bpe", 1.0), ("bpe", 1.5)]}
-SAMPLES_PER_SAMPLE = 24  # per-sample designs: the first 24 evaluation samples (each designs its own)
+UNCALIBRATED_SAMPLES = 24  # per-sample designs (no calibration) on the first 24 evaluation samples
 
 
 class FixedClipOnly(Lightweight):
@@ -50,7 +50,7 @@ def main(train_path, heldout_path, extra_path, output):
     lines = ["# Clips chosen for their bits (`rate_clip`) in the lightweight codec's rate and SNR searches", "",
              f"`python bench/lightweight_rate_clip.py` ({time.strftime('%Y-%m-%d')}): 12 held-out photos + 156 of "
              "examples/images_more; calibrated on the 36 training photos, and per sample (uncalibrated, the first "
-             f"{SAMPLES_PER_SAMPLE} samples). `fixed-N clip`: the searches before, the quantizer of least error at "
+             f"{UNCALIBRATED_SAMPLES} samples). `fixed-N clip`: the searches before, the quantizer of least error at "
              "each level count only; `with rate clips`: also the one clipped for its bits.", "",
              "| layer | target | design | fixed-N clip: levels, bits/elt, SNR dB, agreement "
              "| with rate clips: levels, bits/elt, SNR dB, agreement | bits |",
@@ -63,8 +63,8 @@ def main(train_path, heldout_path, extra_path, output):
             reference = task.run(x)
             for name, value in targets:
                 for design in ("calibrated", "per sample"):
-                    part = x if design == "calibrated" else x[:SAMPLES_PER_SAMPLE]
-                    part_reference = reference if design == "calibrated" else reference[:SAMPLES_PER_SAMPLE]
+                    part = x if design == "calibrated" else x[:UNCALIBRATED_SAMPLES]
+                    part_reference = reference if design == "calibrated" else reference[:UNCALIBRATED_SAMPLES]
                     row = []
                     for cls in (FixedClipOnly, Lightweight):
                         codec = cls(**{name: value}, fast=True)
