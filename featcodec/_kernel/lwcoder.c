@@ -452,6 +452,18 @@ static int ms_state_init(coder_state *s, const lw_layout *l) {
     return LW_OK;
 }
 
+/* Context k of a channel learns the coded symbol, and the pooled one while k is among the
+ * channel's first MS_POOLED events there. */
+static ALWAYS_INLINE void ms_learn(const cdf_tables *t, cdf16 *own, uint8_t *seen, cdf16 *pooled, uint8_t *pooled_seen,
+                                   int k, int symbol, const v16u *top) {
+    cdf_adapt(t, own + k, symbol, t->own_shift[seen[k]], top);
+    if (seen[k] < MS_POOLED) {
+        cdf_adapt(t, pooled + k, symbol, t->pooled_shift[pooled_seen[k]], top);
+        pooled_seen[k] = t->next[pooled_seen[k]];
+    }
+    seen[k] = t->next[seen[k]];
+}
+
 /* One symbol (< n) with the average of contexts ca and cb (equal for block flags); encodes
  * `symbol` or returns the decoded one. */
 static ALWAYS_INLINE int code_symbol(coder_state *s, cdf16 *own, uint8_t *seen, cdf16 *pooled, uint8_t *pooled_seen,
@@ -467,20 +479,8 @@ static ALWAYS_INLINE int code_symbol(coder_state *s, cdf16 *own, uint8_t *seen, 
     if (enc) rc_encode_range(enc, lo, hi);
     else if (dec) rc_decode_range(dec, lo, hi);
     else *cost += s->cost_of[(hi - lo) >> 3];
-    cdf_adapt(t, a, symbol, t->own_shift[seen[ca]], top);
-    if (seen[ca] < MS_POOLED) {
-        cdf_adapt(t, pooled + ca, symbol, t->pooled_shift[pooled_seen[ca]], top);
-        pooled_seen[ca] = t->next[pooled_seen[ca]];
-    }
-    seen[ca] = t->next[seen[ca]];
-    if (cb != ca) {
-        cdf_adapt(t, b, symbol, t->own_shift[seen[cb]], top);
-        if (seen[cb] < MS_POOLED) {
-            cdf_adapt(t, pooled + cb, symbol, t->pooled_shift[pooled_seen[cb]], top);
-            pooled_seen[cb] = t->next[pooled_seen[cb]];
-        }
-        seen[cb] = t->next[seen[cb]];
-    }
+    ms_learn(t, own, seen, pooled, pooled_seen, ca, symbol, top);
+    if (cb != ca) ms_learn(t, own, seen, pooled, pooled_seen, cb, symbol, top);
     return symbol;
 }
 
