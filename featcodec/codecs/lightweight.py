@@ -462,7 +462,7 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
     n_levels = len(table["levels"])
     if samples.shape[1] < 2:
         return table
-    stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
+    stride = _calibration_stride(samples)
     symbols = np.stack([_symbols(s, table) for s in samples[::stride]])
     version = _coder_version(table)
     parents = design_partners(symbols, n_levels, version)
@@ -476,18 +476,20 @@ def _with_partners(table: dict, samples: np.ndarray) -> dict:
     return {**table, "parents": parents}
 
 
+def _calibration_stride(samples: np.ndarray) -> int:
+    """The stride that takes at most PARTNER_SAMPLES of `samples`, spread over them."""
+    return max(1, -(-len(samples) // PARTNER_SAMPLES))
+
+
 def _calibrated_bpe(table: dict, samples: np.ndarray) -> float:
     """Bits per element of up to PARTNER_SAMPLES of `samples` coded with `table` as calibrated."""
-    part = samples[:: max(1, -(-len(samples) // PARTNER_SAMPLES))]
-    symbols = np.stack([_symbols(s, table) for s in part])
-    payloads = encode_symbol_maps(symbols, len(table["levels"]), table.get("parents"), _coder_version(table))
-    return sum(map(len, payloads)) * 8 / part.size
+    return _coded_bpe(samples[:: _calibration_stride(samples)], table, _coder_version(table), table.get("parents"))
 
 
 def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
     """`table` with the fast coder (version 7) if it codes calibration samples in at most
     FAST_MAX_COST more bits than the table's own version."""
-    stride = max(1, -(-len(samples) // PARTNER_SAMPLES))
+    stride = _calibration_stride(samples)
     check = samples[1::stride] if len(samples) > 1 else samples  # next to those the partners saw
     symbols = np.stack([_symbols(s, table) for s in check])
     n_levels, parents = len(table["levels"]), table.get("parents")
@@ -612,6 +614,6 @@ def _rate_probe(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples[:, :: max(1, channels // 16)])
 
 
-def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]], version: int) -> float:
+def _coded_bpe(probe: np.ndarray, table: dict[str, list[float]], version: int, parents=None) -> float:
     symbols = np.stack([_symbols(s, _zero_first(table)) for s in probe])
-    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]), None, version)) * 8 / probe.size
+    return sum(len(p) for p in encode_symbol_maps(symbols, len(table["levels"]), parents, version)) * 8 / probe.size
