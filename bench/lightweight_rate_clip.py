@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from lightweight_report import NETWORK, evaluation_set
+from lightweight_report import EXTRA_PHOTOS, NETWORK, evaluation_set
 
 import featcodec
 from featcodec.codecs import Lightweight
@@ -48,17 +48,18 @@ def measure(codec, x, task, reference):
 
 def main(train_path, heldout_path, extra_path, output):
     lines = ["# Clips chosen for their bits (`rate_clip`) in the lightweight codec's rate and SNR searches", "",
-             f"`python bench/lightweight_rate_clip.py` ({time.strftime('%Y-%m-%d')}): 12 held-out photos + 156 of "
-             "examples/images_more; calibrated on the 36 training photos, and per sample (uncalibrated, the first "
-             f"{UNCALIBRATED_SAMPLES} samples). `fixed-N clip`: the searches before, the quantizer of least error at "
-             "each level count only; `with rate clips`: also the one clipped for its bits.", "",
+             f"`python bench/lightweight_rate_clip.py` ({time.strftime('%Y-%m-%d')}): 12 held-out photos + "
+             f"{EXTRA_PHOTOS} of examples/images_more; calibrated on the 36 training photos, and per sample "
+             f"(uncalibrated, the first {UNCALIBRATED_SAMPLES} samples). `fixed-N clip`: the searches before, "
+             "the quantizer of least error at each level count only; `with rate clips`: also the one clipped "
+             "for its bits.", "",
              "| layer | target | design | fixed-N clip: levels, bits/elt, SNR dB, agreement "
              "| with rate clips: levels, bits/elt, SNR dB, agreement | bits |",
              "|---|---|---|---|---|---|"]
     with h5py.File(train_path) as train, h5py.File(heldout_path) as heldout, h5py.File(extra_path) as extra:
         for layer, targets in TARGETS.items():
             calibration = train[layer][::3]
-            x = evaluation_set(heldout, extra, layer, 156)
+            x = evaluation_set(heldout, extra, layer)
             task = TaskModel(str(NETWORK), heldout[layer].attrs["layer"])
             reference = task.run(x)
             for name, value in targets:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from lightweight_report import NETWORK, evaluation_set
+from lightweight_report import EXTRA_PHOTOS, NETWORK, evaluation_set
 
 import featcodec
 from featcodec.codecs import Lightweight
@@ -26,20 +26,19 @@ from featcodec.task import TaskModel
 
 LEVELS = (4, 6, 8, 12, 16)
 QUANTILES = (99.0, 99.5, 99.9)  # upper clip at this quantile (signed layers: the lower at 100 - q too)
-PHOTOS = 156
 
 
 def main(train_path, heldout_path, extra_path, output):
     lines = ["# Step or clip: what sets the lightweight codec's task agreement", "",
              f"`python bench/lightweight_steps.py` ({time.strftime('%Y-%m-%d')}): uniform quantizers, fast coder, "
-             f"on 12 held-out photos + {PHOTOS} of examples/images_more. `calibrated`: the clip calibration "
+             f"on 12 held-out photos + {EXTRA_PHOTOS} of examples/images_more. `calibrated`: the clip calibration "
              "chooses (least measured MSE at that level count, on the training photos); `qNN`: clip at that "
              "quantile of the calibration values. Rows sorted by the step.", ""]
     best_rows = []
     with h5py.File(train_path) as train, h5py.File(heldout_path) as heldout, h5py.File(extra_path) as extra:
         for layer in ("S4", "S2", "S1"):
             calibration = train[layer][::3]
-            x = evaluation_set(heldout, extra, layer, PHOTOS)
+            x = evaluation_set(heldout, extra, layer)
             task = TaskModel(str(NETWORK), heldout[layer].attrs["layer"])
             reference = task.run(x)
             values = np.sort(calibration.ravel()[::7])

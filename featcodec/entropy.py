@@ -28,7 +28,7 @@ payloads and turns kernel failures into `CorruptStreamError`. Coder version 5 (d
   small values; their weighted sum and spread), each with the partner, two channels at a time on
   two range coders, its distributions started from priors pooled over channels: on the reference
   layers at 8-16 levels 1.2-1.7x faster to encode and 1.2-1.9x to decode than version 6, about as
-  fast at 2-4 levels, up to 4 % smaller, at most 1.5 % larger
+  fast at 2-4 levels, up to 4 % smaller, at most 1.4 % larger
   (an uncalibrated sparse 16-level map: 15 %) (`bench/results/lightweight.md`).
 
 Partner channels (`design_partners`, chosen once per layer by calibration) are coded before
