@@ -248,6 +248,20 @@ def test_coded_latents_crops_line_up():
     assert len(valid_inputs) == len(valid_targets) == 2
 
 
+
+def test_learning_rate_anneals_over_the_steps_or_the_time_whichever_ends_first():
+    """A phase its time ends has annealed by then, not only one its steps end."""
+    pytest.importorskip("torch")
+    from featcodec.train.autotiler import _annealed
+
+    assert _annealed(1.0, 0, 100, 0.0, None) == pytest.approx(1.0)
+    assert _annealed(1.0, 50, 100, 0.0, None) == pytest.approx(0.525)  # half way: (1 + 1/20) / 2
+    assert _annealed(1.0, 100, 100, 0.0, None) == pytest.approx(0.05)
+    # 10 % of the steps, but 90 % of two minutes: the time sets the rate
+    assert _annealed(1.0, 10, 100, 108.0, 2.0) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(0.9 * np.pi)))
+    assert _annealed(1.0, 10, 100, 500.0, 2.0) == pytest.approx(0.05)  # past the time: the floor
+    assert _annealed(1.0, 90, 100, 1.0, 2.0) == _annealed(1.0, 90, 100, 0.0, None)  # steps ahead of the time
+
 def test_load_onnx_weights_refuses_another_module(tiny_model):
     from featcodec.train.autotiler import Encoder, load_onnx_weights
 
