@@ -601,7 +601,8 @@ def _print_bench(report) -> None:
 @click.option("--task-steps", default=2000, show_default=True,
               help="Maximum steps per exit of the stage with the task loss, after MSE.")
 @click.option("--minutes-per-phase", type=float,
-              help="Stop each training stage of an exit after this long, keeping its best state.")
+              help="Stop each training stage of an exit after this long, keeping its best state; the learning "
+                   "rate anneals over this time (or the steps, if they end first).")
 @click.option("--batch", default=8, show_default=True, help="Crops per step.")
 @click.option("--crop", default=64, show_default=True, help="Crop size without the task loss (fully convolutional).")
 @click.option("--task-crop", default=96, show_default=True, help="Crop size with the task loss.")
@@ -610,7 +611,7 @@ def _print_bench(report) -> None:
 @click.option("--network", type=click.Path(dir_okay=False, exists=True),
               help="ONNX network for the task loss (default: the model the dump names, if bundled).")
 @click.option("--width", default=64, show_default=True, help="Channels of the hidden layers.")
-@click.option("--lr", default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
+@click.option("--lr", default=2e-3, show_default=True, help="Adam peak learning rate (cosine-decayed to 1/20 of it).")
 @click.option("--max-samples", type=int, help="Use only the first N samples of the dump.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--extend", is_flag=True, help="OUTPUT holds a model: keep its exits (loaded from its ONNX files), "
