@@ -107,7 +107,8 @@ data/video_%.h5: examples/video/%.mp4
 # last, S4's CR16 and CR64 decoders trained on latents really coded by x265 at the paper's rates),
 # trained on the training photos plus examples/images_more with flips and zooms (needs torch), with
 # the phase lengths of the shipped models (manifest.json): 131 min of training phases on 2 CPU cores
-# plus about 6 min of x265 coding in the last step, about 2 h 25 in all. The first three steps
+# plus about 6 min of x265 coding in the last step, about 2 h 25 in all (they were trained before
+# phases annealed over their time; bench/results/autotiler_annealed_rebuild.md). The first three steps
 # resume from checkpoints (the model folder's .checkpoints; delete them to start over); the last
 # two train their decoders again each time they run.
 HEVC_RATES := 15,30,60,120,240,lossless
