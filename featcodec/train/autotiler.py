@@ -364,9 +364,8 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
     `LayerData` (inputs are the targets) or `CodedLatents` (decoder inputs and their targets).
 
     The learning rate follows a cosine from `lr` down to lr / 20 over the phase's progress: the
-    larger of the steps' share and, with `minutes`, the time's share, so a phase that its time ends
-    has annealed too (a schedule over `steps` alone stopped time-bound phases at 80-95 % of the peak
-    rate)."""
+    larger of the steps' share and, with `minutes`, the time's share, so a phase its time ends has
+    annealed too (a schedule over `steps` alone left time-bound phases at 80-95 % of the peak rate)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
