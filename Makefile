@@ -96,9 +96,9 @@ rate-model: $(PY) data/autotiler_train.h5 $(VIDEO_DUMPS)
 	$(PY) bench/rate_curves.py data/rate_curves.jsonl data/autotiler_train.h5 $(VIDEO_DUMPS) data/pans.h5 > featcodec/rate_curves.json.tmp
 	mv featcodec/rate_curves.json.tmp featcodec/rate_curves.json
 
-# Feature sequences: the reference detector's S2 and S4 on the first 64 frames of a bundled clip.
+# Feature sequences: the reference detector's S1, S2 and S4 on the first 64 frames of a bundled clip.
 data/video_%.h5: examples/video/%.mp4
-	$(FEATCODEC) dump models/reference/centernet_mbv3_coco.onnx $< --layer S2 --layer S4 --max-frames 64 \
+	$(FEATCODEC) dump models/reference/centernet_mbv3_coco.onnx $< --layer S1 --layer S2 --layer S4 --max-frames 64 \
 		--compression lzf -o $@ --force
 
 # Auto-tilers for the reference detector (S1, S2, S4 at CR4 and CR16, and S4 at CR64 for low

