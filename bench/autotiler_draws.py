@@ -1,0 +1,46 @@
+"""One exit of several trained models (draws of a recipe) on more samples than `autotiler_models.py` has.
+
+    FEATCODEC_MODELS=draws/ python bench/autotiler_draws.py S1 16 centernet_mbv3,draw_a,draw_b
+
+Samples: the last 58 maps of ``data/autotiler_train.h5`` (the validation maps `featcodec train`
+holds out of training: 10 % of 576) followed by the 76 of `autotiler_models.samples`. Agreement
+on the validation maps alone, on the 76 alone and on all of them, lossless and at 60 Kbpi: the
+two sets are told apart because they rank draws differently (bench/results/autotiler_annealed_rebuild.md).
+"""
+
+import sys
+import warnings
+
+import h5py
+import numpy as np
+from autotiler_models import NETWORK, samples
+
+import featcodec
+from featcodec.task import TaskModel
+
+VALIDATION_MAPS = 58
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")  # rate warnings
+    layer, ratio, models = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+    with h5py.File("data/autotiler_train.h5", "r") as f:
+        valid = np.asarray(f[layer][len(f[layer]) - VALIDATION_MAPS :], np.float32)
+    tensor, held_out = samples(layer)
+    x = np.concatenate([valid, held_out])
+    task = TaskModel(str(NETWORK), tensor.attrs["layer"], threads=2)
+    reference = task.run(x)
+    parts = {"validation": slice(0, len(valid)), "held out": slice(len(valid), len(x)), "all": slice(0, len(x))}
+    print(f"## {layer} CR{ratio}: {len(valid)} validation + {len(held_out)} held-out samples\n")
+    print("| model | rate | " + " | ".join(parts) + " |")
+    print("|---|---|" + "---|" * len(parts))
+    for model in models:
+        for rate, params in (("lossless", {"lossless": True}), ("60", {"kbpi": 60.0})):
+            decoded = np.stack([featcodec.decode(featcodec.encode(s[None], "autotiler", model=model, cr=ratio,
+                                                                  **params))[0] for s in x])
+            scores = [task.agreement(x[p], decoded[p], reference[p]) for p in parts.values()]
+            print(f"| {model} | {rate} | " + " | ".join(f"{s:.3f}" for s in scores) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
