@@ -2,8 +2,8 @@
 
     python bench/sequences.py data/reference_train.h5 data/video_*.h5 > bench/results/sequences.md
 
-Each video dump holds the reference detector's S2 and S4 activations of a clip's first 64 frames
-(`featcodec dump … clip.mp4 --layer S2 --layer S4 --max-frames 64`); the first 32 frames are coded
+Each video dump holds the reference detector's S1, S2 and S4 activations of a clip's first 64 frames
+(`make data/video_<clip>.h5`); this reads S2 and S4, of which the first 32 frames are coded
 (one group of 32). Agreement mAP@0.5 is against the uncompressed detector on the same frames. The
 lightweight quantizers are calibrated on the training photos (the first dump), not on the clips.
 "Bits at equal quality" interpolates the intra curve (bits linear in quality) at each group
