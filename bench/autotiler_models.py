@@ -4,10 +4,10 @@
 
 LAYER's samples: the 12 held-out photos of ``data/reference_heldout.h5`` and every 4th of the 64
 frames of each bundled clip (``make data/video_<clip>.h5``; a dump made before they held S1 needs
-making again): 76 samples no model was trained on (agreement on 12 photos alone moves by ±0.05 between neighbouring
-settings). MODELS: model names (`featcodec models`; a second copy of a model needs its own name
-in its manifest) or ``tiling`` (coded at the first ratio's rows only). One `featcodec.bench.run_point`
-per point, 2 threads; prints one Markdown row per point.
+making again): 76 samples no model was trained on (agreement on 12 photos alone moves by ±0.05
+between neighbouring settings). MODELS: model names (`featcodec models`; a second copy of a model
+needs its own name in its manifest) or ``tiling`` (coded at the first ratio's rows only). One
+`featcodec.bench.run_point` per point, 2 threads; prints one Markdown row per point.
 """
 
 import sys
