@@ -2,8 +2,9 @@
 
     FEATCODEC_MODELS=draws/ python bench/autotiler_draws.py S1 16 centernet_mbv3,draw_a,draw_b
 
-Samples: the last 58 maps of ``data/autotiler_train.h5`` (the validation maps `featcodec train`
-holds out of training: 10 % of 576) followed by the 76 of `autotiler_models.samples`. Agreement
+Samples: the last 10 % of the maps of ``data/autotiler_train.h5`` (the validation maps `featcodec
+train` holds out of training, `TrainingConfig.valid_fraction`: 58 of 576) followed by the 76 of
+`autotiler_models.samples`. Agreement
 on the validation maps alone, on the 76 alone and on all of them, lossless and at 60 Kbpi: the
 two sets are told apart because they rank draws differently (bench/results/autotiler_annealed_rebuild.md).
 """
@@ -18,14 +19,15 @@ from autotiler_models import NETWORK, samples
 import featcodec
 from featcodec.task import TaskModel
 
-VALIDATION_MAPS = 58
+VALID_FRACTION = 0.1  # featcodec.train's TrainingConfig.valid_fraction (not imported: it needs torch)
 
 
 def main() -> None:
     warnings.simplefilter("ignore")  # rate warnings
     layer, ratio, models = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
     with h5py.File("data/autotiler_train.h5", "r") as f:
-        valid = np.asarray(f[layer][len(f[layer]) - VALIDATION_MAPS :], np.float32)
+        count = len(f[layer])
+        valid = np.asarray(f[layer][count - max(1, round(count * VALID_FRACTION)) :], np.float32)
     tensor, held_out = samples(layer)
     x = np.concatenate([valid, held_out])
     task = TaskModel(str(NETWORK), tensor.attrs["layer"], threads=2)
@@ -36,8 +38,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(parts))
     for model in models:
         for rate, params in (("lossless", {"lossless": True}), ("60", {"kbpi": 60.0})):
-            decoded = np.stack([featcodec.decode(featcodec.encode(s[None], "autotiler", model=model, cr=ratio,
-                                                                  **params))[0] for s in x])
+            decoded = featcodec.decode(featcodec.encode(x, "autotiler", model=model, cr=ratio, **params))
             scores = [task.agreement(x[p], decoded[p], reference[p]) for p in parts.values()]
             print(f"| {model} | {rate} | " + " | ".join(f"{s:.3f}" for s in scores) + " |", flush=True)
 
