@@ -603,6 +603,8 @@ def _print_bench(report) -> None:
 @click.option("--minutes-per-phase", type=float,
               help="Stop each training stage of an exit after this long, keeping its best state; the learning "
                    "rate anneals over this time (or the steps, if they end first).")
+@click.option("--layer-minutes", "layer_minutes", multiple=True, metavar="LAYER=MINUTES",
+              help="This layer's phases run this long instead of --minutes-per-phase (repeatable), e.g. S1=5.")
 @click.option("--batch", default=8, show_default=True, help="Crops per step.")
 @click.option("--crop", default=64, show_default=True, help="Crop size without the task loss (fully convolutional).")
 @click.option("--task-crop", default=96, show_default=True, help="Crop size with the task loss.")
@@ -623,8 +625,8 @@ def _print_bench(report) -> None:
 @click.option("--hevc-rates", help="With --finetune-decoders: train on latents really coded with x265 at these Kbpi "
               "targets (comma-separated; 'lossless' for the uncoded 8-bit latent), each training map twice at the "
               "next rates in turn, instead of the noise proxy. E.g. 15,30,60,120,240,lossless")
-def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, batch, crop, task_crop,
-          task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates):
+def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
+          task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates):
     """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -641,7 +643,8 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
         raise click.UsageError("--hevc-rates goes with --finetune-decoders")
     rates = _hevc_rates(hevc_rates) if hevc_rates else ()
     config = TrainingConfig(ratios=tuple(sorted(set(ratios))), steps=steps, task_steps=task_steps,
-                            minutes_per_phase=minutes_per_phase, batch=batch, crop=crop, task_crop=task_crop,
+                            minutes_per_phase=minutes_per_phase, layer_minutes=_layer_minutes(layer_minutes, layers),
+                            batch=batch, crop=crop, task_crop=task_crop,
                             task_weight=task_weight, width=width, lr=lr, seed=seed, max_samples=max_samples,
                             hevc_rates=rates)
     bar = _TrainingProgress()
@@ -678,6 +681,23 @@ def _hevc_rates(text: str) -> tuple:
             raise click.BadParameter(f"Kbpi targets must be positive, got {part}", param_hint="--hevc-rates")
         rates.append(rate)
     return tuple(rates)
+
+
+def _layer_minutes(pairs: tuple[str, ...], layers: tuple[str, ...]) -> dict[str, float]:
+    """('S1=5',) → {'S1': 5.0}, each layer one of `layers`."""
+    minutes = {}
+    for pair in pairs:
+        layer, _, value = pair.partition("=")
+        layer = layer.strip().strip("/")
+        try:
+            minutes[layer] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r} is not LAYER=MINUTES", param_hint="--layer-minutes") from None
+        if not 0 < minutes[layer] < math.inf:
+            raise click.BadParameter(f"minutes must be positive, got {value}", param_hint="--layer-minutes")
+        if layer not in {name.strip("/") for name in layers}:
+            raise click.BadParameter(f"{layer} is not one of the --layer given", param_hint="--layer-minutes")
+    return minutes
 
 
 class _TrainingProgress:

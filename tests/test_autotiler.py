@@ -262,6 +262,20 @@ def test_learning_rate_anneals_over_the_steps_or_the_time_whichever_ends_first()
     assert _annealed(1.0, 10, 100, 500.0, 2.0) == pytest.approx(0.05)  # past the time: the floor
     assert _annealed(1.0, 90, 100, 1.0, 2.0) == _annealed(1.0, 90, 100, 0.0, None)  # steps ahead of the time
 
+def test_a_layer_can_have_its_own_phase_length(tiny_model, tmp_path):
+    """--layer-minutes: the layer named runs its phases for its own time (here, one step each),
+    the others for --minutes-per-phase (here, none: their steps); the manifest records both."""
+    from featcodec.train.autotiler import train_autotiler
+
+    folder, _ = tiny_model
+    manifest = train_autotiler(str(folder.parent / "dump.h5"), ["small", "large"], str(tmp_path / "tiny"),
+                               name="tiny", config=_tiny_config(steps=8, task_steps=0, layer_minutes={"small": 1e-6}),
+                               log=lambda line: None)
+    steps = {p["name"]: p["steps"] for p in manifest["training"]["phases"]}
+    assert steps == {"small CR4 MSE": 1, "small CR16 MSE": 1, "large CR4 MSE": 8, "large CR16 MSE": 8}
+    assert manifest["training"]["layer_minutes"] == {"small": 1e-6}
+
+
 def test_load_onnx_weights_refuses_another_module(tiny_model):
     from featcodec.train.autotiler import Encoder, load_onnx_weights
 
@@ -370,5 +384,9 @@ def test_train_cli_bad_inputs(cli, tmp_path):
     for bad in ("60,fast", "0", "inf"):
         result = cli("train", DEMO, "--layer", "S2", "--finetune-decoders", "--hevc-rates", bad, "-o", tmp_path / "m")
         assert result.returncode != 0 and "--hevc-rates" in result.stderr.decode()
+    for bad, message in (("S1", "not LAYER=MINUTES"), ("S1=0", "minutes must be positive"),
+                         ("S4=5", "S4 is not one of the --layer given")):
+        result = cli("train", DEMO, "--layer", "S1", "--layer-minutes", bad, "-o", tmp_path / "m")
+        assert result.returncode != 0 and message in result.stderr.decode()
     result = cli("train", DEMO, "--layer", "S7", "-o", tmp_path / "m")
     assert result.stderr.decode().startswith("Error: ") and "no (N, C, H, W) dataset 'S7'" in result.stderr.decode()

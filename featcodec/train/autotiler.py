@@ -503,6 +503,8 @@ class TrainingConfig:
     steps: int = 4000
     task_steps: int = 2000
     minutes_per_phase: float | None = None
+    # per-layer phase lengths that replace minutes_per_phase (a layer whose exits need longer)
+    layer_minutes: dict[str, float] = field(default_factory=dict)
     batch: int = 8
     crop: int = 64
     task_crop: int = 96
@@ -517,6 +519,11 @@ class TrainingConfig:
     # of the noise proxy; each training map is coded `hevc_copies` times, at the next rates in turn
     hevc_rates: tuple = ()
     hevc_copies: int = 2
+
+    def for_layer(self, layer: str) -> TrainingConfig:
+        """This configuration with `layer`'s own phase length, if ``layer_minutes`` gives one."""
+        minutes = self.layer_minutes.get(layer.strip("/"), self.minutes_per_phase)
+        return replace(self, minutes_per_phase=minutes)
 
 
 def _phase_modules(data: LayerData, config: TrainingConfig) -> dict:
@@ -583,7 +590,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                 inputs = first(sample) if first is not None else sample
             init_linear_paths(encoder, decoder, inputs, sample)
             phases += _staged_phases(f"{data.name} CR{ratio}", checkpoints / f"{prefix}_cr{ratio}", encoder, decoder,
-                                     [encoder, decoder], forward, data, norm, task, config,
+                                     [encoder, decoder], forward, data, norm, task, config.for_layer(data.name),
                                      config.seed + 10 * layer_index + ratio, log, progress)
 
         entry = {"tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
@@ -899,7 +906,8 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
                        d(ce["decoder"](hevc_proxy(ce["encode"](e(x)), config.noise))))
             phases += _staged_phases(f"{data.name} CR{ratio_key} (compatibility, {core} CR{core_ratio})",
                                      checkpoints / f"{prefix}_compat{ratio_key}", encoder, decoder, trainable, forward,
-                                     data, norm, task, config, config.seed + 10 * layer_index + core_ratio, log,
+                                     data, norm, task, config.for_layer(data.name),
+                                     config.seed + 10 * layer_index + core_ratio, log,
                                      progress)
             dec_file = f"{prefix}_compat_dec{ratio_key}.onnx"
             files[dec_file] = export_onnx(decoder, cc, out / dec_file)
@@ -986,7 +994,7 @@ def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, c
             result = train_phase(phase_name, [decoder], forward, pairs, built["norm"], steps=config.task_steps,
                                  lr=config.lr / 4, batch=config.batch, crop=config.task_crop if task else config.crop,
                                  seed=config.seed + 10 * layer_index + ratio + 1, task=task,
-                                 minutes=config.minutes_per_phase, progress=progress)
+                                 minutes=config.for_layer(data.name).minutes_per_phase, progress=progress)
             phases.append(result)
             dec_file = kept[ratio]["decoder"][0]
             if result.valid_loss < before:
