@@ -106,24 +106,25 @@ data/video_%.h5: examples/video/%.mp4
 # onto S1's auto-tiler, the shared core; S2's CR4 decoder then trained further with the task loss;
 # last, S4's CR16 and CR64 decoders trained on latents really coded by x265 at the paper's rates),
 # trained on the training photos plus examples/images_more with flips and zooms (needs torch), with
-# the phase lengths of the shipped models (manifest.json): 131 min of training phases on 2 CPU cores
-# plus about 6 min of x265 coding in the last step, about 2 h 25 in all (they were trained before
-# phases annealed over their time; bench/results/autotiler_annealed_rebuild.md). The first three steps
-# resume from checkpoints (the model folder's .checkpoints; delete them to start over); the last
-# two train their decoders again each time they run.
+# the phase lengths of the shipped models (manifest.json): S1's phases 5 min, S2's and S4's 3.5, S4 CR64's
+# 5.5, the compatibility exits' 7, S2's CR4 decoder 11, S4's decoders on coded latents 6; 108 min of
+# training phases and about 1.5 min of x265 coding, about 1 h 56 in all on 2 CPU cores (each step's wall
+# time measured: bench/results/autotiler_annealed_rebuild.md). The first three steps resume from
+# checkpoints (the model folder's .checkpoints; delete them to start over); the last two train their
+# decoders again each time they run.
 HEVC_RATES := 15,30,60,120,240,lossless
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
-		-o models/autotiler/centernet_mbv3 --minutes-per-phase 5
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 3.5 --layer-minutes S1=5
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 4 --cr 64 --extend \
-		-o models/autotiler/centernet_mbv3 --minutes-per-phase 8
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 5.5
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --core S1 --cr 4 --cr 16 \
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 7
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 4 --finetune-decoders --task-steps 900 \
-		-o models/autotiler/centernet_mbv3 --minutes-per-phase 16
+		-o models/autotiler/centernet_mbv3 --minutes-per-phase 11
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 16 --cr 64 --finetune-decoders \
-		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 8
+		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 6
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data

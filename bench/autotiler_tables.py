@@ -1,7 +1,9 @@
-"""One table per layer from a `featcodec bench` JSON: the auto-tiler at each ratio against tiling
+"""One table per layer from `featcodec bench` JSONs: the auto-tiler at each ratio against tiling
 and FPC at the paper's rate bases (15-240 Kbpi) and lossless.
 
-    python bench/autotiler_tables.py bench/results/reference.json > bench/results/autotiler.md
+    python bench/autotiler_tables.py bench/results/reference.json [RERUN.json ...] > bench/results/autotiler.md
+
+A later JSON's layers replace an earlier one's (a rerun of some layers after their models changed).
 
 Columns: Kbpi reached, bits per element, PSNR, agreement, codec latency (encode + decode per
 sample, ms) and, for the auto-tiler, its latency against tiling's at the same rate point.
@@ -13,8 +15,14 @@ import sys
 POINTS = [f"kbpi={k}" for k in (15, 30, 60, 120, 240)] + ["lossless"]
 
 
-def main(path):
-    results = json.load(open(path))["results"]
+def main(paths):
+    layers = {}
+    for path in paths:
+        rerun = {}
+        for r in json.load(open(path))["results"]:
+            rerun.setdefault(r["tensor"], []).append(r)
+        layers.update(rerun)
+    results = [r for rows in layers.values() for r in rows]
     for tensor in dict.fromkeys(r["tensor"] for r in results):
         rows = {(r["method"], r["point"]): r for r in results if r["tensor"] == tensor}
         print(f"\n### {tensor}\n")
@@ -39,4 +47,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
