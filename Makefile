@@ -107,8 +107,8 @@ data/video_%.h5: examples/video/%.mp4
 # last, S4's CR16 and CR64 decoders trained on latents really coded by x265 at the paper's rates),
 # trained on the training photos plus examples/images_more with flips and zooms (needs torch), with
 # the phase lengths of the shipped models (manifest.json): S1's phases 5 min, S2's and S4's 3.5, S4 CR64's
-# 5.5, the compatibility exits' 7, S2's CR4 decoder 11, S4's decoders on coded latents 6; about 109 min of
-# training phases and about 1.5 min of x265 coding, about 1 h 57 in all on 2 CPU cores (each step's wall
+# 5.5, the compatibility exits' 7, S2's CR4 decoder 11, S4's decoders on coded latents 6; about 110 min of
+# training phases and about 1.5 min of x265 coding, about 1 h 56 in all on 2 CPU cores (each step's wall
 # time measured: bench/results/autotiler_annealed_rebuild.md). The first three steps resume from
 # checkpoints (the model folder's .checkpoints; delete them to start over); the last two train their
 # decoders again each time they run.
