@@ -16,15 +16,13 @@ POINTS = [f"kbpi={k}" for k in (15, 30, 60, 120, 240)] + ["lossless"]
 
 
 def main(paths):
-    layers = {}
+    layers = {}  # tensor -> {(method, point): result}
     for path in paths:
         rerun = {}
         for r in json.load(open(path))["results"]:
-            rerun.setdefault(r["tensor"], []).append(r)
+            rerun.setdefault(r["tensor"], {})[r["method"], r["point"]] = r
         layers.update(rerun)
-    results = [r for rows in layers.values() for r in rows]
-    for tensor in dict.fromkeys(r["tensor"] for r in results):
-        rows = {(r["method"], r["point"]): r for r in results if r["tensor"] == tensor}
+    for tensor, rows in layers.items():
         print(f"\n### {tensor}\n")
         print("| rate | codec | Kbpi | bits/elt | PSNR | agreement | latency ms | vs tiling |")
         print("|---|---|---|---|---|---|---|---|")
