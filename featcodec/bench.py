@@ -3,9 +3,14 @@
 For each input tensor and each codec, every rate point of the chosen set is coded and decoded;
 each point reports bits per element, Kbpi, compression ratio, MSE, PSNR, SNR, SSIM, task
 agreement (when the network is known) and encode / decode latency with the per-stage
-breakdown. Timing: one warm-up run is excluded, then the median of ``repeat`` runs. Summaries:
-the paper's effective CR range, the rate needed to reach an agreement level, and BD-rate
-against tiling. ``checks`` turn figures into pass/fail gates for CI.
+breakdown. Timing: one warm-up run is excluded, then the median of ``repeat`` runs.
+
+The anchor is remote inference (`featcodec.remote`): the dump's own images, resized as the
+network sees them, coded with x265 intra and JPEG, and the whole network run on them. Summaries:
+per codec, BD-rate in Kbpi against remote inference with x265 over the agreement both reach
+(negative: fewer bits than sending the image), the Kbpi needed for agreement 0.80 / 0.90 / 0.95
+beside the image's, the paper's effective CR range, and BD-rate against tiling. ``checks`` turn
+figures (a point's, or a summary's) into pass/fail gates for CI.
 """
 
 from __future__ import annotations
@@ -150,11 +155,19 @@ def _passes(infos: list[dict]) -> float | None:
     return sum(runs) / len(runs) if runs else None
 
 
-def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list[dict[str, Any]]:
+AGREEMENT_LEVELS = (0.8, 0.9, 0.95)
+
+
+def summarise(results: list[PointResult], agreement_level: float = 0.95,
+              remote: list[dict] | None = None) -> list[dict[str, Any]]:
+    """Per tensor and codec: BD-rates against remote inference (x265, `remote` rows of the tensor's
+    dump) and against tiling, the Kbpi at each of AGREEMENT_LEVELS and how that compares with the
+    image's (``image_ratio_at_0.8``: codec Kbpi / image Kbpi; below 1, splitting pays)."""
     rows = []
     for tensor in dict.fromkeys(r.tensor for r in results):
         of_tensor = [r for r in results if r.tensor == tensor]
         tiling = [r for r in of_tensor if r.method == "tiling" and r.point != "lossless"]
+        image = [p for p in (remote or []) if p["codec"] == "x265" and tensor in p["tensors"]]
         for method in dict.fromkeys(r.method for r in of_tensor):
             points = [r for r in of_tensor if r.method == method]
             has_task = all(r.agreement is not None for r in points)
@@ -164,6 +177,16 @@ def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list
                                                                  [r.agreement for r in points])
                 row[f"bpe_at_agreement_{agreement_level}"] = metrics.rate_at(
                     [r.bits_per_element for r in points], [r.agreement for r in points], agreement_level)
+                kbpi, agreement = [r.kbpi for r in points], [r.agreement for r in points]
+                for level in AGREEMENT_LEVELS:
+                    row[f"kbpi_at_{level}"] = metrics.rate_at(kbpi, agreement, level)
+                if image:
+                    image_kbpi, image_agreement = [p["kbpi"] for p in image], [p["agreement"] for p in image]
+                    row["bd_rate_vs_remote"] = metrics.bd_rate(image_kbpi, image_agreement, kbpi, agreement)
+                    for level in AGREEMENT_LEVELS:
+                        ours, theirs = row[f"kbpi_at_{level}"], metrics.rate_at(image_kbpi, image_agreement, level)
+                        row[f"image_kbpi_at_{level}"] = theirs
+                        row[f"image_ratio_at_{level}"] = ours / theirs if ours is not None and theirs else None
             if tiling and method != "tiling":
                 row["bd_rate_vs_tiling_psnr"] = metrics.bd_rate(
                     [r.bits_per_element for r in tiling], [r.psnr for r in tiling],
@@ -176,45 +199,77 @@ def summarise(results: list[PointResult], agreement_level: float = 0.95) -> list
     return rows
 
 
-_CHECK = re.compile(r"^\s*([\w-]+)(?:@([^.\s]+(?:\.\d+)?))?\.(\w+)\s*(<=|>=|==|<|>)\s*([-+\d.eE]+)\s*$")
+def beats_image(summary: list[dict[str, Any]]) -> list[str]:
+    """One plain sentence per tensor: whether any codec needs fewer bits than sending the image."""
+    lines = []
+    for tensor in dict.fromkeys(r["tensor"] for r in summary):
+        rows = [r for r in summary if r["tensor"] == tensor and r.get("bd_rate_vs_remote") is not None]
+        if not rows:
+            continue
+        best = min(rows, key=lambda r: r["bd_rate_vs_remote"])
+        verdict = "fewer" if best["bd_rate_vs_remote"] < 0 else "more"
+        at = ", ".join(f"{level:g}: {_ratio(best.get(f'image_ratio_at_{level}'))}" for level in AGREEMENT_LEVELS)
+        lines.append(f"{tensor}: best codec {best['method']} needs {verdict} bits than sending the image (x265): "
+                     f"BD-rate {best['bd_rate_vs_remote']:+.1f} %; Kbpi against the image's at agreement {at}")
+    return lines
+
+
+def _ratio(value) -> str:
+    return "not reached" if value is None else f"{value:.2f}x"
+
+
+_CHECK = re.compile(r"^\s*([\w-]+)(?:@([^.\s]+(?:\.\d+)?))?\.(\w+(?:\.\d+)?)\s*(<=|>=|==|<|>)\s*([-+\d.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 
 
-def evaluate_checks(checks: list[str], results: list[PointResult]) -> list[dict[str, Any]]:
+def evaluate_checks(checks: list[str], results: list[PointResult],
+                    summary: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """``METHOD[@POINT].METRIC OP VALUE``, e.g. ``lightweight.bits_per_element<=0.8`` or
     ``tiling@kbpi=60.agreement>=0.5``; POINT defaults to ``default``; every tensor must pass.
-    ``bpe`` is accepted for bits_per_element."""
+    ``bpe`` is accepted for bits_per_element. A METRIC of the summary (no POINT) gates on the
+    summary's row of every tensor, e.g. ``learned.bd_rate_vs_remote<=0`` (fewer bits than sending
+    the image) or ``learned.image_ratio_at_0.9<=1``."""
     outcome = []
     fields = set(PointResult.__dataclass_fields__)
+    summary = summary or []
+    summary_fields = {k for row in summary for k in row}
     for check in checks:
         match = _CHECK.match(check)
         if not match:
             raise InvalidInputError(f"cannot parse check {check!r}: expected METHOD[@POINT].METRIC OP VALUE")
         method, point, metric, op, value = match.groups()
         metric = {"bpe": "bits_per_element", "cr": "compression_ratio"}.get(metric, metric)
-        if metric not in fields:
-            raise InvalidInputError(f"check {check!r}: unknown metric {metric!r}")
-        point = point or "default"
-        selected = [r for r in results if r.method == method and r.point == point]
-        if not selected:
-            raise InvalidInputError(f"check {check!r}: no result for {method}@{point}")
-        values = [getattr(r, metric) for r in selected]
+        if point is None and metric not in fields and metric in summary_fields:
+            values = [row.get(metric) for row in summary if row["method"] == method]
+            if not values:
+                raise InvalidInputError(f"check {check!r}: no summary of {method}")
+        else:
+            if metric not in fields:
+                raise InvalidInputError(f"check {check!r}: unknown metric {metric!r}")
+            point = point or "default"
+            selected = [r for r in results if r.method == method and r.point == point]
+            if not selected:
+                raise InvalidInputError(f"check {check!r}: no result for {method}@{point}")
+            values = [getattr(r, metric) for r in selected]
         passed = all(v is not None and _OPS[op](v, float(value)) for v in values)
         outcome.append({"check": check, "passed": passed, "values": values})
     return outcome
 
 
 def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", task_model: str | None = None,
-              calibrate_on: str | None = None, repeat: int = 1, threads: int = 1,
-              progress=None) -> dict[str, Any]:
-    """Run the sweep; returns the JSON-ready report (environment, settings, results, summary)."""
+              calibrate_on: str | None = None, repeat: int = 1, threads: int = 1, remote: bool = True,
+              image_dirs: list[str] = (), progress=None) -> dict[str, Any]:
+    """Run the sweep; returns the JSON-ready report (environment, settings, results, remote inference,
+    summary). `remote`: also code each dump's images (found through `image_dirs` where the dump's
+    recorded paths are gone) and run the whole network: the anchor of the summary."""
+    from .io import split_hdf5_spec
     from .task import TaskModel
 
     if methods == ["all"]:
         methods = codec_ids()
     for method in methods:
         codec_class(method)  # an unknown id fails here, before any work
-    tensors = [t for spec in inputs for t in read_tensors(spec)]
+    tensors = [(spec, t) for spec in inputs for t in read_tensors(spec)]
     calibration_file = None
     if calibrate_on:
         import h5py
@@ -222,10 +277,11 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
         calibration_file = h5py.File(calibrate_on, "r")
     results: list[PointResult] = []
     skipped: list[dict[str, str]] = []
-    jobs = [(t, m, p) for t in tensors for m in methods for p in points_for(m, rates)]
+    anchors: dict[tuple[str, str], dict] = {}  # (dump, network) → remote-inference rows and their tensors
+    jobs = [(t, m, p) for _, t in tensors for m in methods for p in points_for(m, rates)]
     done = 0
     try:
-        for tensor in tensors:
+        for spec, tensor in tensors:
             original = np.ascontiguousarray(to_nchw(tensor.array, label=tensor.name), np.float32)
             if original.ndim == 3:
                 original = original[None]
@@ -234,6 +290,12 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                                                   + [Path(inputs[0]).parent, Path("models")])
             task = TaskModel(model, layer, threads=threads) if model and layer else None
             reference = task.run(original) if task else None
+            dump_path = split_hdf5_spec(spec)[0]
+            if remote and task is not None and dump_path.lower().endswith((".h5", ".hdf5")):
+                key = (dump_path, model)
+                if key not in anchors:
+                    anchors[key] = _anchor(dump_path, model, image_dirs, threads, skipped, tensor.name)
+                anchors[key]["tensors"].append(tensor.name)
             calibration = None
             if calibration_file is not None and tensor.name in calibration_file:
                 calibration = calibration_file[tensor.name][()]
@@ -251,15 +313,32 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     finally:
         if calibration_file is not None:
             calibration_file.close()
+    remote_rows = [{**row, "tensors": anchor["tensors"]} for anchor in anchors.values() for row in anchor["rows"]]
     return {
         "environment": environment(threads),
         "settings": {"inputs": inputs, "methods": methods, "rates": rates, "repeat": repeat,
-                     "task_model": task_model, "calibrate_on": calibrate_on,
-                     "timing": "median of repeat runs after one warm-up, per sample, ms"},
+                     "task_model": task_model, "calibrate_on": calibrate_on, "remote": remote,
+                     "timing": "median of repeat runs after one warm-up, per sample, ms; remote inference: "
+                               "mean per image, one run"},
         "results": [asdict(r) for r in results],
+        "remote": remote_rows,
         "skipped": skipped,
-        "summary": summarise(results),
+        "summary": summarise(results, remote=remote_rows),
     }
+
+
+def _anchor(dump_path: str, model: str, image_dirs, threads: int, skipped: list, tensor: str) -> dict:
+    """Remote inference on a dump's images; an image that cannot be found skips the anchor, said why."""
+    from .errors import BackendError
+    from .remote import as_rows, remote_inference
+
+    try:
+        rows = as_rows(remote_inference(dump_path, model, image_dirs=list(image_dirs), threads=threads or None),
+                       dump_path)
+    except (InvalidInputError, BackendError) as err:
+        skipped.append({"tensor": tensor, "method": "remote inference", "point": "all", "reason": str(err)})
+        rows = []
+    return {"rows": rows, "tensors": []}
 
 
 CSV_COLUMNS = ["tensor", "layer", "method", "point", "bits_per_element", "kbpi", "compression_ratio", "mse", "psnr",
@@ -302,10 +381,17 @@ def plot(path: str, report: dict[str, Any]) -> None:
             rates = [r["bits_per_element"] for r in points]
             axes[row][0].plot(rates, [r["psnr"] for r in points], "o-", label=method)
             if has_task:
-                axes[row][1].plot(rates, [r["agreement"] for r in points], "o-", label=method)
+                axes[row][1].plot([r["kbpi"] for r in points], [r["agreement"] for r in points], "o-", label=method)
         axes[row][0].set(xscale="log", xlabel="bits per element", ylabel="PSNR (dB)", title=tensor)
         axes[row][0].legend()
         if has_task:
-            axes[row][1].set(xscale="log", xlabel="bits per element", ylabel="agreement mAP@0.5", title=tensor)
+            for codec in ("x265", "jpeg"):  # remote inference: the image sent instead
+                image = sorted((p for p in report.get("remote", []) if p["codec"] == codec and tensor in p["tensors"]),
+                               key=lambda p: p["kbpi"])
+                if image:
+                    axes[row][1].plot([p["kbpi"] for p in image], [p["agreement"] for p in image], "k--" if codec ==
+                                      "x265" else "k:", label=f"image ({codec})")
+            axes[row][1].set(xscale="log", xlabel="Kbits per sample", ylabel="agreement", title=tensor)
+            axes[row][1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

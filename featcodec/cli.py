@@ -488,10 +488,21 @@ def calibrate(input_spec, method, output, layout, force, extra_params, **options
               help="Do not run: re-summarise, print and check a report saved with --json (INPUT is then ignored).")
 @click.option("--check", "checks", multiple=True, metavar="EXPR",
               help="Gate, e.g. 'lightweight.bpe<=0.8' or 'tiling@kbpi=60.agreement>=0.5'; exit 1 if one fails.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder of the dump's images (repeatable), where the paths the dump recorded are gone: remote "
+                   "inference codes them.")
+@click.option("--remote/--no-remote", default=True, show_default=True,
+              help="Code the dump's images with x265 and JPEG and run the whole network: the anchor every codec's "
+                   "BD-rate is taken against.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, json_path, csv_path, plot_path, from_json,
-          checks, force):
-    """Sweep codecs over rate points on INPUT tensors; report rate, distortion, accuracy and latency."""
+          checks, image_dirs, remote, force):
+    """Sweep codecs over rate points on INPUT tensors; report rate, distortion, accuracy and latency, beside
+    remote inference (the dump's images coded with x265 / JPEG, the whole network run on them).
+
+    \b
+    featcodec bench dump.h5:/S2 -m tiling,learned --check 'learned.bd_rate_vs_remote<=0'
+    """
     from .bench import evaluate_checks, plot, run_bench, summarise, write_csv
 
     for path in (json_path, csv_path, plot_path):
@@ -502,16 +513,16 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
     if from_json:
         with open(from_json) as f:
             report = json.load(f)
-        report["summary"] = summarise([_point(r) for r in report["results"]])
+        report["summary"] = summarise([_point(r) for r in report["results"]], remote=report.get("remote"))
     else:
         progress = _progress_callback("benchmarking")
         try:
             report = run_bench(list(inputs), [m.strip() for m in methods.split(",") if m.strip()], rates=rates,
                                task_model=task_model, calibrate_on=calibrate_on, repeat=repeat, threads=threads,
-                               progress=progress)
+                               remote=remote, image_dirs=list(image_dirs), progress=progress)
         finally:
             progress.stop()
-    report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]])
+    report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]], report["summary"])
     _print_bench(report)
     if json_path:
         text = json.dumps(_strict_json(report), indent=1, default=_json_default, allow_nan=False)
@@ -555,16 +566,25 @@ def _fmt(value, spec: str) -> str:
 
 
 def _print_bench(report) -> None:
+    from .bench import beats_image
+
     columns = ["tensor", "method", "point", "bits/elt", "Kbpi", "CR", "PSNR", "SSIM", "agreement", "enc ms", "dec ms",
                "passes"]
     rows = [[r["tensor"], r["method"], r["point"], _fmt(r["bits_per_element"], ".4f"), _fmt(r["kbpi"], ".1f"),
              _fmt(r["compression_ratio"], ".1f"), _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
              _fmt(r["agreement"], ".3f"), _fmt(r["encode_ms"], ".1f"), _fmt(r["decode_ms"], ".1f"),
              _fmt(r.get("encode_passes"), ".1f")] for r in report["results"]]
-    summary = [[s["tensor"], s["method"], str(s.get("effective_cr") and tuple(round(v, 1) for v in s["effective_cr"])),
-                _fmt(s.get("bpe_at_agreement_0.95"), ".3f"), _fmt(s.get("bd_rate_vs_tiling_agreement"), ".1f"),
-                _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f")] for s in report["summary"]]
-    summary_columns = ["tensor", "method", "effective CR", "bpe @ agreement 0.95", "BD-rate vs tiling (agreement) %",
+    rows += [[", ".join(r["tensors"]), f"remote {r['codec']}", r["point"], "-", _fmt(r["kbpi"], ".1f"), "-",
+              _fmt(r["psnr"], ".2f"), "-", _fmt(r["agreement"], ".3f"), _fmt(r["encode_ms"], ".1f"),
+              _fmt(r["decode_ms"], ".1f"), "-"] for r in report.get("remote", [])]
+    summary = [[s["tensor"], s["method"], _fmt(s.get("bd_rate_vs_remote"), "+.1f"),
+                *(f"{_fmt(s.get(f'kbpi_at_{v}'), '.0f')} / {_fmt(s.get(f'image_kbpi_at_{v}'), '.0f')}"
+                  for v in (0.8, 0.9, 0.95)),
+                str(s.get("effective_cr") and tuple(round(v, 1) for v in s["effective_cr"])),
+                _fmt(s.get("bd_rate_vs_tiling_agreement"), ".1f"), _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f")]
+               for s in report["summary"]]
+    summary_columns = ["tensor", "method", "BD-rate vs image (x265) %", "Kbpi @ 0.80 (image)", "Kbpi @ 0.90 (image)",
+                       "Kbpi @ 0.95 (image)", "effective CR", "BD-rate vs tiling (agreement) %",
                        "BD-rate vs tiling (PSNR) %"]
     if sys.stdout.isatty():
         from rich.console import Console
@@ -583,6 +603,8 @@ def _print_bench(report) -> None:
             click.echo("\t".join(cols))
             for row in body:
                 click.echo("\t".join(row))
+    for line in beats_image(report["summary"]):
+        click.echo(line)
     for item in report["skipped"]:
         click.echo(f"skipped {item['tensor']} {item['method']}@{item['point']}: {item['reason']}", err=True)
     for check in report["checks"]:
@@ -625,15 +647,32 @@ def _print_bench(report) -> None:
 @click.option("--hevc-rates", help="With --finetune-decoders: train on latents really coded with x265 at these Kbpi "
               "targets (comma-separated; 'lossless' for the uncoded 8-bit latent), each training map twice at the "
               "next rates in turn, instead of the noise proxy. E.g. 15,30,60,120,240,lossless")
+@click.option("--rate-lambda", type=click.FloatRange(min=0, min_open=True),
+              help="Train the learned codec instead: the auto-tiler --base's exit at the one --cr given, trained "
+                   "further on MSE + task loss + this λ per Kbit per sample (the latent entropy-coded; "
+                   "--minutes-per-phase bounds the run; learning rate --lr / 10).")
+@click.option("--base", default="centernet_mbv3", show_default=True,
+              help="With --rate-lambda: the auto-tiler model whose exit the learned codec starts from.")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
-          task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates):
-    """Train auto-tilers on activation dumps and export them to ONNX (needs featcodec[train]).
+          task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates,
+          rate_lambda, base):
+    """Train auto-tilers (or, with --rate-lambda, the learned codec) on activation dumps and export them to
+    ONNX (needs featcodec[train]).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
+
+    \b
+    featcodec train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda 0.005 \\
+        --minutes-per-phase 40 -o models/learned/centernet_mbv3
     """
     from .train import require_torch
 
     require_torch()
+    if rate_lambda is not None:
+        _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, task_crop,
+                       task_weight, network, width, lr, max_samples, seed, rate_lambda, base,
+                       conflicting=extend or core or finetune_decoders or hevc_rates or layer_minutes)
+        return
     from .train.autotiler import TrainingConfig, train_autotiler, train_compatibility
     from .train.autotiler import finetune_decoders as finetune
 
@@ -665,6 +704,30 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, "
                f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
+
+
+def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batch, crop, task_weight, network, width,
+                   lr, max_samples, seed, lam, base, conflicting) -> None:
+    from .train.learned import RateConfig, train_learned
+
+    if conflicting:
+        raise click.UsageError("--rate-lambda trains the learned codec: leave out --extend, --core, "
+                               "--finetune-decoders, --hevc-rates and --layer-minutes")
+    if len(set(ratios)) != 1:
+        raise click.UsageError("--rate-lambda starts from one auto-tiler exit: give one --cr")
+    bar = _TrainingProgress()
+    try:
+        for layer in layers:
+            config = RateConfig(base=base, ratio=ratios[0], lam=lam, minutes=minutes or 30.0, steps=steps,
+                                batch=batch, crop=crop, lr=lr / 10, task_weight=task_weight, width=width,
+                                seed=seed, max_samples=max_samples)
+            manifest = train_learned(dump_path, layer, output, name=name or Path(output).name, config=config,
+                                     network=network, log=bar.log, progress=bar)
+    finally:
+        bar.stop()
+    seconds = sum(t.get("seconds", 0) for t in manifest["training"].values())
+    click.echo(f"{output}: {', '.join(manifest['layers'])}, {len(manifest['files'])} ONNX files, "
+               f"{seconds / 60:.1f} min of training in all", err=True)
 
 
 def _hevc_rates(text: str) -> tuple:

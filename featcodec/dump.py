@@ -9,6 +9,8 @@ File layout (one file per dump)::
                               named ``clip.mp4#frame=K``
     /frames                   per sample: the frame index in its video, -1 for a photo (meta);
                               attrs fps: JSON {video file name: frames per second}
+    /sources                  per sample: the absolute path of its photo or video (meta), so that
+                              remote inference (`featcodec.remote`) can code the image itself
 
 Videos (anything the bundled ffmpeg reads: .mp4, .avi, .mkv, …) give their frames in order,
 every `every`-th, at most `max_frames` per video: a feature sequence for ``--gop`` coding.
@@ -126,7 +128,7 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     total = len([p for p in paths if not is_video(p)]) * (1 + len(augmentations))  # frames are counted as read
 
     def inputs():
-        """(name, frame index or -1, RGB image) in order: photos with their variants (image-major, so
+        """(name, frame index or -1, RGB image, source path) in order: photos with their variants (image-major, so
         that a split by position keeps every variant of a validation photo out of training), video frames."""
         for path in paths:
             name = os.path.basename(path)
@@ -134,11 +136,12 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
                 frames = video_frames(path, every, max_frames)
                 fps[name] = next(frames)
                 for index, rgb in frames:
-                    yield f"{name}#frame={index}", index, rgb
+                    yield f"{name}#frame={index}", index, rgb, os.path.abspath(path)
                 continue
             rgb = load_image(path)
             for kind in ("", *augmentations):
-                yield name + (f"#{kind}" if kind else ""), -1, augment(rgb, kind) if kind else rgb
+                variant = augment(rgb, kind) if kind else rgb
+                yield name + (f"#{kind}" if kind else ""), -1, variant, os.path.abspath(path)
 
     common = {
         "model": os.path.basename(model_path), "model_sha256": sha256_file(model_path),
@@ -154,12 +157,14 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
                 f.attrs[key] = value
             datasets = {}
             frame_indices: list[int] = []
+            sources: list[str] = []
             items = inputs()
             while batch_items := list(itertools.islice(items, batch_size)):
                 begin = len(names)
-                names.extend(name for name, _, _ in batch_items)
-                frame_indices.extend(index for _, index, _ in batch_items)
-                batch = np.stack([preprocess(rgb, spec) for _, _, rgb in batch_items])
+                names.extend(item[0] for item in batch_items)
+                frame_indices.extend(item[1] for item in batch_items)
+                sources.extend(item[3] for item in batch_items)
+                batch = np.stack([preprocess(item[2], spec) for item in batch_items])
                 fetched = sess.run(list(tensors.values()) + model_outputs, {spec["input"]: batch})
                 results = dict(zip(list(tensors) + [f"reference/{o}" for o in model_outputs], fetched))
                 for key, value in results.items():
@@ -176,7 +181,8 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
             if not names:
                 raise InvalidInputError("the videos given have no frames")
             meta = {"images": np.array(names, dtype=h5py.string_dtype()),
-                    "frames": np.array(frame_indices, np.int64)}
+                    "frames": np.array(frame_indices, np.int64),
+                    "sources": np.array(sources, dtype=h5py.string_dtype())}
             for key, value in meta.items():
                 f.create_dataset(key, data=value).attrs["featcodec_role"] = "meta"
             f["frames"].attrs["fps"] = json.dumps(fps)

@@ -255,18 +255,35 @@ def default_preprocessing(sess) -> dict[str, Any]:
 
 def preprocess(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """uint8 RGB (H, W, 3) → the model's float32 input for one image (no batch axis)."""
+    return finish_input(resize_for_input(rgb, spec), spec)
+
+
+def resize_for_input(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """The image at the size the network sees it, before any padding: what a device that sends the
+    image (remote inference) would code. Letterbox: the longer side fitted; stretch: the input size."""
     from PIL import Image
 
     height, width = spec["size"]
     h, w = rgb.shape[:2]
     if spec.get("resize", "stretch") == "letterbox":
         s = min(height / h, width / w)
-        nh, nw = round(h * s), round(w * s)
+        size = (round(w * s), round(h * s))
+    else:
+        size = (width, height)
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+
+
+def finish_input(resized: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A `resize_for_input` image (or its decoded copy) → the model's float32 input: padded onto the
+    letterbox canvas, colour order, scale, mean and std, layout."""
+    height, width = spec["size"]
+    if spec.get("resize", "stretch") == "letterbox":
+        nh, nw = resized.shape[:2]
         canvas = np.zeros((height, width, 3), np.uint8)
         dy, dx = (height - nh) // 2, (width - nw) // 2
-        canvas[dy : dy + nh, dx : dx + nw] = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        canvas[dy : dy + nh, dx : dx + nw] = resized
     else:
-        canvas = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+        canvas = resized
     if spec.get("color", "rgb") == "bgr":
         canvas = canvas[..., ::-1]
     x = canvas.astype(np.float32) * float(spec.get("scale", 1.0))

@@ -23,6 +23,7 @@ BUILTIN_CODECS = {
     "fpc": "featcodec.codecs.fpc:FramePerChannel",
     "tiling": "featcodec.codecs.tiling:Tiling",
     "autotiler": "featcodec.codecs.autotiler:AutoTiler",
+    "learned": "featcodec.codecs.learned:Learned",
 }
 _CODECS: dict[str, type[Codec]] = {}
 

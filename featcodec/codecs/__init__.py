@@ -3,9 +3,10 @@
 from .autotiler import AutoTiler
 from .base import Codec
 from .fpc import FramePerChannel
+from .learned import Learned
 from .lightweight import Lightweight
 from .raw import Raw
 from .tiling import Tiling
 from .uniform import Uniform
 
-__all__ = ["AutoTiler", "Codec", "FramePerChannel", "Lightweight", "Raw", "Tiling", "Uniform"]
+__all__ = ["AutoTiler", "Codec", "FramePerChannel", "Learned", "Lightweight", "Raw", "Tiling", "Uniform"]

@@ -69,10 +69,11 @@ def frame_to_latent(frame: np.ndarray, latent_shape: tuple[int, int, int], bitde
     return video.untile(frame, rows, cols, k, lh, lw).astype(np.float32) / np.float32((1 << bitdepth) - 1)
 
 
-def model_folders() -> list[Path]:
+def model_folders(kind: str = "autotiler") -> list[Path]:
+    """Folders holding trained models of `kind` (one sub-folder per model), searched in this order."""
     folders = [Path(p) for p in os.environ.get("FEATCODEC_MODELS", "").split(os.pathsep) if p]
-    folders.append(Path(__file__).resolve().parents[2] / "models" / "autotiler")
-    folders.append(Path.cwd() / "models" / "autotiler")
+    folders.append(Path(__file__).resolve().parents[2] / "models" / kind)
+    folders.append(Path.cwd() / "models" / kind)
     return folders
 
 
