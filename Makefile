@@ -113,6 +113,9 @@ data/video_%.h5: examples/video/%.mp4
 # checkpoints (the model folder's .checkpoints; delete them to start over); the last two train their
 # decoders again each time they run.
 HEVC_RATES := 15,30,60,120,240,lossless
+# The learned codec (rate-aware; docs/learned.md): S2's CR16 auto-tiler exit trained further for 45 min
+# with the latent's bits in the loss at this λ per Kbit, chosen on the validation split.
+RATE_LAMBDA := 0.005
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \
@@ -125,6 +128,8 @@ models: $(PY) data/autotiler_train.h5
 		-o models/autotiler/centernet_mbv3 --minutes-per-phase 11
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S4 --cr 16 --cr 64 --finetune-decoders \
 		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 6
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda $(RATE_LAMBDA) --steps 100000 \
+		-o models/learned/centernet_mbv3 --minutes-per-phase 45
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data

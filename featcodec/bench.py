@@ -114,6 +114,26 @@ def find_task_model(tensor: Tensor, search: list[Path]) -> str | None:
     return None
 
 
+def head_ms(model_path: str, layer: str, threads: int | None, repeat: int = 3) -> float:
+    """Milliseconds per sample of the network's head (input → `layer`) on this CPU: what the device
+    runs before any codec, the yardstick of the codec's own device cost. Median of `repeat` runs on
+    the network's input shape (one warm-up excluded)."""
+    from .onnxmodel import Manifest, extract, load_model, random_input, session
+
+    tensor = Manifest.for_model(model_path).resolve_layer(layer)
+    model = load_model(model_path)
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    head = session(extract(model, inputs, [tensor]), threads)
+    feeds = random_input(head)
+    head.run([tensor], feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        head.run([tensor], feeds)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, params: dict, *,
               calibration: np.ndarray | None, task, reference, repeat: int, threads: int | None = None) -> PointResult:
     codec = get_codec(method, **params)
@@ -159,10 +179,11 @@ AGREEMENT_LEVELS = (0.8, 0.9, 0.95)
 
 
 def summarise(results: list[PointResult], agreement_level: float = 0.95,
-              remote: list[dict] | None = None) -> list[dict[str, Any]]:
+              remote: list[dict] | None = None, heads: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Per tensor and codec: BD-rates against remote inference (x265, `remote` rows of the tensor's
     dump) and against tiling, the Kbpi at each of AGREEMENT_LEVELS and how that compares with the
-    image's (``image_ratio_at_0.8``: codec Kbpi / image Kbpi; below 1, splitting pays)."""
+    image's (``image_ratio_at_0.8``: codec Kbpi / image Kbpi; below 1, splitting pays), and the
+    codec's median encode time over the head network's (`heads`: ms per tensor), the device's cost."""
     rows = []
     for tensor in dict.fromkeys(r.tensor for r in results):
         of_tensor = [r for r in results if r.tensor == tensor]
@@ -172,6 +193,9 @@ def summarise(results: list[PointResult], agreement_level: float = 0.95,
             points = [r for r in of_tensor if r.method == method]
             has_task = all(r.agreement is not None for r in points)
             row = {"tensor": tensor, "method": method}
+            if heads and heads.get(tensor):
+                row["head_ms"] = heads[tensor]
+                row["encode_over_head"] = statistics.median(r.encode_ms for r in points) / heads[tensor]
             if has_task:
                 row["effective_cr"] = metrics.effective_cr_range([r.compression_ratio for r in points],
                                                                  [r.agreement for r in points])
@@ -278,6 +302,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     results: list[PointResult] = []
     skipped: list[dict[str, str]] = []
     anchors: dict[tuple[str, str], dict] = {}  # (dump, network) → remote-inference rows and their tensors
+    heads: dict[str, float] = {}  # tensor → the head network's ms per sample
     jobs = [(t, m, p) for _, t in tensors for m in methods for p in points_for(m, rates)]
     done = 0
     try:
@@ -290,6 +315,8 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                                                   + [Path(inputs[0]).parent, Path("models")])
             task = TaskModel(model, layer, threads=threads) if model and layer else None
             reference = task.run(original) if task else None
+            if task is not None:
+                heads[tensor.name] = head_ms(model, layer, threads or None)
             dump_path = split_hdf5_spec(spec)[0]
             if remote and task is not None and dump_path.lower().endswith((".h5", ".hdf5")):
                 key = (dump_path, model)
@@ -322,8 +349,9 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                                "mean per image, one run"},
         "results": [asdict(r) for r in results],
         "remote": remote_rows,
+        "heads_ms": heads,
         "skipped": skipped,
-        "summary": summarise(results, remote=remote_rows),
+        "summary": summarise(results, remote=remote_rows, heads=heads),
     }
 
 

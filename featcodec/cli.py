@@ -513,7 +513,8 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
     if from_json:
         with open(from_json) as f:
             report = json.load(f)
-        report["summary"] = summarise([_point(r) for r in report["results"]], remote=report.get("remote"))
+        report["summary"] = summarise([_point(r) for r in report["results"]], remote=report.get("remote"),
+                                      heads=report.get("heads_ms"))
     else:
         progress = _progress_callback("benchmarking")
         try:
@@ -581,11 +582,12 @@ def _print_bench(report) -> None:
                 *(f"{_fmt(s.get(f'kbpi_at_{v}'), '.0f')} / {_fmt(s.get(f'image_kbpi_at_{v}'), '.0f')}"
                   for v in (0.8, 0.9, 0.95)),
                 str(s.get("effective_cr") and tuple(round(v, 1) for v in s["effective_cr"])),
-                _fmt(s.get("bd_rate_vs_tiling_agreement"), ".1f"), _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f")]
+                _fmt(s.get("bd_rate_vs_tiling_agreement"), ".1f"), _fmt(s.get("bd_rate_vs_tiling_psnr"), ".1f"),
+                _fmt(s.get("encode_over_head"), ".2f")]
                for s in report["summary"]]
     summary_columns = ["tensor", "method", "BD-rate vs image (x265) %", "Kbpi @ 0.80 (image)", "Kbpi @ 0.90 (image)",
                        "Kbpi @ 0.95 (image)", "effective CR", "BD-rate vs tiling (agreement) %",
-                       "BD-rate vs tiling (PSNR) %"]
+                       "BD-rate vs tiling (PSNR) %", "encode / head"]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
@@ -650,7 +652,8 @@ def _print_bench(report) -> None:
 @click.option("--rate-lambda", type=click.FloatRange(min=0, min_open=True),
               help="Train the learned codec instead: the auto-tiler --base's exit at the one --cr given, trained "
                    "further on MSE + task loss + this λ per Kbit per sample (the latent entropy-coded; "
-                   "--minutes-per-phase bounds the run; learning rate --lr / 10).")
+                   "--minutes-per-phase bounds the run, --crop its crops; learning rate --lr / 4, as the "
+                   "auto-tiler's task stage).")
 @click.option("--base", default="centernet_mbv3", show_default=True,
               help="With --rate-lambda: the auto-tiler model whose exit the learned codec starts from.")
 def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
@@ -663,13 +666,13 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     \b
     featcodec train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda 0.005 \\
-        --minutes-per-phase 40 -o models/learned/centernet_mbv3
+        --minutes-per-phase 45 --steps 100000 -o models/learned/centernet_mbv3
     """
     from .train import require_torch
 
     require_torch()
     if rate_lambda is not None:
-        _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, task_crop,
+        _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, crop,
                        task_weight, network, width, lr, max_samples, seed, rate_lambda, base,
                        conflicting=extend or core or finetune_decoders or hevc_rates or layer_minutes)
         return
@@ -718,8 +721,8 @@ def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batc
     bar = _TrainingProgress()
     try:
         for layer in layers:
-            config = RateConfig(base=base, ratio=ratios[0], lam=lam, minutes=minutes or 30.0, steps=steps,
-                                batch=batch, crop=crop, lr=lr / 10, task_weight=task_weight, width=width,
+            config = RateConfig(base=base, ratio=ratios[0], lam=lam, minutes=minutes or 45.0, steps=steps,
+                                batch=batch, crop=crop, lr=lr / 4, task_weight=task_weight, width=width,
                                 seed=seed, max_samples=max_samples)
             manifest = train_learned(dump_path, layer, output, name=name or Path(output).name, config=config,
                                      network=network, log=bar.log, progress=bar)

@@ -120,21 +120,73 @@ class Chain(nn.Module):
         return x
 
 
+class LightEncoder(nn.Module):
+    """A cheap encoder for the device: per stride-2 step a depthwise 3×3 convolution of stride 2 and a
+    1×1 convolution (MobileNet's separable pair), a last separable pair to the latent, the sigmoid.
+    On S2 at CR16 about 30 M multiply-adds where the auto-tiler's encoders take about 1.5 G; it is
+    first distilled from them (`distill`), then trained with the rest."""
+
+    def __init__(self, cin: int, latent: int, steps: int, width: int, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+        layers, c = [], cin
+        for _ in range(steps):
+            layers += [nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c), nn.Conv2d(c, width, 1), nn.PReLU(width)]
+            c = width
+        layers += [nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Conv2d(c, latent, 1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(self.norm(x)))
+
+
+def distill(student, teacher, data: LayerData, config: RateConfig, log: Callable[[str], None]) -> dict:
+    """Train `student` to give `teacher`'s latent (MSE of the logits) on training crops, for
+    ``config.distill_minutes``; returns the record of the phase."""
+    from .autotiler import _logit
+
+    optimiser = torch.optim.Adam(student.parameters(), lr=2e-3)
+    rng = np.random.default_rng(config.seed + 1)
+    started, step, value = time.perf_counter(), 0, float("nan")
+    while time.perf_counter() - started < 60 * config.distill_minutes:
+        step += 1
+        share = (time.perf_counter() - started) / (60 * config.distill_minutes)
+        optimiser.param_groups[0]["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(share, 1.0))))
+        x, _ = data.batch(rng, config.batch, config.crop)
+        with torch.no_grad():
+            target = _logit(teacher(x))
+        loss = torch.mean((_logit(student(x)) - target) ** 2)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        value = float(loss.detach())
+        if step % config.every == 0:
+            log(f"  distil step {step}: logit MSE {value:.4f}")
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(data.valid[:4]))
+        valid = float(torch.mean((_logit(student(x)) - _logit(teacher(x))) ** 2))
+    log(f"  distilled in {step} steps: validation logit MSE {valid:.4f}")
+    return {"steps": step, "seconds": round(time.perf_counter() - started, 1), "train_logit_mse": round(value, 5),
+            "valid_logit_mse": round(valid, 5)}
+
+
 @dataclass
 class RateConfig:
     base: str = "centernet_mbv3"  # the auto-tiler model whose exit starts training
     ratio: int = 16
     lam: float = 0.004  # loss per Kbit per sample
-    minutes: float = 30.0
+    minutes: float = 45.0
     steps: int = 100_000
     batch: int = 8
-    crop: int = 96
-    lr: float = 2e-4
+    crop: int = 64
+    lr: float = 5e-4
     prior_lr: float = 1e-2
     task_weight: float = 1.0
     mse_weight: float = 0.5  # the features' normalised MSE: keeps the decoder close to the layer off the task
+    encoder: str = "exit"  # "exit": the auto-tiler's encoders; "light": a `LightEncoder` distilled from them
+    distill_minutes: float = 10.0
     width: int = 64
-    every: int = 50
+    every: int = 100
     seed: int = 0
     valid_fraction: float = 0.1
     max_samples: int | None = None
@@ -224,6 +276,23 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
                                 f"{entry['tensor']} {tuple(entry['shape'])}")
     encoder, decoder = _build(data, folder, entry, exit_, config.width)
     stride, k = exit_["stride"], exit_["latent_channels"]
+    if config.encoder not in ("exit", "light"):
+        raise InvalidInputError(f"encoder must be exit or light, got {config.encoder!r}")
+    distilled = None
+    prefix = data.name.lower().replace("/", "_")
+    if config.encoder == "light":
+        teacher, encoder = encoder, LightEncoder(c, k, int(round(math.log2(stride))), config.width,
+                                                 Normalise(data.mean, data.std))
+        light_checkpoint = checkpoints / f"{prefix}_light_distilled.pt"
+        if light_checkpoint.exists():
+            saved = torch.load(light_checkpoint, weights_only=False)
+            encoder.load_state_dict(saved["encoder"])
+            distilled = saved["record"]
+        else:
+            teacher.eval()
+            distilled = distill(encoder, teacher, data, config, log)
+            torch.save({"encoder": encoder.state_dict(), "record": distilled}, light_checkpoint)
+        del teacher
     latents_per_sample = k * math.ceil(h / stride) * math.ceil(w / stride)
     tail_path = network or _find_network(data.model)
     task = None
@@ -235,8 +304,7 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     modules = [encoder, decoder, prior]
     optimiser = torch.optim.Adam([{"params": list(encoder.parameters()) + list(decoder.parameters()), "lr": config.lr},
                                   {"params": prior.parameters(), "lr": config.prior_lr}])
-    prefix = data.name.lower().replace("/", "_")
-    checkpoint = checkpoints / f"{prefix}_learned.pt"
+    checkpoint = checkpoints / f"{prefix}_learned{'_light' if config.encoder == 'light' else ''}.pt"
     phase = f"{data.name} rate λ={config.lam:g}"
     step, elapsed, history, best, best_state = 0, 0.0, [], None, None
     if checkpoint.exists():
@@ -274,7 +342,8 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimiser.step()
-        text = f"loss {float(loss):.4f} nmse {float(nmse):.4f} task {float(task_loss):.4f} Kbits {float(kbits):.1f}"
+        loss, nmse, task_loss, kbits = (float(v.detach()) for v in (loss, nmse, task_loss, kbits))
+        text = f"loss {loss:.4f} nmse {nmse:.4f} task {task_loss:.4f} Kbits {kbits:.1f}"
         if step % config.every == 0:
             for m in modules:
                 m.eval()
@@ -306,12 +375,14 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     manifest["layers"][data.name] = {
         "tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
         "encoder": enc_file, "decoder": dec_file, "stride": stride, "latent_channels": k,
-        "start": f"{config.base} {data.name} CR{config.ratio}"}
+        "start": f"{config.base} {data.name} CR{config.ratio}",
+        "encoder_kind": "the auto-tiler's encoders" if config.encoder == "exit" else "light (distilled)"}
     manifest["files"].update({f: {"sha256": digest, "bytes": (out / f).stat().st_size} for f, digest in files.items()})
     manifest["files"] = dict(sorted(manifest["files"].items()))
     manifest["training"][data.name] = {
         "dump": Path(dump).name, **asdict(config), "torch": torch.__version__, "steps_run": step,
-        "seconds": round(seconds, 1), "training_maps": len(data.train), "validation_maps": len(data.valid),
+        "seconds": round(seconds + (distilled or {}).get("seconds", 0), 1), "distilled": distilled,
+        "training_maps": len(data.train), "validation_maps": len(data.valid),
         "validation": {"steps": [round(s, 5) for s in VALID_STEPS], "best": best, "start": history[0][1]},
         "history": [(s, {k2: round(v2, 5) for k2, v2 in v.items()}) for s, v in history]}
     path.write_text(json.dumps(manifest, indent=1) + "\n")
