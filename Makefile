@@ -111,10 +111,12 @@ data/video_%.h5: examples/video/%.mp4
 # training phases and about 1.5 min of x265 coding, about 1 h 56 in all on 2 CPU cores (each step's wall
 # time measured: bench/results/autotiler_annealed_rebuild.md). The first three steps resume from
 # checkpoints (the model folder's .checkpoints; delete them to start over); the last two train their
-# decoders again each time they run.
+# decoders again each time they run. With the learned codec's 45 min below, about 2 h 41 in all.
 HEVC_RATES := 15,30,60,120,240,lossless
 # The learned codec (rate-aware; docs/learned.md): S2's CR16 auto-tiler exit trained further for 45 min
-# with the latent's bits in the loss at this λ per Kbit, chosen on the validation split.
+# with the latent's bits in the loss at λ per Kbit (the latent step sets the rate at run time, within
+# the range this λ leaves); the weights kept are those of least validation loss. It resumes from its
+# checkpoint.
 RATE_LAMBDA := 0.005
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'

@@ -30,10 +30,12 @@ CODEC_CASES = {
     "tiling": [{}, {"lossless": True, "norm": "channel", "preset": "ultrafast"}, {"qp": 40, "bitdepth": 10}],
     "autotiler": [{"preset": "ultrafast"}, {"cr": 16, "qp": 30, "preset": "ultrafast"},
                   {"cr": 4, "lossless": True, "bitdepth": 10, "preset": "ultrafast"}],
+    "learned": [{}, {"step": 1 / 3}, {"step": 1 / 15}, {"kbpi": 4}],
 }
 # Codecs with trained models serve only the layers they were trained for: they get real
 # activations of those layers (cropped; the networks are fully convolutional).
-MODEL_SHAPES = {"autotiler": [(1, 24, 32, 48), (2, 72, 16, 16), (1, 128, 24, 24)]}
+MODEL_SHAPES = {"autotiler": [(1, 24, 32, 48), (2, 72, 16, 16), (1, 128, 24, 24)],
+                "learned": [(2, 72, 16, 16), (1, 72, 24, 40)]}
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "reference_demo.h5"
 CASES = [(cid, params) for cid, plist in CODEC_CASES.items() for params in plist]
 SHAPES = [(1, 1, 1, 1), (2, 3, 13, 17), (4, 256, 52, 52), (3, 13, 13)]

@@ -156,6 +156,7 @@ SIDE_INFO_CASES = {
     "tiling": ({"preset": "ultrafast"}, (1, 3, 8, 8)),
     "fpc": ({"preset": "ultrafast", "norm": "channel"}, (1, 3, 8, 8)),
     "autotiler": ({"preset": "ultrafast"}, (1, 24, 16, 16)),
+    "learned": ({}, (1, 72, 16, 16)),
 }
 HOSTILE_VALUES = [None, "x", [], [1, 2], [1, 2, 3], {"a": 1}, -1, 0, 1e308, 2**70, True]
 
@@ -165,7 +166,7 @@ def test_crafted_side_information_never_escapes_as_another_error(codec_id):
     """Each key of a sample's side information, removed or replaced by a hostile value in a file
     whose CRCs are valid, decodes to a result or a featcodec error, never another exception."""
     params, shape = SIDE_INFO_CASES[codec_id]
-    x = relu_activations(shape) if codec_id != "autotiler" else _s1_crop(shape)
+    x = relu_activations(shape) if codec_id not in ("autotiler", "learned") else _demo_crop(shape)
     stream = Bitstream.parse(featcodec.encode(x, codec_id, **params))
     info = stream.header["samples"][0]
     assert info, codec_id
@@ -182,11 +183,13 @@ def test_crafted_side_information_never_escapes_as_another_error(codec_id):
     assert outcomes["refused"] >= len(info), outcomes  # at least every removal
 
 
-def _s1_crop(shape):
+def _demo_crop(shape):
+    """A crop of the demo dump's layer with `shape[1]` channels (S1 24, S2 72, S4 128)."""
     from tests.test_codecs import DEMO
 
+    layer = {24: "S1", 72: "S2", 128: "S4"}[shape[1]]
     with h5py.File(DEMO) as f:
-        return np.ascontiguousarray(f["S1"][: shape[0], :, 40:40 + shape[2], 50:50 + shape[3]], np.float32)
+        return np.ascontiguousarray(f[layer][: shape[0], :, 40:40 + shape[2], 50:50 + shape[3]], np.float32)
 
 
 # --- plugins ---------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def test_readme_codec_example_runs():
 
 
 def test_crafted_model_records_are_corrupt():
-    x = _s1_crop((1, 24, 16, 16))
+    x = _demo_crop((1, 24, 16, 16))
     stream = Bitstream.parse(featcodec.encode(x, "autotiler", preset="ultrafast"))
     for models in (["x"], "x", [1, 2]):
         blob = pack(dict(stream.header, models=models), [stream.payload(0)])

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 import featcodec
-from featcodec import video
+from featcodec import entropy, video
+from featcodec.codecs.learned import CODER_VERSION, symbol_count
 from featcodec.container import Bitstream
 from featcodec.registry import codec_ids
 from tests.common import GOLDEN, check_backwards_compatibility
 from tests.data.make_golden import CASES, golden_input
 
 # Lightweight versions 4 and 6 are pinned at the kernel (test_codecs): their files were written when
-# the codec designed version 4 tables, and when `fast` meant version 6. The auto-tiler has a test of
-# its own below.
-PINNED = sorted(name for name in CASES if CASES[name]["method"] != "autotiler"
+# the codec designed version 4 tables, and when `fast` meant version 6. The codecs with networks, the
+# auto-tiler and the learned codec, have tests of their own below.
+PINNED = sorted(name for name in CASES if CASES[name]["method"] not in ("autotiler", "learned")
                 and not (CASES[name]["method"] == "lightweight" and name.endswith(("_v4", "_v6"))))
 
 
@@ -62,3 +63,20 @@ def test_autotiler_encoder_is_pinned():
     stream, video_info = codec._code_frames(golden_frame[None, : frame.shape[0], : frame.shape[1]])
     assert stream == payload
     assert {k: info[k] for k in video_info if k != "kbits"} == {k: v for k, v in video_info.items() if k != "kbits"}
+
+
+def test_learned_encoder_is_pinned():
+    """The learned codec's symbols are pinned within one step of the golden ones (its encoder runs in
+    onnxruntime, as the auto-tiler's does), and the kernel codes the golden symbols to the golden bytes."""
+    name = "learned_v1"
+    golden = Bitstream.parse((GOLDEN / f"{name}.fcb").read_bytes())
+    data, codec = golden_input(name)
+    assert codec.get_config() == golden.header["codec"]
+    info = golden.header["samples"][0]
+    count = symbol_count(info["step"])
+    golden_symbols = entropy.decode_symbols(golden.payload(0), tuple(info["latent"]), count, version=CODER_VERSION)
+    _, latent = codec.latent(data[0])
+    symbols = np.clip(np.rint(latent / info["step"]), 0, count - 1).astype(np.uint8)
+    assert np.abs(symbols.astype(int) - golden_symbols).max() <= 1
+    assert np.mean(symbols == golden_symbols) >= 0.999
+    assert entropy.encode_symbols(golden_symbols, count, version=CODER_VERSION) == golden.payload(0)

@@ -24,7 +24,7 @@ import featcodec
 from ..container import Bitstream
 from ..errors import InvalidInputError
 from ..registry import BUILTIN_CODECS, get_codec
-from . import class_name
+from . import as_chunk, class_name
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class FeatcodecZarrCodec(ArrayBytesCodec):
         raise NotImplementedError("featcodec chunks have no fixed size")
 
     def _encode_sync(self, chunk_array, chunk_spec):
-        array = np.asarray(chunk_array.as_numpy_array())
+        array = as_chunk(np.asarray(chunk_array.as_numpy_array()))
         blob = featcodec.encode(array, self._codec)
         return chunk_spec.prototype.buffer.from_bytes(blob)
 

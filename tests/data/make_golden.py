@@ -54,6 +54,8 @@ CASES = {
     # Lossless HEVC, so that the latent frame can be read back from the file (tests/test_golden.py).
     "autotiler_v1": dict(method="autotiler", cr=4, lossless=True, preset="fast", source="S2", crop=(0, 40, 32, 32),
                          channels=72),
+    # The learned codec: its latent symbols, coded by the compiled kernel (version 7), are in the bytes.
+    "learned_v1": dict(method="learned", step=1 / 7, source="S2", crop=(0, 40, 32, 32), channels=72),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
