@@ -24,6 +24,7 @@ demo: $(PY)
 	$(FEATCODEC) encode $(DEMO_DUMP):/S2 -o $(DEMO)/s2_lightweight.fcb -m lightweight
 	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_tiling60.fcb -m tiling --kbpi 60 --preset fast
 	$(FEATCODEC) encode $(DEMO_DUMP):/S4 -o $(DEMO)/s4_autotiler16.fcb -m autotiler --cr 16 --kbpi 60
+	$(FEATCODEC) encode $(DEMO_DUMP):/S2 -o $(DEMO)/s2_learned60.fcb -m learned --kbpi 60
 	$(FEATCODEC) decode $(DEMO)/s4_lightweight.fcb -o $(DEMO)/s4_lightweight.npy
 	$(FEATCODEC) info $(DEMO)/s4_lightweight.fcb
 	$(PY) examples/demo_report.py $(DEMO_DUMP) $(DEMO)/*.fcb
@@ -34,6 +35,8 @@ demo: $(PY)
 	$(FEATCODEC) encode $(DEMO)/video/tree.h5:/S4 -o $(DEMO)/video/s4_intra.fcb -m lightweight --levels 4
 	$(FEATCODEC) encode $(DEMO)/video/tree.h5:/S4 -o $(DEMO)/video/s4_gop16.fcb -m lightweight --levels 4 --gop 16
 	$(FEATCODEC) decode $(DEMO)/video/s4_gop16.fcb --samples 12:14 -o $(DEMO)/video/frames_12_13.npy
+	@# split computing against remote inference: the two photos coded with x265 / JPEG, the whole network run
+	$(FEATCODEC) bench $(DEMO_DUMP):/S2 -m learned,lightweight,tiling --rates quick --images examples/images
 
 # All dumps of the reference split layers, rebuilt from examples/images (about 500 MB, not committed).
 data: $(PY)

@@ -35,7 +35,8 @@ import zstandard
 import featcodec
 from featcodec.bench import environment
 from featcodec.codecs import Lightweight
-from featcodec.codecs.lightweight import _fast_where_free, _symbols
+from featcodec.codecs.lightweight import _calibration_stride, _coder_version, _symbols
+from featcodec.entropy import FAST_VERSION, encode_symbol_maps
 from featcodec.task import TaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,20 @@ NETWORK = ROOT / "models" / "reference" / "centernet_mbv3_coco.onnx"
 LEVELS = (2, 3, 4, 6, 8, 12, 16)
 SPEED_SAMPLES = 4
 
+
+
+FAST_MAX_COST = 0.01  # the rule calibration followed before version 7 became the default
+
+def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
+    """`table` with the fast coder (version 7) if it codes calibration samples in at most
+    FAST_MAX_COST more bits than the table's own version."""
+    stride = _calibration_stride(samples)
+    check = samples[1::stride] if len(samples) > 1 else samples  # next to those the partners saw
+    symbols = np.stack([_symbols(s, table) for s in check])
+    n_levels, parents = len(table["levels"]), table.get("parents")
+    current = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, _coder_version(table))))
+    fast = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, FAST_VERSION)))
+    return {**table, "coder": FAST_VERSION} if fast <= (1 + FAST_MAX_COST) * current else table
 
 def timed(function, repeat=5):
     """The result of `function` and its median time over `repeat` runs (after one warm-up)."""
@@ -101,7 +116,7 @@ def main(train_path, heldout_path, output, extra_path=None):
             for n in LEVELS:
                 codec = Lightweight(levels=n, fast=False).calibrate(calibration)  # version 5
                 table = codec.table
-                # what calibration without `fast` chooses: the same table, then the fast coder if free
+                # what calibration chose before version 7 became the default: the fast coder if free
                 picked = _fast_where_free(table, calibration)["coder"]
                 part = x[:SPEED_SAMPLES]
                 payloads, encode_time, decode_time = timed_coding(codec, part)

@@ -52,15 +52,22 @@ MAX_LEVELS = 16
 # S4, calibrated on the training photos, agreement mAP 0.94 on 168 other photos (README,
 # lightweight section; on the training photos themselves 0.97-0.99).
 DEFAULT_SNR = 15.0
-DESIGN_SAMPLE = 400_000  # values used to design clip and quantizer (a strided subsample)
+# Values (a strided subsample) a quantizer is designed on: one sample's, or a calibration stack's.
+DESIGN_SAMPLE = 131_072
+CALIBRATION_SAMPLE = 400_000
+# The samples of one call or stream, uncalibrated, at a distortion target (the default path): the
+# quantizer designed for one sample is kept for the next while, measured on a strided subsample of
+# this many values, its noise meets the target and is at most REUSE_MARGIN_DB below it: a check costs
+# about a millisecond, a design tens (bench/results/lightweight_default_speed.md).
+REUSE_CHECK_SAMPLE = 65_536
+REUSE_MARGIN_DB = 1.0
 # Calibration gives a layer partner channels only when they cut the coded size of held-out
 # calibration samples by at least this much (bench/results/lightweight.md says which layers do).
 MIN_PARTNER_GAIN = 0.02
 PARTNER_SAMPLES = 8  # calibration samples (at most) that choose and check partner channels
-# Calibration picks the fast coder (version 7) for a layer unless it costs more than this many more
-# bits than version 5 on calibration samples: on sparse maps (the reference S4) version 7 is the
-# smaller of the two, on dense ones (S1, S2) it costs 1-4 % more.
-FAST_MAX_COST = 0.01
+# Designed quantizers are coded by the fast coder (version 7) unless ``fast=False`` asks for version 5:
+# on sparse maps (the reference S4) version 7 is also the smaller, on dense ones (S1, S2) it costs
+# 2-5 % more bits for 2-3x the speed (bench/results/lightweight_default_speed.md).
 
 
 class Lightweight(Codec):
@@ -85,16 +92,15 @@ class Lightweight(Codec):
         Param("quantizer", str, "Uniform or entropy-constrained scalar quantizer.", choices=("uniform", "ecsq")),
         Param("lam", float, "ECSQ Lagrangian λ (rate weight)."),
         Param("partners", bool, "Partner channels when calibrating (--no-partners: faster coding, larger)."),
-        Param("fast", bool, "One multi-symbol coding step per element instead of mixed binary decisions (coder "
-                            "version 7): 1.6-5x faster encode and decode, -5 to +15 % bits. Default: "
-                            "calibration picks it where it costs under 1 % more bits."),
+        Param("fast", bool, "One multi-symbol coding step per element (coder version 7, the default); "
+                            "--no-fast: mixed binary decisions (version 5), 1.6-5x slower, -15 to +5 % bits."),
         Param("table", dict, "A calibrated quantizer table (from `featcodec calibrate`).", cli=False),
         GOP_PARAM,
     )
     config_omits = {"gop": 1, "fast": None}
     rate_points = {
         "paper": [("default", {})] + [(f"levels={n}", {"levels": n}) for n in (2, 3, 4, 8, 16)]
-        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)] + [("levels=8,fast", {"levels": 8, "fast": True})],
+        + [(f"bpe={b}", {"bpe": b}) for b in (0.6, 0.8)] + [("levels=8,no-fast", {"levels": 8, "fast": False})],
         "quick": [("default", {}), ("levels=4", {"levels": 4}), ("bpe=0.6", {"bpe": 0.6})],
     }
 
@@ -130,8 +136,8 @@ class Lightweight(Codec):
         self.lam = float(lam)
         self.partners = partners
         self.fast = fast
-        if fast and isinstance(table, dict) and "coder" not in table:  # a hand-written table: the fast coder
-            table = {**table, "coder": FAST_VERSION}
+        if isinstance(table, dict) and "coder" not in table:  # a hand-written table: coded as designed ones
+            table = {**table, "coder": self._designed_version}
         self.table = None if table is None else _check_table(table, InvalidInputError)
         self.gop = check_gop(gop)
 
@@ -141,7 +147,7 @@ class Lightweight(Codec):
         """Design the quantizer for `data` (one sample or a stack of samples), as a table."""
         data = np.asarray(data, np.float32)
         # Sorted once: every clip search, MSE and level-count search below reads this.
-        dist = ValueDistribution(_subsample(data))
+        dist = ValueDistribution(_subsample(data, CALIBRATION_SAMPLE if data.ndim == 4 else DESIGN_SAMPLE))
         kind, slope = parse_activation(self.activation)
         if kind == "auto":
             kind = detect_activation(dist.sorted)
@@ -155,8 +161,8 @@ class Lightweight(Codec):
 
     @property
     def _designed_version(self) -> int:
-        """The coder version of tables this codec designs (calibration may switch to the fast one)."""
-        return FAST_VERSION if self.fast else CODER_VERSION
+        """The coder version of tables this codec designs: the fast one unless ``fast=False``."""
+        return CODER_VERSION if self.fast is False else FAST_VERSION
 
     def _search_snr(self, dist, kind, slope) -> dict[str, list[float]]:
         """The quantizer of fewest bits (order-0 entropy of its cells) whose noise stays `snr` dB
@@ -164,8 +170,18 @@ class Lightweight(Codec):
         the 16-level one of least error."""
         allowed = float(np.var(dist.sorted)) / 10 ** (self.snr / 10)
         bits = lambda table: float(dist.entropy_batch(np.asarray([table["thresholds"]]))[0])  # noqa: E731
+        # No quantizer of N levels has less error than the least-error one, whose error falls as N
+        # rises: bisect for the fewest levels at which it meets the target, and search from there.
+        low, high = 2, MAX_LEVELS
+        while low < high:
+            middle = (low + high) // 2
+            table = self._design(dist, middle, kind, slope, self.lam)
+            if dist.mse(table["thresholds"], table["levels"]) <= allowed:
+                high = middle
+            else:
+                low = middle + 1
         best = None
-        for n_levels in range(2, MAX_LEVELS + 1):
+        for n_levels in range(low, MAX_LEVELS + 1):
             candidates = self._candidates(dist, n_levels, kind, slope, self.lam)
             if best is not None and min(map(bits, candidates)) > bits(best):
                 break  # more levels only cost more
@@ -244,8 +260,7 @@ class Lightweight(Codec):
     def calibrate(self, samples: np.ndarray) -> Lightweight:
         """A copy of this codec whose quantizer is designed once from `samples` (N, C, H, W),
         with partner channels for the entropy coder when they pay (`MIN_PARTNER_GAIN`) unless
-        ``partners=False`` (faster coding, larger payloads), and the fast coder where it costs
-        at most `FAST_MAX_COST` more bits unless ``fast`` is given.
+        ``partners=False`` (faster coding, larger payloads).
 
         A ``bpe`` target is searched on a few channels coded without partners, which can misjudge
         the calibrated rate badly (partners cut the reference S2's bits by a third); the search is
@@ -273,8 +288,6 @@ class Lightweight(Codec):
         table = self.design(samples)
         if samples.ndim == 4 and self.partners:
             table = _with_partners(table, samples)
-        if samples.ndim == 4 and self.fast is None:
-            table = _fast_where_free(table, samples)
         return table
 
     # --- coding ---------------------------------------------------------------------------
@@ -306,7 +319,20 @@ class Lightweight(Codec):
                                  _coder_version(table), **inter)
 
     def sequence_encoder(self) -> SequenceEncoder:
-        return _InterEncoder(self) if self.gop > 1 else super().sequence_encoder()
+        if self.gop > 1:
+            return _InterEncoder(self)
+        if self.table is None and self.snr is not None:
+            return _ReuseEncoder(self)
+        return super().sequence_encoder()
+
+    def _noise_ratio(self, table: dict, sample: np.ndarray) -> float:
+        """Quantization noise of `table` on `sample` over the noise the distortion target allows
+        (≤ 1: the target is met), measured on a strided subsample."""
+        values = _subsample(sample, REUSE_CHECK_SAMPLE).astype(np.float64)
+        allowed = float(np.var(values)) / 10 ** (self.snr / 10)
+        levels = np.asarray(table["levels"], np.float64)[quantize(values, np.asarray(table["thresholds"]))]
+        noise = float(np.mean((levels - values) ** 2))
+        return noise / allowed if allowed > 0 else (0.0 if noise == 0 else np.inf)
 
     def sequence_decoder(self, shape) -> SequenceDecoder:
         return _InterDecoder(self, shape) if self.gop > 1 else super().sequence_decoder(shape)
@@ -345,6 +371,30 @@ class _InterEncoder(SequenceEncoder):
         payload, self.reference = codec._encode_with(self.table, sample, reference=self.reference, keep_symbols=True)
         self.position += 1
         return [(payload, {} if codec.table else self.table)]
+
+
+class _ReuseEncoder(SequenceEncoder):
+    """The default path over several samples (uncalibrated, a distortion target): the quantizer
+    designed for one sample is kept for the next while its noise there meets the target and is at
+    most REUSE_MARGIN_DB below what the target allows (finer would spend bits the target does not
+    need); otherwise one is designed for that sample. Each sample still records its table, so every
+    sample decodes alone, and a run of unlike samples (photos) designs for each as before."""
+
+    def __init__(self, codec: Lightweight):
+        super().__init__(codec)
+        self.table = None
+
+    def push(self, sample):
+        codec = self.codec
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.table is not None:
+            with codec.stage("design"):
+                ratio = codec._noise_ratio(self.table, sample)
+            if not 10 ** (-REUSE_MARGIN_DB / 10) <= ratio <= 1.0:
+                self.table = None
+        if self.table is None:
+            self.table = codec._table_for(sample)
+        return [(codec._encode_with(self.table, sample), self.table)]
 
 
 class _InterDecoder(SequenceDecoder):
@@ -486,21 +536,10 @@ def _calibrated_bpe(table: dict, samples: np.ndarray) -> float:
     return _coded_bpe(samples[:: _calibration_stride(samples)], table, _coder_version(table), table.get("parents"))
 
 
-def _fast_where_free(table: dict, samples: np.ndarray) -> dict:
-    """`table` with the fast coder (version 7) if it codes calibration samples in at most
-    FAST_MAX_COST more bits than the table's own version."""
-    stride = _calibration_stride(samples)
-    check = samples[1::stride] if len(samples) > 1 else samples  # next to those the partners saw
-    symbols = np.stack([_symbols(s, table) for s in check])
-    n_levels, parents = len(table["levels"]), table.get("parents")
-    current = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, _coder_version(table))))
-    fast = sum(map(len, encode_symbol_maps(symbols, n_levels, parents, FAST_VERSION)))
-    return {**table, "coder": FAST_VERSION} if fast <= (1 + FAST_MAX_COST) * current else table
-
-
-def _subsample(data: np.ndarray) -> np.ndarray:
+def _subsample(data: np.ndarray, size: int) -> np.ndarray:
+    """About `size` values of `data`, evenly strided (all of them when it holds fewer)."""
     flat = data.ravel()
-    stride = max(1, flat.size // DESIGN_SAMPLE)
+    stride = max(1, flat.size // size)
     return flat[::stride]
 
 
@@ -511,6 +550,7 @@ class ValueDistribution:
         self.sorted = np.sort(np.asarray(values, np.float64).ravel())
         self.sum1 = np.concatenate([[0.0], np.cumsum(self.sorted)])
         self.sum2 = np.concatenate([[0.0], np.cumsum(self.sorted ** 2)])
+        self.clips: dict[tuple[int, bool], tuple[float, float]] = {}  # empirical_clip's, by (levels, relu)
 
     def mse(self, thresholds, levels) -> float:
         """Mean of (Q(x) - x)² with cells split at `thresholds` (x ≥ t goes up, as `quantize`)."""
@@ -547,6 +587,12 @@ def empirical_clip(values: np.ndarray, n_levels: int, relu: bool) -> tuple[float
     model. ReLU data keep lo = 0; signed data alternate between optimising hi and lo.
     """
     dist = values if isinstance(values, ValueDistribution) else ValueDistribution(values)
+    if (n_levels, relu) not in dist.clips:  # a search weighs each level count several times
+        dist.clips[n_levels, relu] = _empirical_clip(dist, n_levels, relu)
+    return dist.clips[n_levels, relu]
+
+
+def _empirical_clip(dist: ValueDistribution, n_levels: int, relu: bool) -> tuple[float, float]:
     vmin, vmax = float(dist.sorted[0]), float(dist.sorted[-1])
     if vmax <= vmin:
         return vmin, vmax

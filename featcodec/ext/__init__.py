@@ -21,7 +21,7 @@ def as_chunk(buf, buffer_dtype: str = "float32", buffer_shape=None) -> np.ndarra
     is raw memory: viewed as `buffer_dtype` and shaped `buffer_shape`, or (1, 1, L) when none is given.
 
     >>> as_chunk(np.zeros((4, 5), np.float32)).shape, as_chunk(bytes(24), buffer_shape=[2, 3]).shape
-    ((1, 4, 5), (2, 3))
+    ((1, 4, 5), (1, 2, 3))
     """
     if isinstance(buf, np.ndarray):
         array = buf

@@ -1,6 +1,6 @@
 """Per-layer activation statistics of a dump (min, max, mean, std, zero and negative fractions).
 
-    python bench/layer_stats.py data/reference_train.h5 data/reference_heldout.h5
+    python bench/studies/layer_stats.py data/reference_train.h5 data/reference_heldout.h5
 """
 
 import sys

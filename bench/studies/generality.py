@@ -1,7 +1,7 @@
 """Lightweight uncalibrated on networks it was never tuned on: bits and task agreement against
 `uniform` + zstd-19 over the same clip range, at every level count from 2 to 16.
 
-    python bench/generality.py ../shared/networks ../shared/data/images > bench/results/generality.md
+    python bench/studies/generality.py ../shared/networks ../shared/data/images > bench/results/generality.md
 
 Each network folder (``../shared/networks/<name>/``) carries its ONNX model and a ``split.py``
 with ``preprocess``, ``cut``, ``compare``, ``summarize`` and its ``RECOMMENDED`` split tensors
@@ -92,7 +92,7 @@ def main() -> None:
     images = sorted(f for f in glob.glob(os.path.join(args.images, "*"))
                     if f.lower().endswith((".jpg", ".jpeg", ".png")))[: args.max_images]
     print("# Lightweight, uncalibrated, on other networks\n")
-    print(f"`python bench/generality.py` on {len(images)} photos of `{args.images}` (sorted, the first "
+    print(f"`python bench/studies/generality.py` on {len(images)} photos of `{args.images}` (sorted, the first "
           f"{len(images)}); featcodec {featcodec.__version__}. Bits per element of the payloads; agreement: the "
           "network's own pooled F1 of the tail on decoded vs original activations. `uniform` is zstd-19 of "
           "one byte per symbol over the same clip range and levels as lightweight's own design, so both "

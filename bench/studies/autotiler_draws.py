@@ -1,6 +1,6 @@
 """One exit of several trained models (draws of a recipe) on more samples than `autotiler_models.py` has.
 
-    FEATCODEC_MODELS=draws/ python bench/autotiler_draws.py S1 16 centernet_mbv3,draw_a,draw_b
+    FEATCODEC_MODELS=draws/ python bench/studies/autotiler_draws.py S1 16 centernet_mbv3,draw_a,draw_b
 
 Samples: the last 10 % of the maps of ``data/autotiler_train.h5`` (the validation maps `featcodec
 train` holds out of training, `TrainingConfig.valid_fraction`: 58 of 576) followed by the 76 of

@@ -1,6 +1,6 @@
 """Two auto-tiler models (or one and tiling) side by side: agreement at Kbpi targets and lossless.
 
-    FEATCODEC_MODELS=before/ python bench/autotiler_models.py S4 tiling,old,new 16,64 15,30,60,120,lossless
+    FEATCODEC_MODELS=before/ python bench/studies/autotiler_models.py S4 tiling,old,new 16,64 15,30,60,120,lossless
 
 LAYER's samples: the 12 held-out photos of ``data/reference_heldout.h5`` and every 4th of the 64
 frames of each bundled clip (``make data/video_<clip>.h5``; a dump made before they held S1 needs

@@ -1,6 +1,6 @@
 """Peak memory of `featcodec convert` on a dump larger than the machine's memory (a run by hand).
 
-    python bench/convert_memory.py /big/scratch 26 > bench/results/convert_memory.md
+    python bench/studies/convert_memory.py /big/scratch 26 > bench/results/convert_memory.md
 
 Writes an HDF5 dump of GIB gibibytes (2 GiB datasets of (256, 128, 128, 128) float32: one
 synthetic ReLU map, Gaussian through ReLU, repeated), converts it with ``-j 2`` to lightweight

@@ -1,6 +1,6 @@
 """ffmpeg (subprocess) against PyAV (in process) on real activations: the same codec, per-stage times.
 
-    python bench/video_backends.py data/reference_heldout.h5
+    python bench/studies/video_backends.py data/reference_heldout.h5
 """
 
 import os

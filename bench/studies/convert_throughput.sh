@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throughput of `featcodec convert` on a ~1 GB dumped set of real activations, -j 1 and -j 2.
-#   bash bench/convert_throughput.sh data/reference_train.h5 data/reference_heldout.h5 > bench/results/convert.txt
+#   bash bench/studies/convert_throughput.sh data/reference_train.h5 data/reference_heldout.h5 > bench/results/convert.txt
 set -euo pipefail
 work=$(mktemp -d /tmp/featcodec-convert.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -1,6 +1,7 @@
 """S4 at low rates: the auto-tiler's CR16 and CR64 exits against tiling at 15, 30 and 60 Kbpi.
 
-    python bench/autotiler_low_rates.py data/reference_heldout.h5 frames_s4.h5 > bench/results/autotiler_s4_low_rates.md
+    python bench/studies/autotiler_low_rates.py data/reference_heldout.h5 frames_s4.h5 \
+        > bench/results/autotiler_s4_low_rates.md
 
 Each DUMP is an HDF5 file with an S4 dataset (`featcodec dump … --layer S4`) of samples no model
 was trained on: the held-out photos, and frames of the clips in ``../shared/data/video`` (the
