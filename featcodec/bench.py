@@ -207,6 +207,7 @@ def summarise(results: list[PointResult], agreement_level: float = 0.95,
                 if image:
                     image_kbpi, image_agreement = [p["kbpi"] for p in image], [p["agreement"] for p in image]
                     row["bd_rate_vs_remote"] = metrics.bd_rate(image_kbpi, image_agreement, kbpi, agreement)
+                    row["bd_range_vs_remote"] = metrics.bd_range(image_kbpi, image_agreement, kbpi, agreement)
                     for level in AGREEMENT_LEVELS:
                         ours, theirs = row[f"kbpi_at_{level}"], metrics.rate_at(image_kbpi, image_agreement, level)
                         row[f"image_kbpi_at_{level}"] = theirs
@@ -233,8 +234,10 @@ def beats_image(summary: list[dict[str, Any]]) -> list[str]:
         best = min(rows, key=lambda r: r["bd_rate_vs_remote"])
         verdict = "fewer" if best["bd_rate_vs_remote"] < 0 else "more"
         at = ", ".join(f"{level:g}: {_ratio(best.get(f'image_ratio_at_{level}'))}" for level in AGREEMENT_LEVELS)
-        lines.append(f"{tensor}: best codec {best['method']} needs {verdict} bits than sending the image (x265): "
-                     f"BD-rate {best['bd_rate_vs_remote']:+.1f} %; Kbpi against the image's at agreement {at}")
+        low, high = best["bd_range_vs_remote"]
+        lines.append(f"{tensor}: best codec {best['method']} needs {verdict} bits than sending the image (x265) "
+                     f"over agreement {low:.2f}-{high:.2f}: BD-rate {best['bd_rate_vs_remote']:+.1f} %; "
+                     f"Kbpi against the image's at agreement {at}")
     return lines
 
 

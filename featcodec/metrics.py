@@ -71,17 +71,25 @@ def bd_rate(rates_a, quality_a, rates_b, quality_b) -> float | None:
     quality and averaged over the quality interval both cover (no polynomial extrapolation, which
     goes wild on the step-like curves of coarse quantizers). None when they do not overlap.
     """
+    overlap = bd_range(rates_a, quality_a, rates_b, quality_b)
+    if overlap is None:
+        return None
     ra, qa = pareto(rates_a, quality_a)
     rb, qb = pareto(rates_b, quality_b)
-    if len(qa) < 2 or len(qb) < 2:
-        return None
-    low, high = max(qa.min(), qb.min()), min(qa.max(), qb.max())
-    if high <= low:
-        return None
-    grid = np.linspace(low, high, 201)
+    grid = np.linspace(*overlap, 201)
     mean_a = np.mean(np.interp(grid, qa, np.log(ra)))
     mean_b = np.mean(np.interp(grid, qb, np.log(rb)))
     return float((np.exp(mean_b - mean_a) - 1) * 100)
+
+
+def bd_range(rates_a, quality_a, rates_b, quality_b) -> tuple[float, float] | None:
+    """The quality interval `bd_rate` averages over: what both Pareto fronts cover (None: no overlap)."""
+    _, qa = pareto(rates_a, quality_a)
+    _, qb = pareto(rates_b, quality_b)
+    if len(qa) < 2 or len(qb) < 2:
+        return None
+    low, high = max(qa.min(), qb.min()), min(qa.max(), qb.max())
+    return (float(low), float(high)) if high > low else None
 
 
 def rate_at(rates, quality, level: float) -> float | None:

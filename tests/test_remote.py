@@ -114,8 +114,11 @@ def test_summary_takes_bd_rate_against_remote_inference():
     assert summary["learned"]["image_kbpi_at_0.8"] == pytest.approx(80)
     assert summary["tiling"]["kbpi_at_0.95"] is None and summary["tiling"]["image_ratio_at_0.95"] is None
     lines = beats_image(list(summary.values()))
-    assert lines == ["/S2: best codec learned needs fewer bits than sending the image (x265): BD-rate -50.0 %; "
-                     "Kbpi against the image's at agreement 0.8: 0.50x, 0.9: 0.50x, 0.95: 0.50x"]
+    assert summary["learned"]["bd_range_vs_remote"] == (0.7, 0.95)
+    assert summary["tiling"]["bd_range_vs_remote"] == (0.7, 0.9)
+    assert lines == ["/S2: best codec learned needs fewer bits than sending the image (x265) over agreement "
+                     "0.70-0.95: BD-rate -50.0 %; Kbpi against the image's at agreement 0.8: 0.50x, 0.9: 0.50x, "
+                     "0.95: 0.50x"]
     # the anchor of another dump's tensors is not this tensor's
     other = [{**row, "tensors": ["/S4"]} for row in IMAGE_ROWS]
     assert "bd_rate_vs_remote" not in summarise(half, remote=other)[0]
