@@ -36,6 +36,7 @@ demo: $(PY)
 	$(FEATCODEC) encode $(DEMO)/video/tree.h5:/S4 -o $(DEMO)/video/s4_gop16.fcb -m lightweight --levels 4 --gop 16
 	$(FEATCODEC) decode $(DEMO)/video/s4_gop16.fcb --samples 12:14 -o $(DEMO)/video/frames_12_13.npy
 	@# split computing against remote inference: the two photos coded with x265 / JPEG, the whole network run
+	@# (two photos show the path, they measure nothing: docs/results.md has the figures)
 	$(FEATCODEC) bench $(DEMO_DUMP):/S2 -m learned,lightweight,tiling --rates quick --images examples/images
 
 # All dumps of the reference split layers, rebuilt from examples/images (about 500 MB, not committed).

@@ -46,7 +46,6 @@ def as_chunk(buf, buffer_dtype: str = "float32", buffer_shape=None) -> np.ndarra
     return array
 
 
-
 def class_name(codec_id: str) -> str:
     """The wrapper class name of a featcodec codec id: ``lightweight`` -> ``Lightweight``."""
     return "".join(part.capitalize() for part in codec_id.split("_"))
