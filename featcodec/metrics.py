@@ -71,11 +71,11 @@ def bd_rate(rates_a, quality_a, rates_b, quality_b) -> float | None:
     quality and averaged over the quality interval both cover (no polynomial extrapolation, which
     goes wild on the step-like curves of coarse quantizers). None when they do not overlap.
     """
-    overlap = bd_range(rates_a, quality_a, rates_b, quality_b)
-    if overlap is None:
-        return None
     ra, qa = pareto(rates_a, quality_a)
     rb, qb = pareto(rates_b, quality_b)
+    overlap = _overlap(qa, qb)
+    if overlap is None:
+        return None
     grid = np.linspace(*overlap, 201)
     mean_a = np.mean(np.interp(grid, qa, np.log(ra)))
     mean_b = np.mean(np.interp(grid, qb, np.log(rb)))
@@ -84,8 +84,10 @@ def bd_rate(rates_a, quality_a, rates_b, quality_b) -> float | None:
 
 def bd_range(rates_a, quality_a, rates_b, quality_b) -> tuple[float, float] | None:
     """The quality interval `bd_rate` averages over: what both Pareto fronts cover (None: no overlap)."""
-    _, qa = pareto(rates_a, quality_a)
-    _, qb = pareto(rates_b, quality_b)
+    return _overlap(pareto(rates_a, quality_a)[1], pareto(rates_b, quality_b)[1])
+
+
+def _overlap(qa: np.ndarray, qb: np.ndarray) -> tuple[float, float] | None:
     if len(qa) < 2 or len(qb) < 2:
         return None
     low, high = max(qa.min(), qb.min()), min(qa.max(), qb.max())
