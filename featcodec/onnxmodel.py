@@ -51,8 +51,9 @@ class Manifest:
     task: str | None = None
     detections_output: str | None = None
     score_threshold: float = 0.3
-    split_points: dict[str, str] = field(default_factory=dict)
+    split_points: dict[str, str | list[str]] = field(default_factory=dict)
     name: str | None = None
+    training_loss: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model_path: str | os.PathLike) -> Manifest:
@@ -67,7 +68,20 @@ class Manifest:
 
     def resolve_layer(self, name: str) -> str:
         """A split-point alias (``S4``) to its tensor name; other names pass through."""
-        return self.split_points.get(name, name)
+        tensors = self.resolve_layers(name)
+        if len(tensors) != 1:
+            raise InvalidInputError(f"split point {name!r} is {len(tensors)} tensors; this needs one")
+        return tensors[0]
+
+    def resolve_layers(self, names: str | list[str]) -> list[str]:
+        """A split point as its tensor names: an alias (whose value may be a list, an FPN's levels),
+        a comma-separated list of names or aliases, or a list."""
+        parts = names.split(",") if isinstance(names, str) else list(names)
+        tensors = []
+        for part in parts:
+            value = self.split_points.get(part.strip(), part.strip())
+            tensors.extend([value] if isinstance(value, str) else value)
+        return tensors
 
 
 def load_model(model_path: str | os.PathLike):

@@ -197,30 +197,28 @@ class WholeNetwork:
     """The whole network from its input to the task output, with the task metric of `TaskModel`."""
 
     def __init__(self, model_path: str, threads: int | None = None, spec: dict | None = None):
-        from .task import _guess_task
+        from .task import guess_task, task_outputs
 
         self.manifest = Manifest.for_model(model_path)
         model = load_model(model_path)
-        self.task = self.manifest.task or _guess_task(model)
-        self.output = self.manifest.detections_output or model.graph.output[0].name
+        self.task = self.manifest.task or guess_task(model)
+        self.outputs = task_outputs(model, self.task, self.manifest)
         self.spec = spec or self.manifest.preprocessing
         if not self.spec:
             raise InvalidInputError(f"{model_path}: remote inference needs the network's preprocessing "
                                     "(the dump's, or a manifest.json)")
         self.session = session(model_path, threads)
 
-    def run(self, resized: list[np.ndarray]) -> np.ndarray:
-        """The task output for images at the network's size (`resize_for_input`)."""
-        outputs = [self.session.run([self.output], {self.spec["input"]: finish_input(img, self.spec)[None]})[0]
+    def run(self, resized: list[np.ndarray]) -> list[np.ndarray]:
+        """The task outputs for images at the network's size (`resize_for_input`)."""
+        outputs = [self.session.run(self.outputs, {self.spec["input"]: finish_input(img, self.spec)[None]})
                    for img in resized]
-        return np.concatenate(outputs)
+        return [np.concatenate([o[k] for o in outputs]) for k in range(len(self.outputs))]
 
-    def agreement(self, reference: np.ndarray, result: np.ndarray) -> float:
-        from .task import detection_agreement, top1_agreement
+    def agreement(self, reference: list[np.ndarray], result: list[np.ndarray]) -> float:
+        from .task import agreement
 
-        if self.task == "detection":
-            return detection_agreement(reference, result, self.manifest.score_threshold)
-        return top1_agreement(reference, result)
+        return agreement(self.task, reference, result, self.manifest.score_threshold)
 
 
 def remote_inference(dump_path: str, model_path: str, *, image_dirs: list[str] = (),

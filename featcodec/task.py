@@ -8,6 +8,9 @@ the decoded ones; the two results are compared, so no human labels are needed:
   activations are the predictions; COCO-style 101-point interpolated AP at IoU 0.5 per class,
   averaged over the classes present in the ground truth.
 * classifiers: **top-1 agreement**: the share of samples whose arg-max class is unchanged.
+* dense outputs (maps: segmentation, text or face probability, any other task): **R² agreement**,
+  1 − Σ(decoded − original)² / Σ(original − its mean)² per output, clipped at 0, averaged over the
+  outputs; 1.0 is unchanged, 0 no better than the outputs' mean.
 """
 
 from __future__ import annotations
@@ -24,47 +27,74 @@ class TaskModel:
     `layer` may be a tensor name or a split-point alias from the model's manifest.
     """
 
-    def __init__(self, model_path: str, layer: str, threads: int | None = None):
+    def __init__(self, model_path: str, layer: str | list[str], threads: int | None = None):
         self.manifest = Manifest.for_model(model_path)
-        self.layer = self.manifest.resolve_layer(layer)
+        self.layers = self.manifest.resolve_layers(layer)
+        self.layer = self.layers[0]
         model = load_model(model_path)
-        outputs = [o.name for o in model.graph.output]
-        self.task = self.manifest.task or _guess_task(model)
-        self.output = self.manifest.detections_output or outputs[0]
-        if self.output not in outputs:
-            outputs.append(self.output)
-        self.session = session(extract(model, [self.layer], [self.output]), threads)
+        self.task = self.manifest.task or guess_task(model)
+        self.outputs = task_outputs(model, self.task, self.manifest)
+        self.session = session(extract(model, self.layers, self.outputs), threads)
 
-    def run(self, activations: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """The task output for (N, C, H, W) activations."""
-        activations = np.asarray(activations, np.float32)
-        if activations.ndim == 3:
-            activations = activations[None]
-        parts = [self.session.run([self.output], {self.layer: activations[i : i + batch_size]})[0]
-                 for i in range(0, len(activations), batch_size)]
-        return np.concatenate(parts)
+    def run(self, activations: np.ndarray | list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """The task outputs for (N, C, H, W) activations (one array per tensor of a multi-tensor split)."""
+        parts = [np.asarray(a, np.float32) for a in (activations if isinstance(activations, list) else [activations])]
+        parts = [a[None] if a.ndim == 3 else a for a in parts]
+        if len(parts) != len(self.layers):
+            raise InvalidInputError(f"the split has {len(self.layers)} tensors, got {len(parts)}")
+        batches = [self.session.run(self.outputs, {name: a[i : i + batch_size] for name, a in zip(self.layers, parts)})
+                   for i in range(0, len(parts[0]), batch_size)]
+        return [np.concatenate([b[k] for b in batches]) for k in range(len(self.outputs))]
 
-    def agreement(self, original: np.ndarray, decoded: np.ndarray, reference: np.ndarray | None = None) -> float:
+    def agreement(self, original, decoded, reference: list[np.ndarray] | None = None) -> float:
         """The task metric of `decoded` against `original` activations (1.0 = no change)."""
         reference = self.run(original) if reference is None else reference
-        result = self.run(decoded)
-        if self.task == "detection":
-            return detection_agreement(reference, result, self.manifest.score_threshold)
-        return top1_agreement(reference, result)
+        return agreement(self.task, reference, self.run(decoded), self.manifest.score_threshold)
 
     @property
     def metric_name(self) -> str:
-        return "mAP@0.5 agreement" if self.task == "detection" else "top-1 agreement"
+        return METRIC_NAMES[self.task]
 
 
-def _guess_task(model) -> str:
+METRIC_NAMES = {"detection": "mAP@0.5 agreement", "classification": "top-1 agreement", "dense": "R² agreement"}
+
+
+def agreement(task: str, reference: list[np.ndarray], result: list[np.ndarray], score_threshold: float = 0.3) -> float:
+    """The task metric of outputs `result` against `reference` (lists, one array per output)."""
+    if task == "detection":
+        return detection_agreement(reference[0], result[0], score_threshold)
+    if task == "classification":
+        return top1_agreement(reference[0], result[0])
+    return dense_agreement(reference, result)
+
+
+def task_outputs(model, task: str, manifest: Manifest) -> list[str]:
+    """The outputs the task metric reads: the detections or the logits, or every output of a dense task."""
+    outputs = [o.name for o in model.graph.output]
+    if task == "dense":
+        return outputs
+    return [manifest.detections_output or outputs[0]]
+
+
+def guess_task(model) -> str:
+    """detection for (N, K, 6) boxes, classification for (N, classes) logits, dense otherwise."""
     output = model.graph.output[0]
     dims = output.type.tensor_type.shape.dim
     if len(dims) == 3 and dims[2].dim_value == 6:
         return "detection"
     if len(dims) == 2:
         return "classification"
-    raise InvalidInputError(f"cannot tell the task of output {output.name}: add a manifest.json with 'task'")
+    return "dense"
+
+
+def dense_agreement(reference: list[np.ndarray], result: list[np.ndarray]) -> float:
+    """Mean over outputs of R² = 1 − SSE / SST, clipped at 0 (1.0 when an output is constant and unchanged)."""
+    scores = []
+    for r, o in zip(reference, result):
+        r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
+        sse, sst = float(np.sum((o - r) ** 2)), float(np.sum((r - r.mean()) ** 2))
+        scores.append(1.0 - sse / sst if sst > 0 else float(sse == 0))
+    return float(np.mean(np.clip(scores, 0.0, 1.0)))
 
 
 def top1_agreement(reference: np.ndarray, result: np.ndarray) -> float:

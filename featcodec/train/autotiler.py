@@ -51,13 +51,13 @@ from .. import video
 from ..codecs.autotiler import exit_layout, frame_to_latent, latent_to_frame
 from ..errors import InvalidInputError
 from . import require_torch
+from .taskloss import TailLoss, task_loss_for
 
 torch = require_torch()
 nn = torch.nn
 F = torch.nn.functional
 
 NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
-DETECTOR_OUTPUTS = ["tower_0/keypoints", "tower_0/wh"]
 GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
 VALID_MAPS = 8  # whole validation maps a phase's early stopping reads
 
@@ -179,26 +179,6 @@ def hevc_proxy(y, noise: float = NOISE):
     smoothed = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     y = (1 - blur) * y + blur * smoothed
     return y + (torch.rand_like(y) - 0.5) * (2 * amplitude + 1 / 255)
-
-
-class TaskLoss:
-    """Relative error of the detector's heatmaps and box maps, decoded against original."""
-
-    def __init__(self, tail):
-        self.tail = tail
-
-    def target(self, x):
-        with torch.no_grad():
-            return self.tail(x)
-
-    def __call__(self, decoded, target):
-        heat, wh = self.tail(decoded)
-        heat_ref, wh_ref = target
-        weight = 1 + 20 * heat_ref
-        heat_loss = torch.sum((heat - heat_ref) ** 2 * weight) / (torch.sum(heat_ref ** 2 * weight) + 1e-6)
-        peaks = (heat_ref.amax(dim=-1, keepdim=True) > 0.1).float()
-        wh_loss = torch.sum(torch.abs(wh - wh_ref) * peaks) / (torch.sum(torch.abs(wh_ref) * peaks) + 1e-3)
-        return heat_loss + 0.5 * wh_loss
 
 
 @dataclass
@@ -356,7 +336,7 @@ def _annealed(peak: float, step: int, steps: int, seconds: float, minutes: float
 
 
 def train_phase(name: str, modules: list, forward: Callable, data: LayerData, norm: Normalise, *, steps: int,
-                lr: float, batch: int, crop: int, seed: int, task: tuple[float, TaskLoss] | None = None,
+                lr: float, batch: int, crop: int, seed: int, task: tuple[float, TailLoss] | None = None,
                 patience: int = 8, every: int = 100, minutes: float | None = None,
                 progress: Callable[[str, int, int, str], None] | None = None) -> PhaseResult:
     """Adam on normalised MSE (+ weighted task loss) of `forward(x)` against x; keeps the best
@@ -566,9 +546,9 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         c, h, w = data.train.shape[1:]
         built = _phase_modules(data, config)
         norm = built["norm"]
-        task, tail_path = _task_loss(data, network, config)
+        task, task_text = _task_loss(data, network, config)
         log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
-            f"{', task loss through ' + Path(tail_path).name if task else ''}")
+            f"{', task loss through ' + task_text if task else ''}")
         prefix = data.name.lower().replace("/", "_")
         kept = _load_existing_exits(existing, data.name, built, out, config, log) if existing else {}
         for ratio, exit_modules in built["exits"].items():
@@ -696,14 +676,13 @@ def _write_extension(existing: dict, out: Path, layers_built: dict, files: dict,
 
 
 def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> tuple:
-    """(weight, TaskLoss) through the tail of `network` (default: the network the dump names, when
-    bundled) and that network's path; (None, path) when ``config.task_weight`` is 0 or none is found."""
+    """(weight, TailLoss) through the tail of `network` (default: the network the dump names, when
+    bundled) and a description of it; (None, None) when ``config.task_weight`` is 0 or none is found."""
     tail_path = network or _find_network(data.model)
     if config.task_weight <= 0 or not tail_path:
-        return None, tail_path
-    from .tail import load_tail
-
-    return (config.task_weight, TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS))), tail_path
+        return None, None
+    loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
+    return (config.task_weight, loss), f"{Path(tail_path).name}: {text}"
 
 
 def _find_network(model_name: str | None) -> str | None:
@@ -882,9 +861,9 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
             raise InvalidInputError(f"{data.name}'s compatibility exits {', '.join('CR' + k for k in stale)} share the "
                                     "encoder this run retrains: train all of its core ratios together")
         norm = Normalise(data.mean, data.std)
-        task, tail_path = _task_loss(data, network, config)
+        task, task_text = _task_loss(data, network, config)
         log(f"{data.name}: compatibility autoencoders onto {core}'s core, {len(data.train)} training maps"
-            f"{', task loss through ' + Path(tail_path).name if task else ''}")
+            f"{', task loss through ' + task_text if task else ''}")
         encoder = CompatEncoder(c, cc, config.width, norm, core_norm)
         sample = data.spread(24)
         init_compat_linear(encoder, sample)

@@ -36,13 +36,11 @@ from ..codecs.learned import MAX_STEP, MIN_STEP
 from ..errors import InvalidInputError
 from . import require_torch
 from .autotiler import (
-    DETECTOR_OUTPUTS,
     GRAD_CLIP,
     Decoder,
     Encoder,
     LayerData,
     Normalise,
-    TaskLoss,
     _find_network,
     export_onnx,
     load_onnx_weights,
@@ -260,7 +258,7 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     """Train `layer`'s learned codec from the auto-tiler exit ``config.base`` CR``config.ratio`` on the
     dump `dump`; export it to `output` and write (or add the layer to) its manifest.json."""
     from ..codecs.learned import MANIFEST_FORMAT
-    from .tail import load_tail
+    from .taskloss import task_loss_for
 
     config = config or RateConfig()
     torch.manual_seed(config.seed)
@@ -297,7 +295,8 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     tail_path = network or _find_network(data.model)
     task = None
     if config.task_weight > 0 and tail_path:
-        task = TaskLoss(load_tail(tail_path, data.tensor, DETECTOR_OUTPUTS))
+        task, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
+        log(f"  task loss through {Path(tail_path).name}: {text}")
     prior = ChannelPrior(k)
     with torch.no_grad():
         prior.fit(encoder(data.spread(24)))
