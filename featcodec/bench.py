@@ -61,11 +61,15 @@ class PointResult:
     encode_passes: float | None = None
 
 
-def points_for(method: str, rates: str) -> list[tuple[str, dict]]:
-    """The rate points codec `method` declares for the set `rates`."""
+def points_for(method: str, rates: str, model: str | None = None) -> list[tuple[str, dict]]:
+    """The rate points codec `method` declares for the set `rates` (with `model`, for codecs that take one)."""
     if rates not in RATE_SETS:
         raise InvalidInputError(f"unknown rate set {rates!r}: use {', '.join(RATE_SETS)}")
-    return codec_class(method).points(rates)
+    cls = codec_class(method)
+    points = cls.points(rates)
+    if model and any(p.name == "model" for p in cls.params):
+        points = [(label, {**params, "model": model}) for label, params in points]
+    return points
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -120,11 +124,12 @@ def head_ms(model_path: str, layer: str, threads: int | None, repeat: int = 3) -
     the network's input shape (one warm-up excluded)."""
     from .onnxmodel import Manifest, extract, load_model, random_input, session
 
-    tensor = Manifest.for_model(model_path).resolve_layer(layer)
+    manifest = Manifest.for_model(model_path)
+    tensor = manifest.resolve_layer(layer)
     model = load_model(model_path)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     head = session(extract(model, inputs, [tensor]), threads)
-    feeds = random_input(head)
+    feeds = random_input(head, size=manifest.preprocessing.get("size"))
     head.run([tensor], feeds)
     times = []
     for _ in range(repeat):
@@ -285,10 +290,11 @@ def evaluate_checks(checks: list[str], results: list[PointResult],
 
 def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", task_model: str | None = None,
               calibrate_on: str | None = None, repeat: int = 1, threads: int = 1, remote: bool = True,
-              image_dirs: list[str] = (), progress=None) -> dict[str, Any]:
+              image_dirs: list[str] = (), codec_model: str | None = None, progress=None) -> dict[str, Any]:
     """Run the sweep; returns the JSON-ready report (environment, settings, results, remote inference,
     summary). `remote`: also code each dump's images (found through `image_dirs` where the dump's
-    recorded paths are gone) and run the whole network: the anchor of the summary."""
+    recorded paths are gone) and run the whole network: the anchor of the summary. `codec_model`: the
+    trained model of the codecs that take one (auto-tiler, learned)."""
     from .io import split_hdf5_spec
     from .task import TaskModel
 
@@ -306,7 +312,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     skipped: list[dict[str, str]] = []
     anchors: dict[tuple[str, str], dict] = {}  # (dump, network) → remote-inference rows and their tensors
     heads: dict[str, float] = {}  # tensor → the head network's ms per sample
-    jobs = [(t, m, p) for _, t in tensors for m in methods for p in points_for(m, rates)]
+    jobs = [(t, m, p) for _, t in tensors for m in methods for p in points_for(m, rates, codec_model)]
     done = 0
     try:
         for spec, tensor in tensors:
@@ -330,7 +336,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
             if calibration_file is not None and tensor.name in calibration_file:
                 calibration = calibration_file[tensor.name][()]
             for method in methods:
-                for label, params in points_for(method, rates):
+                for label, params in points_for(method, rates, codec_model):
                     try:
                         results.append(run_point(original, tensor, method, label, params, calibration=calibration,
                                                  task=task, reference=reference, repeat=repeat,
@@ -348,6 +354,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
         "environment": environment(threads),
         "settings": {"inputs": inputs, "methods": methods, "rates": rates, "repeat": repeat,
                      "task_model": task_model, "calibrate_on": calibrate_on, "remote": remote,
+                     "codec_model": codec_model,
                      "timing": "median of repeat runs after one warm-up, per sample, ms; remote inference: "
                                "mean per image, one run"},
         "results": [asdict(r) for r in results],

@@ -494,9 +494,11 @@ def calibrate(input_spec, method, output, layout, force, extra_params, **options
 @click.option("--remote/--no-remote", default=True, show_default=True,
               help="Code the dump's images with x265 and JPEG and run the whole network: the anchor every codec's "
                    "BD-rate is taken against.")
+@click.option("--model", "codec_model", help="The trained model the auto-tiler and learned codecs use (default: "
+              "theirs for the reference detector): a model you trained for your own network's layer.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, json_path, csv_path, plot_path, from_json,
-          checks, image_dirs, remote, force):
+          checks, image_dirs, remote, codec_model, force):
     """Sweep codecs over rate points on INPUT tensors; report rate, distortion, accuracy and latency, beside
     remote inference (the dump's images coded with x265 / JPEG, the whole network run on them).
 
@@ -520,7 +522,8 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
         try:
             report = run_bench(list(inputs), [m.strip() for m in methods.split(",") if m.strip()], rates=rates,
                                task_model=task_model, calibrate_on=calibrate_on, repeat=repeat, threads=threads,
-                               remote=remote, image_dirs=list(image_dirs), progress=progress)
+                               remote=remote, image_dirs=list(image_dirs), codec_model=codec_model,
+                               progress=progress)
         finally:
             progress.stop()
     report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]], report["summary"])
@@ -618,9 +621,10 @@ def _print_bench(report) -> None:
 
 
 @cli.command()
-@click.argument("dump_path", metavar="DUMP.h5")
+@click.argument("sources", nargs=-1, required=True, metavar="DUMP.h5 | MODEL.onnx IMAGES…")
 @click.option("--layer", "layers", multiple=True, required=True,
-              help="Dataset of the dump to train on (repeatable): one auto-tiler per layer.")
+              help="Dataset of the dump to train on (repeatable): one auto-tiler per layer. From MODEL.onnx: a "
+              "tensor name or a split point of its manifest.")
 @click.option("-o", "--output", required=True, help="Folder for the ONNX files and manifest.json.")
 @click.option("--name", help="Model name (default: the output folder's name).")
 @click.option("--cr", "ratios", multiple=True, type=int, default=(4, 16), show_default=True,
@@ -660,21 +664,36 @@ def _print_bench(report) -> None:
                    "auto-tiler's task stage).")
 @click.option("--base", default="centernet_mbv3", show_default=True,
               help="With --rate-lambda: the auto-tiler model whose exit the learned codec starts from.")
-def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
+def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
           task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates,
           rate_lambda, base):
     """Train auto-tilers (or, with --rate-lambda, the learned codec) on activation dumps and export them to
     ONNX (needs featcodec[train]).
+
+    From a network and photos (or videos) in one step: `train MODEL.onnx IMAGES… --layer TENSOR -o DIR`
+    dumps the layers of the images and of their flipped, zoomed and shrunk copies into DIR/.data (kept,
+    so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest says which);
+    each phase then runs 7 minutes unless --minutes-per-phase says otherwise (2 exits: under 30 min).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
 
     \b
     featcodec train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda 0.005 \\
         --minutes-per-phase 45 --steps 100000 -o models/learned/centernet_mbv3
+    featcodec train models/networks/mtcnn_pnet/mtcnn_pnet.onnx examples/images --layer P2 -o pnet_codec
     """
     from .train import require_torch
 
     require_torch()
+    dump_path = sources[0]
+    if dump_path.lower().endswith(".onnx"):
+        if not sources[1:]:
+            raise click.UsageError("training from a network needs photos or videos after MODEL.onnx")
+        network = network or dump_path
+        dump_path = _training_dump(dump_path, list(sources[1:]), list(layers), output)
+        minutes_per_phase = minutes_per_phase or 7.0
+    elif len(sources) > 1:
+        raise click.UsageError("images go with MODEL.onnx; a dump is trained on alone")
     if rate_lambda is not None:
         _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, crop,
                        task_weight, network, width, lr, max_samples, seed, rate_lambda, base,
@@ -711,6 +730,31 @@ def train(dump_path, layers, output, name, ratios, steps, task_steps, minutes_pe
 
     click.echo(f"{output}: {len(manifest['files'])} ONNX files, {sizes / 1e6:.2f} MB, "
                f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
+
+
+def _training_dump(model_path: str, images: list[str], layers: list[str], output: str) -> str:
+    """OUTPUT/.data/train.h5: `layers` of `images` and of their flips, zooms and shrinks (reused when there)."""
+    from .dump import AUGMENTATIONS
+    from .dump import dump as run_dump
+
+    path = os.path.join(output, ".data", "train.h5")
+    if os.path.exists(path):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if all(layer in f for layer in layers):
+                click.echo(f"{path}: reused", err=True)
+                return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    progress = _progress_callback("dumping")
+    try:
+        summary = run_dump(model_path, layers, images, path, force=True, compression="lzf",
+                           augmentations=AUGMENTATIONS, progress=progress)
+    finally:
+        progress.stop()
+    click.echo(f"{path}: {summary.images} maps of {', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}",
+               err=True)
+    return path
 
 
 def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batch, crop, task_weight, network, width,
@@ -893,20 +937,92 @@ def codecs():
 def split(model_path, tensor, outputs, force, tolerance):
     """Cut an ONNX model at a tensor into a head (input → tensor) and a tail (tensor → outputs).
 
-    The cut is verified: tail(head(x)) must match the full model on a random input.
+    `--at` may name several tensors, comma-separated (an FPN's levels): together they must cut the
+    graph. The cut is verified: tail(head(x)) must match the full model on a random input.
     """
     from .onnxmodel import Manifest, load_model, split_model, verify_split
 
-    tensor = Manifest.for_model(model_path).resolve_layer(tensor)
+    manifest = Manifest.for_model(model_path)
+    tensors = manifest.resolve_layers(tensor)
     model = load_model(model_path)
-    head, tail = split_model(model, tensor)
-    error = verify_split(model, head, tail)
+    head, tail = split_model(model, tensors)
+    error = verify_split(model, head, tail, size=manifest.preprocessing.get("size"))
     if error > tolerance:
         raise InvalidInputError(f"tail(head(x)) differs from the model by {error:.3g} (relative) > {tolerance}")
     for proto, path in zip((head, tail), outputs):
         write_bytes(path, proto.SerializeToString(), force)
-    click.echo(f"{outputs[0]} + {outputs[1]}: cut at {tensor}, verified (max relative difference {error:.2g})",
-               err=True)
+    click.echo(f"{outputs[0]} + {outputs[1]}: cut at {', '.join(tensors)}, verified (max relative difference "
+               f"{error:.2g})", err=True)
+
+
+def _floats(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.onnx")
+@click.option("-o", "--output", help="Where to write it (default: MODEL.json beside the model, where featcodec "
+              "looks for it).")
+@click.option("--task", type=click.Choice(["detection", "classification", "dense"]),
+              help="What the outputs are (default: guessed: (N, K, 6) boxes, (N, classes) logits, maps).")
+@click.option("--size", help="Input height and width, 'H,W' or one number (needed when the graph's is dynamic).")
+@click.option("--resize", type=click.Choice(["stretch", "letterbox", "shorter-then-center-crop"]),
+              help="How a photo becomes the input (default: centre crop for classifiers, letterbox otherwise).")
+@click.option("--resize-shorter", type=click.IntRange(1), help="Centre crop: the shorter side before cropping "
+              "(default: size / 0.875, ImageNet's 256 for 224).")
+@click.option("--scale", type=float, help="Pixel values are multiplied by this first.  [default: 1/255]")
+@click.option("--mean", help="Then minus this, per channel (one number or R,G,B).  [default: 0]")
+@click.option("--std", help="Then divided by this, per channel.  [default: 1]")
+@click.option("--color", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True)
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Default: from the input's shape.")
+@click.option("--pad-value", default=0, show_default=True, type=click.IntRange(0, 255), help="Letterbox fill.")
+@click.option("--pad-position", type=click.Choice(["center", "top-left"]), default="center", show_default=True,
+              help="Where a letterboxed image sits on its canvas.")
+@click.option("--split", "splits", multiple=True, metavar="NAME=TENSOR[,TENSOR…]",
+              help="A named split point (repeatable); several tensors make a multi-tensor split. Each is checked "
+              "to cut the graph.")
+@click.option("--detections-output", help="Detection: the output of (N, K, 6) boxes x1,y1,x2,y2,score,class.")
+@click.option("--score-threshold", default=0.3, show_default=True, help="Detection: boxes kept as ground truth.")
+@click.option("--loss", type=click.Choice(["centernet", "kl", "nmse"]),
+              help="Training loss through the tail (default: kl for classifiers, nmse otherwise).")
+@click.option("--loss-output", "loss_outputs", multiple=True,
+              help="Outputs (or inner tensors, such as a detector's raw heads) the training loss compares "
+              "(repeatable; default: the model's outputs).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing manifest.")
+def manifest(model_path, output, task, size, resize, resize_shorter, scale, mean, std, color, layout, pad_value,
+             pad_position, splits, detections_output, score_threshold, loss, loss_outputs, force):
+    """Describe MODEL.onnx for featcodec: its task, input preprocessing, outputs and split points.
+
+    `split`, `dump`, `bench` and `train` read it. What is not given is guessed from the graph;
+    see docs/manifest.md.
+    """
+    from .onnxmodel import describe
+
+    sizes = _floats(size)
+    if sizes is not None and len(sizes) not in (1, 2):
+        raise click.BadParameter("give H,W or one number", param_hint="--size")
+    points = {}
+    for text in splits:
+        name, _, tensors = text.partition("=")
+        if not name or not tensors:
+            raise click.BadParameter(f"{text!r} is not NAME=TENSOR[,TENSOR…]", param_hint="--split")
+        points[name] = tensors.split(",")
+    described = describe(model_path, task=task, size=None if sizes is None else (int(sizes[0]), int(sizes[-1])),
+                         resize=resize, mean=_floats(mean), std=_floats(std), scale=scale, color=color, layout=layout,
+                         pad_value=pad_value, pad_position=pad_position, resize_shorter=resize_shorter,
+                         split_points=points, detections_output=detections_output,
+                         score_threshold=score_threshold, loss=loss, loss_outputs=list(loss_outputs) or None)
+    output = output or os.path.splitext(model_path)[0] + ".json"
+    write_bytes(output, (json.dumps(described, indent=1) + "\n").encode(), force)
+    pre = described["preprocessing"]
+    click.echo(f"{output}: {described['task']}, input {pre['input']} {pre['size'][0]}×{pre['size'][1]} "
+               f"{pre['layout']} ({pre['resize']}), outputs {', '.join(described['outputs'])}, "
+               f"{len(points)} split point{'s' * (len(points) != 1)}", err=True)
 
 
 @cli.command()

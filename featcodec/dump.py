@@ -118,6 +118,9 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     model_outputs = [o.name for o in model.graph.output]
     sess = session(with_outputs(model, list(tensors.values())), threads)
     spec = manifest.preprocessing or default_preprocessing(sess)
+    fixed_batch = sess.get_inputs()[0].shape[0]
+    if isinstance(fixed_batch, int) and fixed_batch > 0:  # exported with batch 1: feed one image at a time
+        batch_size = min(batch_size, fixed_batch)
     for kind in augmentations:
         if kind not in AUGMENTATIONS:
             raise InvalidInputError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")

@@ -126,21 +126,52 @@ def _upstream_inputs(model, outputs: list[str], stop: set[str]) -> set[str]:
     return reached
 
 
-def check_cut(model, tensor: str) -> None:
-    """Refuse `tensor` unless every path from the inputs to the outputs passes through it."""
-    if tensor not in tensor_names(model):
-        raise InvalidInputError(f"model has no tensor {tensor!r}")
+def check_cut(model, tensors: str | list[str]) -> None:
+    """Refuse `tensors` (one, or the set of an FPN's levels) unless every path from the inputs to
+    the outputs passes through them."""
+    tensors = [tensors] if isinstance(tensors, str) else list(tensors)
+    known = tensor_names(model)
+    ends = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    for tensor in tensors:
+        if tensor not in known:
+            raise InvalidInputError(f"model has no tensor {tensor!r}")
+        if tensor in ends:
+            raise InvalidInputError(f"{tensor!r} is a model input or output, not an inner cut")
+    if len(set(tensors)) != len(tensors):
+        raise InvalidInputError("a split names a tensor twice")
     outputs = [o.name for o in model.graph.output]
-    if tensor in outputs or tensor in {i.name for i in model.graph.input}:
-        raise InvalidInputError(f"{tensor!r} is a model input or output, not an inner cut")
-    leaking = _upstream_inputs(model, outputs, stop={tensor})
+    leaking = _upstream_inputs(model, outputs, stop=set(tensors))
+    what = repr(tensors[0]) if len(tensors) == 1 else f"the set {', '.join(tensors)}"
     if leaking:
         raise InvalidInputError(
-            f"{tensor!r} does not cut the graph in two: the outputs still depend on {sorted(leaking)} "
-            "by another path (a skip connection?)"
+            f"{what} does not cut the graph in two: the outputs still depend on {sorted(leaking)} "
+            "by another path (a skip connection, or an FPN level left out?)"
         )
-    if not _upstream_inputs(model, [tensor], stop=set()):
-        raise InvalidInputError(f"{tensor!r} does not depend on the model input")
+    for tensor in tensors:
+        if not _upstream_inputs(model, [tensor], stop=set()):
+            raise InvalidInputError(f"{tensor!r} does not depend on the model input")
+    unused = [t for t in tensors if not _reaches(model, t, outputs, set(tensors) - {t})]
+    if unused:
+        raise InvalidInputError(f"{unused[0]!r} is not needed by the outputs once the rest of the split is known")
+
+
+def _reaches(model, tensor: str, outputs: list[str], stop: set[str]) -> bool:
+    """Whether some output depends on `tensor` by a path that avoids `stop`."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    targets, stack, seen = set(outputs), [tensor], set()
+    while stack:
+        name = stack.pop()
+        if name in targets:
+            return True
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in consumers.get(name, []):
+            stack.extend(o for o in node.output if o not in stop)
+    return False
 
 
 def extract(model, inputs: list[str], outputs: list[str]):
@@ -155,12 +186,13 @@ def extract(model, inputs: list[str], outputs: list[str]):
         raise InvalidInputError(f"cannot extract {inputs} -> {outputs}: {err}") from err
 
 
-def split_model(model, tensor: str):
-    """(head, tail) ModelProtos of `model` cut at `tensor`."""
-    check_cut(model, tensor)
+def split_model(model, tensors: str | list[str]):
+    """(head, tail) ModelProtos of `model` cut at `tensors` (one, or a set)."""
+    tensors = [tensors] if isinstance(tensors, str) else list(tensors)
+    check_cut(model, tensors)
     graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    head = extract(model, graph_inputs, [tensor])
-    tail = extract(model, [tensor], [o.name for o in model.graph.output])
+    head = extract(model, graph_inputs, tensors)
+    tail = extract(model, tensors, [o.name for o in model.graph.output])
     return head, tail
 
 
@@ -197,15 +229,17 @@ def with_outputs(model, names: list[str]):
     return copy
 
 
-def verify_split(model, head, tail, seed: int = 0) -> float:
-    """Largest difference between tail(head(x)) and model(x) on a random input, relative to each output's range."""
+def verify_split(model, head, tail, seed: int = 0, size: tuple[int, int] | None = None) -> float:
+    """Largest difference between tail(head(x)) and model(x) on a random input (dynamic height and
+    width set to `size`), relative to each output's range."""
     full = session(model)
-    feeds = random_input(full, seed)
+    feeds = random_input(full, seed, size=size)
     expected = dict(zip([o.name for o in full.get_outputs()], full.run(None, feeds)))
-    middle = session(head).run(None, feeds)[0]
+    head_session = session(head)
+    middle = dict(zip([o.name for o in head_session.get_outputs()], head_session.run(None, feeds)))
     tail_session = session(tail)
     got = dict(zip([o.name for o in tail_session.get_outputs()],
-                   tail_session.run(None, {tail_session.get_inputs()[0].name: middle})))
+                   tail_session.run(None, {i.name: middle[i.name] for i in tail_session.get_inputs()})))
     worst = 0.0
     for name, value in expected.items():
         scale = max(float(np.abs(value).max()), 1e-12)
@@ -213,12 +247,19 @@ def verify_split(model, head, tail, seed: int = 0) -> float:
     return worst
 
 
-def random_input(sess, seed: int = 0, high: float = 255.0) -> dict[str, np.ndarray]:
-    """Random feeds for every input of a session (dynamic dimensions set to 1)."""
+def random_input(sess, seed: int = 0, high: float = 255.0,
+                 size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Random feeds for every input of a session (dynamic dimensions set to 1, or the spatial ones
+    of a 4-D input to `size`)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        if size and len(shape) == 4:
+            spatial = (2, 3) if shape[1] in (1, 3) or shape[3] not in (1, 3) else (1, 2)
+            for axis, n in zip(spatial, size):
+                if not (isinstance(inp.shape[axis], int) and inp.shape[axis] > 0):
+                    shape[axis] = n
         feeds[inp.name] = (rng.random(shape) * high).astype(np.float32)
     return feeds
 
@@ -272,29 +313,47 @@ def preprocess(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     return finish_input(resize_for_input(rgb, spec), spec)
 
 
+RESIZES = ("stretch", "letterbox", "shorter-then-center-crop")
+CROP_FRACTION = 0.875  # ImageNet's habit: resize the shorter side to 256, crop 224
+
+
 def resize_for_input(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """The image at the size the network sees it, before any padding: what a device that sends the
-    image (remote inference) would code. Letterbox: the longer side fitted; stretch: the input size."""
+    image (remote inference) would code.
+
+    stretch: to the input size; letterbox: the longer side fitted (padded later, see `finish_input`);
+    shorter-then-center-crop: the shorter side resized to ``resize_shorter`` (default size / 0.875),
+    then the centre cropped to the input size, as classifiers are fed."""
     from PIL import Image
 
     height, width = spec["size"]
     h, w = rgb.shape[:2]
-    if spec.get("resize", "stretch") == "letterbox":
+    mode = spec.get("resize", "stretch")
+    if mode == "letterbox":
         s = min(height / h, width / w)
-        size = (round(w * s), round(h * s))
-    else:
-        size = (width, height)
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+        return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
+    if mode == "shorter-then-center-crop":
+        shorter = int(spec.get("resize_shorter") or round(max(height, width) / CROP_FRACTION))
+        s = max(shorter / min(h, w), height / h, width / w)
+        nh, nw = max(height, round(h * s)), max(width, round(w * s))
+        resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        top, left = (nh - height) // 2, (nw - width) // 2
+        return np.ascontiguousarray(resized[top : top + height, left : left + width])
+    if mode != "stretch":
+        raise InvalidInputError(f"unknown resize {mode!r} in the preprocessing (known: {', '.join(RESIZES)})")
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
 
 
 def finish_input(resized: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """A `resize_for_input` image (or its decoded copy) → the model's float32 input: padded onto the
-    letterbox canvas, colour order, scale, mean and std, layout."""
+    letterbox canvas (``pad_value``, at the ``pad_position`` center or top-left), colour order,
+    scale, mean and std, layout."""
     height, width = spec["size"]
     if spec.get("resize", "stretch") == "letterbox":
         nh, nw = resized.shape[:2]
-        canvas = np.zeros((height, width, 3), np.uint8)
-        dy, dx = (height - nh) // 2, (width - nw) // 2
+        canvas = np.full((height, width, 3), spec.get("pad_value", 0), np.uint8)
+        top_left = spec.get("pad_position", "center") == "top-left"
+        dy, dx = (0, 0) if top_left else ((height - nh) // 2, (width - nw) // 2)
         canvas[dy : dy + nh, dx : dx + nw] = resized
     else:
         canvas = resized
@@ -303,3 +362,78 @@ def finish_input(resized: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     x = canvas.astype(np.float32) * float(spec.get("scale", 1.0))
     x = (x - np.asarray(spec.get("mean", 0.0), np.float32)) / np.asarray(spec.get("std", 1.0), np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1) if spec.get("layout") == "nchw" else x)
+
+
+# --- writing a manifest -----------------------------------------------------------------------
+
+TASKS = ("detection", "classification", "dense")
+
+
+def describe(model_path: str, *, task: str | None = None, size: tuple[int, int] | None = None,
+             resize: str | None = None, mean=None, std=None, scale: float | None = None, color: str = "rgb",
+             layout: str | None = None, pad_value: int = 0, pad_position: str = "center",
+             resize_shorter: int | None = None, split_points: dict[str, list[str]] | None = None,
+             detections_output: str | None = None, score_threshold: float = 0.3,
+             loss: str | None = None, loss_outputs: list[str] | None = None) -> dict[str, Any]:
+    """A manifest for `model_path`: what the options say, the rest guessed from the graph (the input,
+    its layout and static size, the outputs and from them the task); each split point is checked to
+    cut the graph. `featcodec manifest` writes it.
+
+    >>> m = describe("models/networks/mtcnn_pnet/mtcnn_pnet.onnx", size=(231, 308), mean=127.5, std=128,
+    ...              scale=1.0, split_points={"P2": ["prelu2"]})
+    >>> m["task"], m["preprocessing"]["layout"], m["split_points"]
+    ('dense', 'nchw', {'P2': 'prelu2'})
+    """
+    from .task import guess_task
+
+    model = load_model(model_path)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidInputError(f"{model_path} takes {len(inputs)} inputs; featcodec feeds one image")
+    dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise InvalidInputError(f"input {inputs[0].name} is {len(dims)}-D, not an image batch "
+                                "(N, C, H, W) or (N, H, W, C)")
+    layout = layout or ("nhwc" if dims[3] == 3 and dims[1] != 3 else "nchw")
+    static = (dims[2], dims[3]) if layout == "nchw" else (dims[1], dims[2])
+    if size is None:
+        if None in static:
+            raise InvalidInputError(f"input {inputs[0].name} has a dynamic size: give --size")
+        size = static
+    elif None not in static and tuple(size) != tuple(static):
+        raise InvalidInputError(f"input {inputs[0].name} is {static[0]}×{static[1]}, not {size[0]}×{size[1]}")
+    outputs = [o.name for o in model.graph.output]
+    task = task or guess_task(model)
+    if task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    resize = resize or ("shorter-then-center-crop" if task == "classification" else "letterbox")
+    if resize not in RESIZES:
+        raise InvalidInputError(f"unknown resize {resize!r} (known: {', '.join(RESIZES)})")
+
+    def three(value, default):
+        return [float(x) for x in np.broadcast_to(np.asarray(default if value is None else value, float), 3)]
+
+    preprocessing = {"input": inputs[0].name, "layout": layout, "size": [int(size[0]), int(size[1])],
+                     "resize": resize, "color": color, "scale": 1 / 255 if scale is None else float(scale),
+                     "mean": three(mean, 0.0), "std": three(std, 1.0)}
+    if resize == "letterbox":
+        preprocessing.update(pad_value=int(pad_value), pad_position=pad_position)
+    if resize == "shorter-then-center-crop":
+        preprocessing["resize_shorter"] = int(resize_shorter or round(max(size) / CROP_FRACTION))
+    points = {}
+    for alias, tensors in (split_points or {}).items():
+        check_cut(model, tensors)
+        points[alias] = tensors[0] if len(tensors) == 1 else list(tensors)
+    manifest = {"name": Path(model_path).stem, "file": Path(model_path).name, "sha256": sha256_file(model_path),
+                "task": task, "outputs": outputs, "preprocessing": preprocessing, "split_points": points}
+    if task == "detection":
+        if detections_output and detections_output not in outputs:
+            raise InvalidInputError(f"{detections_output!r} is not an output of the model ({', '.join(outputs)})")
+        manifest.update(detections_output=detections_output or outputs[0], score_threshold=float(score_threshold))
+    if loss or loss_outputs:
+        unknown = [o for o in loss_outputs or [] if o not in tensor_names(model)]
+        if unknown:
+            raise InvalidInputError(f"model has no tensor {unknown[0]!r}")
+        manifest["training_loss"] = {k: v for k, v in (("kind", loss), ("outputs", loss_outputs)) if v}
+    return manifest

@@ -35,16 +35,22 @@ DEFAULT_MODEL = "centernet_mbv3"
 MANIFEST_FORMAT = 2
 
 
-def exit_layout(channels: int, ratio: int) -> tuple[int, int]:
+SMALL_MAP = 28  # maps this small (a classifier's 7×7 to 28×28) lose channels, not positions
+
+
+def exit_layout(channels: int, ratio: int, size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(stride-2 steps, latent channels K) of the bottleneck for `channels` at element ratio `ratio`.
 
-    The fewest steps s with 4^s ≥ ratio, then K = C·4^s / ratio, which must be a whole number.
+    The fewest steps s with 4^s ≥ ratio, then K = C·4^s / ratio, which must be a whole number; on a
+    map of `size` no larger than SMALL_MAP on a side, no step at all (K = C / ratio) where it divides.
 
-    >>> exit_layout(72, 4), exit_layout(72, 16), exit_layout(24, 8)
-    ((1, 72), (2, 72), (2, 48))
+    >>> exit_layout(72, 4), exit_layout(72, 16), exit_layout(24, 8), exit_layout(512, 16, (7, 7))
+    ((1, 72), (2, 72), (2, 48), (0, 32))
     """
     if not isinstance(ratio, int) or ratio < 1:
         raise InvalidInputError(f"compression ratio must be a positive integer, got {ratio!r}")
+    if size is not None and min(size) <= SMALL_MAP and channels % ratio == 0:
+        return 0, channels // ratio
     steps = math.ceil(math.log(ratio, 4) - 1e-9) if ratio > 1 else 0
     latent, rest = divmod(channels * 4 ** steps, ratio)
     if rest or latent < 1:

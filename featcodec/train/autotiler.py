@@ -181,6 +181,9 @@ def hevc_proxy(y, noise: float = NOISE):
     return y + (torch.rand_like(y) - 0.5) * (2 * amplitude + 1 / 255)
 
 
+PAD_MULTIPLE = 8  # the largest stride of the exits trained (CR64)
+
+
 @dataclass
 class LayerData:
     """One layer's training and validation maps, (N, C, H, W) float32 in the layer's own units."""
@@ -194,6 +197,7 @@ class LayerData:
     std: np.ndarray
     nonnegative: bool
     samples: int
+    shape: tuple[int, int, int]  # a sample's (C, H, W) as dumped; the maps above are padded to PAD_MULTIPLE
 
     @classmethod
     def load(cls, path: str, dataset: str, valid_fraction: float, max_samples: int | None = None) -> LayerData:
@@ -207,9 +211,12 @@ class LayerData:
                 raise InvalidInputError(f"{path} has no (N, C, H, W) dataset {dataset!r} (datasets: "
                                         f"{', '.join(k for k in f if isinstance(f[k], h5py.Dataset))})")
             count = len(node) if max_samples is None else min(len(node), max_samples)
-            data = np.empty((count, *node.shape[1:]), np.float32)
+            c, h, w = node.shape[1:]
+            # odd sizes are padded as the codec pads them (edge values) so every stride divides them
+            ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+            data = np.empty((count, c, ph, pw), np.float32)
             for i in range(count):  # one sample at a time: no float64 or second copy of a large dump
-                data[i] = node[i]
+                data[i] = np.pad(node[i], ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
             tensor = str(node.attrs.get("layer", dataset))
             model = node.attrs.get("model")
         n_valid = max(1, int(round(count * valid_fraction)))
@@ -217,7 +224,7 @@ class LayerData:
         mean = train.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
         std = (train.std(axis=(0, 2, 3), dtype=np.float64) + 1e-6).astype(np.float32)
         return cls(dataset.strip("/"), tensor, str(model) if model is not None else None, train, valid, mean, std,
-                   bool(train.min() >= 0), count)
+                   bool(train.min() >= 0), count, (int(c), int(h), int(w)))
 
     def validation(self, count: int):
         """(inputs, targets) of the first `count` validation maps: the maps themselves."""
@@ -508,11 +515,11 @@ class TrainingConfig:
 
 def _phase_modules(data: LayerData, config: TrainingConfig) -> dict:
     """The encoder/decoder pair of every exit; later exits cascade on the first one's encoder."""
-    c = data.train.shape[1]
+    c, h, w = data.shape
     norm = Normalise(data.mean, data.std)
     modules, previous = {}, None
     for ratio in sorted(config.ratios):
-        steps, latent = exit_layout(c, ratio)
+        steps, latent = exit_layout(c, ratio, (h, w))
         if previous is None:
             encoder = Encoder(c, latent, steps, config.width, norm)
         else:
@@ -543,7 +550,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
     manifest_layers, files, phases = {}, {}, []
     for layer_index, layer in enumerate(layers):
         data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
-        c, h, w = data.train.shape[1:]
+        c, h, w = data.shape
         built = _phase_modules(data, config)
         norm = built["norm"]
         task, task_text = _task_loss(data, network, config)
@@ -840,7 +847,7 @@ def train_compatibility(dump: str, layers: list[str], output: str, *, core: str,
     files, phases, manifest_layers = {}, [], {}
     for layer_index, layer in enumerate(layers):
         data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
-        c, h, w = data.train.shape[1:]
+        c, h, w = data.shape
         if c <= cc:  # same spatial size (fully convolutional): channels decide
             raise InvalidInputError(f"{layer} ({c} channels) is not larger than the core {core} ({cc} channels)")
         prefix = data.name.lower().replace("/", "_")

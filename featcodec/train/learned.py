@@ -267,7 +267,7 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     checkpoints = out / ".checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
-    c, h, w = data.train.shape[1:]
+    c, h, w = data.shape
     folder, entry, exit_ = _base_exit(config.base, data.name, config.ratio)
     if entry["tensor"] != data.tensor or list(entry["shape"]) != [c, h, w]:
         raise InvalidInputError(f"{dump}:{layer} is {data.tensor} {(c, h, w)}, the base exit serves "
