@@ -27,7 +27,7 @@ def tiny_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("autotiler")
     rng = np.random.default_rng(0)
-    smooth = lambda c: np.cumsum(np.maximum(rng.normal(0, 1, (6, c, 24, 24)), 0), axis=-1).astype(np.float32)  # noqa: E731
+    smooth = lambda c: np.cumsum(np.maximum(rng.normal(0, 1, (6, c, 32, 32)), 0), axis=-1).astype(np.float32)  # noqa: E731
     with h5py.File(root / "dump.h5", "w") as f:
         f.create_dataset("small", data=smooth(8)).attrs["layer"] = "small:0"
         f.create_dataset("large", data=smooth(16) - 3).attrs["layer"] = "large:0"
@@ -120,9 +120,9 @@ def test_extend_adds_an_exit_and_keeps_the_others(tiny_model, tmp_path, monkeypa
     assert set(extended["layers"]["large"]["exits"]) == {"4", "16"}
     assert [p["name"] for p in extended["training"]["extensions"][0]["phases"]] == ["small CR64 MSE"]
     monkeypatch.setenv("FEATCODEC_MODELS", str(copy.parent))
-    x = np.random.default_rng(1).random((1, 8, 24, 24)).astype(np.float32)
+    x = np.random.default_rng(1).random((1, 8, 32, 32)).astype(np.float32)
     header = featcodec.info(featcodec.encode(x, "autotiler", model="tiny", cr=64, lossless=True))
-    assert header["samples"][0]["latent"] == [8, 3, 3] and header["samples"][0]["ratio"] == 64.0
+    assert header["samples"][0]["latent"] == [8, 4, 4] and header["samples"][0]["ratio"] == 64.0
 
 
 def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeypatch):
@@ -149,8 +149,8 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     assert [p["name"] for p in extended["training"]["extensions"][0]["phases"]] == [
         "large CR8 (compatibility, small CR4) MSE", "large CR32 (compatibility, small CR16) MSE"]
     monkeypatch.setenv("FEATCODEC_MODELS", str(copy.parent))
-    x = np.random.default_rng(1).normal(0, 1, (1, 16, 24, 24)).astype(np.float32) - 3
-    for cr, latent in ((8, [8, 12, 12]), (32, [8, 6, 6])):
+    x = np.random.default_rng(1).normal(0, 1, (1, 16, 32, 32)).astype(np.float32) - 3
+    for cr, latent in ((8, [8, 16, 16]), (32, [8, 8, 8])):
         blob = featcodec.encode(x, "autotiler", model="tiny", cr=cr, lossless=True)
         sample = featcodec.info(blob)["samples"][0]
         assert sample["latent"] == latent and sample["ratio"] == cr and sample["layer"] == "large"
@@ -166,7 +166,7 @@ def test_compatibility_autoencoders_share_the_core(tiny_model, tmp_path, monkeyp
     only = train_compatibility(str(folder.parent / "dump.h5"), ["large"], str(alone), core="small", name="tiny",
                                config=_tiny_config(ratios=(16,), steps=8, task_steps=0),
                                log=lines.append)["layers"]["large"]
-    assert (only["shape"], only["nonnegative"], sorted(only["exits"])) == ([16, 24, 24], False, ["32"])
+    assert (only["shape"], only["nonnegative"], sorted(only["exits"])) == ([16, 32, 32], False, ["32"])
     assert only["structure"].startswith("compatibility autoencoders onto small's shared core at CR32")
     monkeypatch.setenv("FEATCODEC_MODELS", str(alone.parent))
     blob = featcodec.encode(x, "autotiler", model="tiny", cr=32, lossless=True)
@@ -314,8 +314,8 @@ def test_ratio_not_on_offer_lists_those_that_are(tiny_model, monkeypatch, cli):
     with pytest.raises(InvalidInputError, match="integer compression ratio"):
         featcodec.get_codec("autotiler", cr=1)
     out = cli("models", check=True).stdout.decode()
-    assert "tiny (codec autotiler" in out and "large large:0 (16, 24, 24): CR4, CR16; dedicated" in out
-    assert "CR16: real ratio 16.00x, 16 latent maps of 6x6 tiled 4x4 into one 24x24 frame" in out
+    assert "tiny (codec autotiler" in out and "large large:0 (16, 32, 32): CR4, CR16; dedicated" in out
+    assert "CR16: real ratio 16.00x, 16 latent maps of 8x8 tiled 4x4 into one 32x32 frame" in out
 
 
 def test_tampered_model_refused(tiny_model, monkeypatch, tmp_path):

@@ -210,15 +210,17 @@ def _build(data: LayerData, folder: Path, entry: dict, exit_: dict, width: int):
     """The exit's encoder chain and decoder as torch modules, with the shipped weights (each network
     carries its own normalisation buffers)."""
     c = data.train.shape[1]
-    strides = {tuple(e["encoder"]): e["stride"] for e in entry["exits"].values()}
+    # each encoder of a cascade ends at the exit that stops there: its stride and latent maps
+    ends = {tuple(e["encoder"]): (e["stride"], e["latent_channels"]) for e in entry["exits"].values()}
     encoders, channels_in, done = [], c, 0
     for i, name in enumerate(exit_["encoder"]):
-        steps = int(round(math.log2(strides[tuple(exit_["encoder"][: i + 1])]))) - done
+        stride, latent = ends[tuple(exit_["encoder"][: i + 1])]
+        steps = int(round(math.log2(stride))) - done
         norm = Normalise(data.mean, data.std) if i == 0 else None
-        encoder = Encoder(channels_in, exit_["latent_channels"], steps, width, norm, logit_input=i > 0)
+        encoder = Encoder(channels_in, latent, steps, width, norm, logit_input=i > 0)
         load_onnx_weights(encoder, folder / name)
         encoders.append(encoder)
-        channels_in, done = exit_["latent_channels"], done + steps
+        channels_in, done = latent, done + steps
     decoder = Decoder(exit_["latent_channels"], c, done, width, Normalise(data.mean, data.std), data.nonnegative)
     load_onnx_weights(decoder, folder / exit_["decoder"][0])
     return Chain(encoders), decoder

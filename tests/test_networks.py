@@ -1,0 +1,155 @@
+"""Any network: manifests, multi-tensor splits, preprocessing modes, the dense task metric, and the
+path from a network and photos to a trained codec (on the bundled MTCNN P-Net)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featcodec.errors import InvalidInputError
+from featcodec.onnxmodel import check_cut, describe, finish_input, resize_for_input, session, split_model, verify_split
+from featcodec.task import dense_agreement, guess_task
+from tests.test_models import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PNET = ROOT / "models" / "networks" / "mtcnn_pnet" / "mtcnn_pnet.onnx"
+IMAGES = ROOT / "examples" / "images"
+
+
+def test_a_set_of_tensors_cuts_where_each_alone_does_not():
+    model = tiny_model()
+    for alone in ("b", "s"):
+        with pytest.raises(InvalidInputError, match="does not cut"):
+            check_cut(model, alone)
+    head, tail = split_model(model, ["b", "s"])
+    assert sorted(i.name for i in tail.graph.input) == ["b", "s"]
+    assert verify_split(model, head, tail) == 0.0
+    with pytest.raises(InvalidInputError, match="not needed"):
+        check_cut(model, ["a", "b", "s"])  # a feeds the outputs only through b
+    with pytest.raises(InvalidInputError, match="twice"):
+        check_cut(model, ["b", "b", "s"])
+
+
+def test_split_cli_takes_a_tensor_set(cli, tmp_path):
+    tiny_model(tmp_path / "tiny.onnx")
+    result = cli("split", tmp_path / "tiny.onnx", "--at", "b,s", "-o", tmp_path / "h.onnx", tmp_path / "t.onnx")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "cut at b, s, verified" in result.stderr.decode()
+    assert sorted(o.name for o in session(str(tmp_path / "h.onnx")).get_outputs()) == ["b", "s"]
+
+
+def test_manifest_cli_guesses_what_it_is_not_told(cli, tmp_path):
+    shutil.copy(PNET, tmp_path / "pnet.onnx")
+    result = cli("manifest", tmp_path / "pnet.onnx", "--size", "231,308", "--scale", "1", "--mean", "127.5",
+                 "--std", "128", "--resize", "stretch", "--split", "P2=prelu2")
+    assert result.returncode == 0, result.stderr.decode()
+    written = json.loads((tmp_path / "pnet.json").read_text())
+    assert written["task"] == "dense" and written["outputs"] == ["prob", "reg"]
+    assert written["preprocessing"]["layout"] == "nchw" and written["preprocessing"]["size"] == [231, 308]
+    assert written["preprocessing"]["mean"] == [127.5] * 3 and written["split_points"] == {"P2": "prelu2"}
+    # featcodec finds it beside the model: split reads the alias and the size of a dynamic input
+    result = cli("split", tmp_path / "pnet.onnx", "--at", "P2", "-o", tmp_path / "h.onnx", tmp_path / "t.onnx")
+    assert result.returncode == 0, result.stderr.decode()
+    again = cli("manifest", tmp_path / "pnet.onnx", "--size", "231,308")
+    assert again.returncode == 1 and "exists" in again.stderr.decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "dynamic size: give --size"),
+    (["--size", "64", "--split", "X=nope"], "no tensor 'nope'"),
+    (["--size", "64", "--split", "X=prob"], "not an inner cut"),
+    (["--size", "64", "--split", "oops"], "NAME=TENSOR"),
+    (["--size", "64", "--mean", "a,b"], "comma-separated list of numbers"),
+    (["--size", "64", "--loss-output", "nope"], "no tensor 'nope'"),
+])
+def test_manifest_cli_refuses_bad_descriptions(cli, tmp_path, args, message):
+    shutil.copy(PNET, tmp_path / "pnet.onnx")
+    result = cli("manifest", tmp_path / "pnet.onnx", *args)
+    err = result.stderr.decode()
+    assert result.returncode != 0 and err.startswith("Error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "pnet.json").exists()
+
+
+def test_classifier_manifest_defaults_to_a_centre_crop(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = numpy_helper.from_array(np.ones((10, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                               helper.make_node("Flatten", ["p"], ["f"]),
+                               helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)], "cls",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], [w])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "cls.onnx")
+    m = describe(str(tmp_path / "cls.onnx"), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    assert m["task"] == "classification"
+    assert m["preprocessing"]["resize"] == "shorter-then-center-crop" and m["preprocessing"]["resize_shorter"] == 256
+    assert m["preprocessing"]["size"] == [224, 224] and m["preprocessing"]["scale"] == pytest.approx(1 / 255)
+
+
+def test_centre_crop_and_top_left_letterbox():
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    rgb[:, 200:] = 255  # right half white
+    crop = {"size": [224, 224], "resize": "shorter-then-center-crop", "resize_shorter": 256}
+    out = resize_for_input(rgb, crop)
+    assert out.shape == (224, 224, 3)  # 300x400 → 256x341, centre 224x224
+    assert out[:, :100].max() == 0 and out[:, 124:].min() == 255
+    box = {"size": [416, 416], "resize": "letterbox", "pad_value": 114, "pad_position": "top-left", "layout": "nhwc"}
+    resized = resize_for_input(rgb, box)
+    assert resized.shape == (312, 416, 3)
+    x = finish_input(resized, box)
+    assert x.shape == (416, 416, 3) and x[0, 0, 0] == 0 and x[-1, 0, 0] == 114  # image at the top, pad below
+    with pytest.raises(InvalidInputError, match="unknown resize"):
+        resize_for_input(rgb, {"size": [8, 8], "resize": "squash"})
+
+
+def test_dense_agreement():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((2, 2, 8, 8)), rng.random((2, 4, 8, 8))]
+    assert dense_agreement(maps, maps) == 1.0
+    noisy = [m + rng.normal(0, 0.05, m.shape) for m in maps]
+    assert 0.8 < dense_agreement(maps, noisy) < 1.0
+    assert dense_agreement(maps, [np.full_like(m, m.mean()) for m in maps]) == 0.0
+    from featcodec.onnxmodel import load_model
+
+    assert guess_task(load_model(str(PNET))) == "dense"
+
+
+def test_train_from_a_network_and_photos(cli, tmp_path):
+    """MODEL.onnx + photos → dump (with augmentation) → auto-tiler trained through P-Net's tail → codec."""
+    pytest.importorskip("torch")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in sorted(p.name for p in IMAGES.glob("*.jpg"))[:3]:
+        shutil.copy(IMAGES / name, photos / name)
+    out = tmp_path / "models" / "autotiler" / "pnet"
+    result = cli("train", PNET, photos, "--layer", "P2", "--cr", "4", "--steps", "2", "--task-steps", "2",
+                 "--crop", "16", "--task-crop", "16", "--width", "8", "-o", out)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert "12 maps of P2 (12, 16, 113, 151)" in err  # 3 photos and their flips, zooms and shrinks
+    assert "nmse on prob, reg (tail max |Δ| to onnxruntime" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"]["P2"]["shape"] == [16, 113, 151]  # the map as dumped, not as padded for training
+    x = np.random.default_rng(0).random((1, 16, 113, 151), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    enc = cli("encode", tmp_path / "x.npy", "-m", "autotiler", "--model", "pnet", "--qp", "20", "-o",
+              tmp_path / "x.fcb", cwd=tmp_path)
+    assert enc.returncode == 0, enc.stderr.decode()
+    cli("decode", tmp_path / "x.fcb", "-o", tmp_path / "y.npy", cwd=tmp_path, check=True)
+    assert np.load(tmp_path / "y.npy").shape == x.shape
+    bench = cli("bench", f"{out / '.data' / 'train.h5'}:/P2", "-m", "autotiler", "--model", "pnet", "--rates", "quick",
+                "--no-remote", "--task", PNET, "--json", tmp_path / "r.json", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr.decode()
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rows and all(r["method"] == "autotiler" and 0 <= r["agreement"] <= 1 for r in rows)
+    rerun = cli("train", PNET, photos, "--layer", "P2", "--cr", "4", "--steps", "2", "--task-steps", "2",
+                "--crop", "16", "--width", "8", "-o", out)
+    assert rerun.returncode == 0 and "train.h5: reused" in rerun.stderr.decode()
+
+
+def test_train_from_a_network_needs_photos(cli, tmp_path):
+    pytest.importorskip("torch")
+    result = cli("train", PNET, "--layer", "P2", "-o", tmp_path / "m")
+    assert result.returncode == 2 and "needs photos" in result.stderr.decode()
