@@ -25,7 +25,7 @@ def test_version_and_help(cli):
     from featcodec.cli import cli as group
 
     assert set(group.commands) == {"encode", "decode", "info", "codecs", "models", "calibrate", "split", "dump",
-                                   "bench", "convert", "train"}
+                                   "manifest", "bench", "convert", "train"}
     for command in group.commands:
         text = cli(command, "--help", check=True).stdout.decode()
         assert "Usage:" in text and len(text.splitlines()) > 4, command

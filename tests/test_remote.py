@@ -70,7 +70,7 @@ def test_the_dumps_images_are_made_again_as_the_network_saw_them(photo_dump):
     images = remote.dump_images(str(photo_dump))
     assert len(images) == 4 and np.array_equal(images[1], images[0][:, ::-1])
     network = remote.WholeNetwork(str(MODEL))
-    again = network.run([resize_for_input(rgb, network.spec) for rgb in images])
+    (again,) = network.run([resize_for_input(rgb, network.spec) for rgb in images])
     np.testing.assert_allclose(again, reference, atol=1e-3)
 
 
