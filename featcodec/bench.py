@@ -118,60 +118,101 @@ def find_task_model(tensor: Tensor, search: list[Path]) -> str | None:
     return None
 
 
-def head_ms(model_path: str, layer: str, threads: int | None, repeat: int = 3) -> float:
+def head_ms(model_path: str, layer: str | list[str], threads: int | None, repeat: int = 3) -> float:
     """Milliseconds per sample of the network's head (input → `layer`) on this CPU: what the device
     runs before any codec, the yardstick of the codec's own device cost. Median of `repeat` runs on
     the network's input shape (one warm-up excluded)."""
     from .onnxmodel import Manifest, extract, load_model, random_input, session
 
     manifest = Manifest.for_model(model_path)
-    tensor = manifest.resolve_layer(layer)
+    tensors = manifest.resolve_layers(layer)
     model = load_model(model_path)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    head = session(extract(model, inputs, [tensor]), threads)
+    head = session(extract(model, inputs, tensors), threads)
     feeds = random_input(head, size=manifest.preprocessing.get("size"))
-    head.run([tensor], feeds)
+    head.run(tensors, feeds)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        head.run([tensor], feeds)
+        head.run(tensors, feeds)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def run_point(original: np.ndarray, tensor: Tensor, method: str, label: str, params: dict, *,
-              calibration: np.ndarray | None, task, reference, repeat: int, threads: int | None = None) -> PointResult:
-    codec = get_codec(method, **params)
-    calibrated = codec.can_calibrate()  # designed once per layer, before timing
-    if calibrated:
-        codec = codec.calibrate(calibration if calibration is not None else original)
-    codec.threads = threads
-    encode(original[:1], codec)  # warm-up, excluded: caches, lazy imports, first ffmpeg start
-    encode_times, decode_times = [], []
-    for run in range(repeat):
-        if run == repeat - 1:
-            codec.reset_timings()
-        start = time.perf_counter()
-        blob = encode(original, codec, layer=tensor.attrs.get("layer"))
-        middle = time.perf_counter()
-        decoded = decode(blob, codec=codec)
-        encode_times.append(middle - start)
-        decode_times.append(time.perf_counter() - middle)
-    n = original.shape[0]
-    header = info(blob)
-    bpe = header["bits_per_element"]
-    agreement = task.agreement(original, decoded, reference) if task is not None else None
+def run_point(original: np.ndarray | list[np.ndarray], tensor: Tensor | list[Tensor], method: str, label: str,
+              params: dict, *, calibration: np.ndarray | list | None, task, reference, repeat: int,
+              threads: int | None = None, name: str | None = None) -> PointResult:
+    """One codec at one rate point on a tensor, or on the tensors of a multi-tensor split (lists: each
+    coded on its own at the same settings; bits, errors and times add up; the task sees them all)."""
+    originals = original if isinstance(original, list) else [original]
+    tensors = tensor if isinstance(tensor, list) else [tensor]
+    calibrations = calibration if isinstance(calibration, list) else [calibration] * len(originals)
+    decoded, headers, configs, encode_ms, decode_ms, stages = [], [], [], 0.0, 0.0, {}
+    calibrated = False
+    for part, part_tensor, part_calibration in zip(originals, tensors, calibrations):
+        codec = get_codec(method, **params)
+        calibrated = codec.can_calibrate()  # designed once per layer, before timing
+        if calibrated:
+            codec = codec.calibrate(part_calibration if part_calibration is not None else part)
+        codec.threads = threads
+        encode(part[:1], codec)  # warm-up, excluded: caches, lazy imports, first ffmpeg start
+        encode_times, decode_times = [], []
+        for run in range(repeat):
+            if run == repeat - 1:
+                codec.reset_timings()
+            start = time.perf_counter()
+            blob = encode(part, codec, layer=part_tensor.attrs.get("layer"))
+            middle = time.perf_counter()
+            out = decode(blob, codec=codec)
+            encode_times.append(middle - start)
+            decode_times.append(time.perf_counter() - middle)
+        n = part.shape[0]
+        decoded.append(out)
+        headers.append(info(blob))
+        configs.append(codec.get_config())
+        encode_ms += 1000 * statistics.median(encode_times) / n
+        decode_ms += 1000 * statistics.median(decode_times) / n
+        for k, v in codec.timings.items():
+            stages[k] = stages.get(k, 0.0) + 1000 * v / n
+    n = originals[0].shape[0]
+    elements = sum(o.size for o in originals)
+    bits = sum(h["payload_bytes"] * 8 for h in headers)
+    bpe = bits / elements
+    flat_original = np.concatenate([o.ravel() for o in originals])
+    flat_decoded = np.concatenate([d.ravel() for d in decoded])
+    single = len(originals) == 1
+    if task is None:
+        agreement = None
+    else:
+        agreement = task.agreement(originals[0] if single else originals, decoded[0] if single else decoded,
+                                   reference)
+    layer = tensors[0].attrs.get("layer") if single else ",".join(str(t.attrs.get("layer")) for t in tensors)
     return PointResult(
-        tensor=tensor.name, layer=tensor.attrs.get("layer"), shape=list(original.shape), method=method,
-        point=label, params=params if calibrated else codec.get_config(),
-        bits_per_element=bpe, kbpi=header["payload_bytes"] * 8 / 1000 / n,
-        compression_ratio=32 / bpe if bpe else float("inf"),
-        mse=metrics.mse(original, decoded), psnr=metrics.psnr(original, decoded),
-        snr=metrics.snr(original, decoded), ssim=metrics.ssim(original, decoded), agreement=agreement,
-        encode_ms=1000 * statistics.median(encode_times) / n, decode_ms=1000 * statistics.median(decode_times) / n,
-        stages_ms={k: 1000 * v / n for k, v in sorted(codec.timings.items())},
-        encode_passes=_passes(header["samples"]),
+        tensor=name or tensors[0].name, layer=layer,
+        shape=list(originals[0].shape) if single else [list(o.shape) for o in originals], method=method,
+        point=label, params=params if calibrated else (configs[0] if single else configs),
+        bits_per_element=bpe, kbpi=bits / 1000 / n, compression_ratio=32 / bpe if bpe else float("inf"),
+        mse=metrics.mse(flat_original, flat_decoded), psnr=metrics.psnr(flat_original, flat_decoded),
+        snr=metrics.snr(flat_original, flat_decoded),
+        ssim=float(np.mean([metrics.ssim(o, d) for o, d in zip(originals, decoded)])), agreement=agreement,
+        encode_ms=encode_ms, decode_ms=decode_ms, stages_ms=dict(sorted(stages.items())),
+        encode_passes=_passes([s for h in headers for s in h["samples"]]),
     )
+
+
+def _units(tensors: list[tuple[str, Tensor]]) -> list[tuple[str, str, list[Tensor]]]:
+    """(spec, name, tensors) to bench: a tensor alone, or the tensors of one multi-tensor split point
+    (`dump` marks them with the split's name), together."""
+    units: list[tuple[str, str, list[Tensor]]] = []
+    for spec, tensor in tensors:
+        split = tensor.attrs.get("split")
+        if split and units and units[-1][0] == spec and units[-1][1] == tensor.name.rsplit("/", 1)[0]:
+            units[-1][2].append(tensor)
+        elif split:
+            units.append((spec, tensor.name.rsplit("/", 1)[0], [tensor]))
+        else:
+            units.append((spec, tensor.name, [tensor]))
+    return units
 
 
 def _passes(infos: list[dict]) -> float | None:
@@ -312,37 +353,48 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     skipped: list[dict[str, str]] = []
     anchors: dict[tuple[str, str], dict] = {}  # (dump, network) → remote-inference rows and their tensors
     heads: dict[str, float] = {}  # tensor → the head network's ms per sample
-    jobs = [(t, m, p) for _, t in tensors for m in methods for p in points_for(m, rates, codec_model)]
+    units = _units(tensors)
+    jobs = [(u, m, p) for u in units for m in methods for p in points_for(m, rates, codec_model)]
     done = 0
     try:
-        for spec, tensor in tensors:
-            original = np.ascontiguousarray(to_nchw(tensor.array, label=tensor.name), np.float32)
-            if original.ndim == 3:
-                original = original[None]
-            layer = tensor.attrs.get("layer")
-            model = task_model or find_task_model(tensor, [Path(p) for p in inputs if os.path.isdir(p)]
-                                                  + [Path(inputs[0]).parent, Path("models")])
-            task = TaskModel(model, layer, threads=threads) if model and layer else None
-            reference = task.run(original) if task else None
+        for spec, name, parts in units:
+            originals = []
+            for tensor in parts:
+                original = np.ascontiguousarray(to_nchw(tensor.array, label=tensor.name), np.float32)
+                originals.append(original[None] if original.ndim == 3 else original)
+            if len({o.shape[0] for o in originals}) != 1:
+                raise InvalidInputError(f"{name}: its tensors hold different numbers of samples")
+            layers = [t.attrs.get("layer") for t in parts]
+            model = task_model or find_task_model(parts[0], [Path(p) for p in inputs if os.path.isdir(p)]
+                                                  + [Path(split_hdf5_spec(spec)[0]).parent, Path("models")])
+            task = None
+            if model and all(layers):
+                try:
+                    task = TaskModel(model, layers, threads=threads)
+                except InvalidInputError as err:  # e.g. one level of an FPN: the tail needs them all
+                    skipped.append({"tensor": name, "method": "task metric", "point": "all", "reason": str(err)})
+            single = len(parts) == 1
+            reference = task.run(originals[0] if single else originals) if task else None
             if task is not None:
-                heads[tensor.name] = head_ms(model, layer, threads or None)
+                heads[name] = head_ms(model, layers, threads or None)
             dump_path = split_hdf5_spec(spec)[0]
             if remote and task is not None and dump_path.lower().endswith((".h5", ".hdf5")):
                 key = (dump_path, model)
                 if key not in anchors:
-                    anchors[key] = _anchor(dump_path, model, image_dirs, threads, skipped, tensor.name)
-                anchors[key]["tensors"].append(tensor.name)
-            calibration = None
-            if calibration_file is not None and tensor.name in calibration_file:
-                calibration = calibration_file[tensor.name][()]
+                    anchors[key] = _anchor(dump_path, model, image_dirs, threads, skipped, name)
+                anchors[key]["tensors"].append(name)
+            calibrations = [calibration_file[t.name][()] if calibration_file is not None and t.name in calibration_file
+                            else None for t in parts]
             for method in methods:
                 for label, params in points_for(method, rates, codec_model):
                     try:
-                        results.append(run_point(original, tensor, method, label, params, calibration=calibration,
+                        results.append(run_point(originals if not single else originals[0],
+                                                 parts if not single else parts[0], method, label, params,
+                                                 calibration=calibrations if not single else calibrations[0],
                                                  task=task, reference=reference, repeat=repeat,
-                                                 threads=threads or None))
+                                                 threads=threads or None, name=name))
                     except (InvalidInputError, MissingModelError) as err:  # e.g. no model serves this layer
-                        skipped.append({"tensor": tensor.name, "method": method, "point": label, "reason": str(err)})
+                        skipped.append({"tensor": name, "method": method, "point": label, "reason": str(err)})
                     done += 1
                     if progress:
                         progress(done, len(jobs))

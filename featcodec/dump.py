@@ -4,6 +4,9 @@ File layout (one file per dump)::
 
     /<alias or tensor name>   (N, C, H, W) float32 activations, one dataset per layer;
                               attrs: layer, model, model_sha256, images, preprocessing
+    /<alias>/<k>              a split point of several tensors (an FPN's levels): one dataset
+                              per tensor, k = 0, 1, … in the split's order; attrs as above plus
+                              split (the alias) and part (k); the group's attrs featcodec_role=split
     /reference/<output>       the model's own outputs per image (attrs featcodec_role=reference)
     /images                   the image file names (attrs featcodec_role=meta); a video frame is
                               named ``clip.mp4#frame=K``
@@ -113,7 +116,14 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     import h5py
 
     manifest = Manifest.for_model(model_path)
-    tensors = {name: manifest.resolve_layer(name) for name in dict.fromkeys(layers)}
+    tensors, splits = {}, {}
+    for name in dict.fromkeys(layers):
+        resolved = manifest.resolve_layers(name)
+        if len(resolved) == 1:
+            tensors[name] = resolved[0]
+        else:  # a multi-tensor split point: one dataset per tensor, under the split's name
+            splits[name] = resolved
+            tensors.update({f"{name}/{k}": tensor for k, tensor in enumerate(resolved)})
     model = load_model(model_path)
     model_outputs = [o.name for o in model.graph.output]
     sess = session(with_outputs(model, list(tensors.values())), threads)
@@ -175,6 +185,10 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
                         datasets[key] = _create(f, key, value, compression)
                         if key in tensors:
                             datasets[key].attrs.update({**common, "layer": tensors[key]})
+                            split, _, part = key.rpartition("/")
+                            if split in splits:
+                                datasets[key].attrs.update(split=split, part=int(part))
+                                f[split].attrs["featcodec_role"] = "split"
                         else:
                             datasets[key].attrs["featcodec_role"] = "reference"
                     datasets[key].resize(len(names), axis=0)

@@ -150,6 +150,9 @@ def _read_hdf5(source, dataset: str | None, label: str) -> list[Tensor]:
         with h5py.File(source, "r") as f:
             if dataset is not None:
                 node = f.get(dataset)
+                if isinstance(node, h5py.Group) and node.attrs.get("featcodec_role") == "split":
+                    # a multi-tensor split point as `dump` stores it: its tensors, in order
+                    return [_tensor_from_dataset(node[name]) for name in sorted(node, key=int)]
                 if not isinstance(node, h5py.Dataset):
                     available = ", ".join(_dataset_names(f)[:8]) or "none"
                     raise InvalidInputError(f"{label} has no dataset {dataset!r} (datasets: {available})")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InvalidInputError
-from .onnxmodel import Manifest, extract, load_model, session
+from .onnxmodel import Manifest, check_cut, extract, load_model, session
 
 
 class TaskModel:
@@ -34,10 +34,14 @@ class TaskModel:
         model = load_model(model_path)
         self.task = self.manifest.task or guess_task(model)
         self.outputs = task_outputs(model, self.task, self.manifest)
+        check_cut(model, self.layers)
         self.session = session(extract(model, self.layers, self.outputs), threads)
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.batch_size = fixed if isinstance(fixed, int) and fixed > 0 else 8  # exported with batch 1: one by one
 
-    def run(self, activations: np.ndarray | list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    def run(self, activations: np.ndarray | list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """The task outputs for (N, C, H, W) activations (one array per tensor of a multi-tensor split)."""
+        batch_size = min(batch_size or self.batch_size, self.batch_size)
         parts = [np.asarray(a, np.float32) for a in (activations if isinstance(activations, list) else [activations])]
         parts = [a[None] if a.ndim == 3 else a for a in parts]
         if len(parts) != len(self.layers):

@@ -153,3 +153,53 @@ def test_train_from_a_network_needs_photos(cli, tmp_path):
     pytest.importorskip("torch")
     result = cli("train", PNET, "--layer", "P2", "-o", tmp_path / "m")
     assert result.returncode == 2 and "needs photos" in result.stderr.decode()
+
+
+def _two_level_model(folder: Path) -> Path:
+    """An image model whose outputs read two tensors of different sizes (a two-level FPN in miniature):
+    b (4×32×32) and p (4×16×16) together cut it; each alone does not. Its manifest names the split."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Add", ["b", "u"], ["y"])]
+    graph = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32, 32])], inits)
+    path = folder / "fpn.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    (folder / "fpn.json").write_text(json.dumps(describe(str(path), split_points={"LEVELS": ["b", "p"]})))
+    return path
+
+
+def test_a_multi_tensor_split_is_dumped_and_benched_together(cli, tmp_path):
+    import h5py
+
+    model = _two_level_model(tmp_path)
+    photos = [IMAGES / name for name in sorted(p.name for p in IMAGES.glob("*.jpg"))[:2]]
+    cli("dump", model, *photos, "--layer", "LEVELS", "-o", tmp_path / "d.h5", check=True)
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert f["LEVELS/0"].shape == (2, 4, 32, 32) and f["LEVELS/1"].shape == (2, 4, 16, 16)
+        part = f["LEVELS/1"].attrs
+        assert (part["layer"], part["split"], part["part"]) == ("p", "LEVELS", 1)
+    result = cli("bench", f"{tmp_path / 'd.h5'}:/LEVELS", "-m", "lightweight,tiling", "--rates", "quick",
+                 "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = [r for r in report["results"] if r["method"] == "lightweight"]
+    assert rows and all(r["tensor"] == "/LEVELS" and r["layer"] == "b,p" for r in rows)
+    assert all(r["shape"] == [[2, 4, 32, 32], [2, 4, 16, 16]] and 0 <= r["agreement"] <= 1 for r in rows)
+    # the two tensors' bits add up: more than the larger one alone at the same setting
+    alone = cli("bench", f"{tmp_path / 'd.h5'}:/LEVELS/0", "-m", "lightweight", "--rates", "quick", "--no-remote",
+                "--json", tmp_path / "a.json")
+    assert alone.returncode == 0, alone.stderr.decode()
+    alone = json.loads((tmp_path / "a.json").read_text())
+    assert any(s["method"] == "task metric" and "does not cut" in s["reason"] for s in alone["skipped"])
+    first = {r["point"]: r["kbpi"] for r in alone["results"] if r["agreement"] is None}
+    assert all(r["kbpi"] > first[r["point"]] for r in rows)
+    assert {r["codec"] for r in report["remote"]} == {"x265", "jpeg"}  # remote inference beside the split
+    assert any(s["tensor"] == "/LEVELS" and "bd_rate_vs_remote" in s for s in report["summary"])
