@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FEATCODEC := $(VENV)/bin/featcodec
 DEMO := examples/demo
 
-.PHONY: install demo test lint bench data models rate-model clean fuzz sanitize kernel-bench
+.PHONY: install demo test lint bench bench-networks data models rate-model clean fuzz sanitize kernel-bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -138,6 +138,20 @@ HEVC_RATES := 15,30,60,120,240,lossless
 # the range this λ leaves); the weights kept are those of least validation loss. It resumes from its
 # checkpoint.
 RATE_LAMBDA := 0.005
+# Another network, the way a user would take it: MTCNN P-Net's P2 (16x113x151), an auto-tiler trained
+# from the network and the photos of examples/images_more (with their variants; the last 10 % for
+# validation) in under 30 min, then measured on examples/images, which it never saw, beside
+# lightweight, tiling and remote inference.
+NETWORKS := data/networks
+bench-networks: $(PY)
+	$(PY) -m pip install --quiet -e '.[train]'
+	@mkdir -p $(NETWORKS) $(BENCH_OUT)
+	time $(FEATCODEC) train $(PNET) examples/images_more --layer P2 -o $(NETWORKS)/models/autotiler/mtcnn_pnet_p2
+	$(FEATCODEC) dump $(PNET) examples/images --layer P2 -o $(NETWORKS)/pnet_test.h5 --force
+	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
+		-m autotiler,lightweight,tiling --model mtcnn_pnet_p2 --json $(BENCH_OUT)/mtcnn_pnet_p2.json --force \
+		| tee $(BENCH_OUT)/mtcnn_pnet_p2.txt
+
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --layer S1 --layer S4 --cr 4 --cr 16 \

@@ -41,7 +41,9 @@ def _classifier(tmp_path, rng):
         helper.make_node("MaxPool", ["pr"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
         helper.make_node("Resize", ["b", "", "scales2"], ["up"], mode="nearest",
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-        helper.make_node("Add", ["mp", "up"], ["sum"]),
+        helper.make_node("Resize", ["b", "", "scales2"], ["up2"], mode="nearest"),  # half_pixel, rounded
+        helper.make_node("Max", ["mp", "up2"], ["mx"]),
+        helper.make_node("Add", ["mx", "up"], ["sum"]),
         helper.make_node("Clip", ["sum", "lo", "six"], ["clip"]),
         helper.make_node("HardSwish", ["clip"], ["hs"]),
         helper.make_node("HardSigmoid", ["hs"], ["hsig"], alpha=0.2, beta=0.5),

@@ -72,10 +72,12 @@ def _resize(x, attrs, args):
         raise ValueError("OnnxTail: Resize needs scales or sizes")
     integer = all(o % n == 0 and o // n == out[0] // x.shape[2] for o, n in zip(out, x.shape[2:]))
     if mode == "nearest":
-        if transform == "asymmetric" and attrs.get("nearest_mode", b"round_prefer_floor") == b"floor":
+        rounding = attrs.get("nearest_mode", b"round_prefer_floor").decode()
+        if transform == "asymmetric" and rounding == "floor":
             return F.interpolate(x, size=out, mode="nearest")
-        if transform in ("half_pixel", "pytorch_half_pixel") and integer:
-            return F.interpolate(x, size=out, mode="nearest")  # integer up-scaling: both pick the same pixel
+        if transform in ("half_pixel", "pytorch_half_pixel") and integer and rounding.startswith("round"):
+            # integer up-scaling: (i + 0.5) / s - 0.5 never ties, and rounds to torch's floor(i / s)
+            return F.interpolate(x, size=out, mode="nearest")
     elif mode == "linear":
         if transform in ("half_pixel", "pytorch_half_pixel"):
             return F.interpolate(x, size=out, mode="bilinear", align_corners=False)
@@ -223,14 +225,13 @@ class OnnxTail(torch.nn.Module):
             bounds = [float(np.asarray(args[i]).ravel()[0]) if len(args) > i and args[i] is not None else None
                       for i in (1, 2)]
             return torch.clamp(x, attrs.get("min", bounds[0]), attrs.get("max", bounds[1]))
-        if op in ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"):
-            a, b = x, t(args[1])
-            if op == "Max" or op == "Min":
-                result = a
-                for other in args[1:]:
-                    result = (torch.maximum if op == "Max" else torch.minimum)(result, t(other))
-                return result
-            return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow}[op](a, b)
+        if op in ("Max", "Min"):
+            for other in args[1:]:
+                x = (torch.maximum if op == "Max" else torch.minimum)(x, t(other))
+            return x
+        if op in ("Add", "Sub", "Mul", "Div", "Pow"):
+            return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow}[op](
+                x, t(args[1]))
         if op == "Reshape":
             shape = _ints(args[1])
             shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
