@@ -151,6 +151,9 @@ bench-networks: $(PY)
 	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
 		-m autotiler,lightweight,tiling --model mtcnn_pnet_p2 --json $(BENCH_OUT)/mtcnn_pnet_p2.json --force \
 		| tee $(BENCH_OUT)/mtcnn_pnet_p2.txt
+	cd bench && FEATCODEC_MODELS=../$(NETWORKS)/models/autotiler ../$(PY) network_bounds.py ../$(PNET) \
+		../$(NETWORKS)/models/autotiler/mtcnn_pnet_p2/.data/train.h5 ../$(NETWORKS)/pnet_test.h5 P2 mtcnn_pnet_p2 \
+		| tee ../$(BENCH_OUT)/mtcnn_pnet_p2_bounds.md
 
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'
