@@ -690,7 +690,7 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
         if not sources[1:]:
             raise click.UsageError("training from a network needs photos or videos after MODEL.onnx")
         network = network or dump_path
-        dump_path = _training_dump(dump_path, list(sources[1:]), list(layers), output)
+        dump_path, layers = _training_dump(dump_path, list(sources[1:]), list(layers), output)
         minutes_per_phase = minutes_per_phase or 7.0
     elif len(sources) > 1:
         raise click.UsageError("images go with MODEL.onnx; a dump is trained on alone")
@@ -732,19 +732,26 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
                f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
 
 
-def _training_dump(model_path: str, images: list[str], layers: list[str], output: str) -> str:
-    """OUTPUT/.data/train.h5: `layers` of `images` and of their flips, zooms and shrinks (reused when there)."""
+def _training_dump(model_path: str, images: list[str], layers: list[str], output: str) -> tuple[str, list[str]]:
+    """OUTPUT/.data/train.h5: `layers` of `images` and of their flips, zooms and shrinks (reused when there),
+    and the datasets to train on: a multi-tensor split point's tensors each get an auto-tiler."""
     from .dump import AUGMENTATIONS
     from .dump import dump as run_dump
+    from .onnxmodel import Manifest
 
+    manifest = Manifest.for_model(model_path)
+    datasets = []
+    for layer in layers:
+        parts = manifest.resolve_layers(layer)
+        datasets += [layer] if len(parts) == 1 else [f"{layer}/{k}" for k in range(len(parts))]
     path = os.path.join(output, ".data", "train.h5")
     if os.path.exists(path):
         import h5py
 
         with h5py.File(path, "r") as f:
-            if all(layer in f for layer in layers):
+            if all(name in f for name in datasets):
                 click.echo(f"{path}: reused", err=True)
-                return path
+                return path, datasets
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = _progress_callback("dumping")
     try:
@@ -754,7 +761,7 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
         progress.stop()
     click.echo(f"{path}: {summary.images} maps of {', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}",
                err=True)
-    return path
+    return path, datasets
 
 
 def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batch, crop, task_weight, network, width,

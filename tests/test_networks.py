@@ -203,3 +203,18 @@ def test_a_multi_tensor_split_is_dumped_and_benched_together(cli, tmp_path):
     assert all(r["kbpi"] > first[r["point"]] for r in rows)
     assert {r["codec"] for r in report["remote"]} == {"x265", "jpeg"}  # remote inference beside the split
     assert any(s["tensor"] == "/LEVELS" and "bd_rate_vs_remote" in s for s in report["summary"])
+
+
+def test_training_on_a_multi_tensor_split_gives_each_tensor_an_exit(cli, tmp_path):
+    pytest.importorskip("torch")
+    model = _two_level_model(tmp_path)
+    photos = [IMAGES / name for name in sorted(p.name for p in IMAGES.glob("*.jpg"))[:3]]
+    out = tmp_path / "models" / "autotiler" / "fpn"
+    result = cli("train", model, *photos, "--layer", "LEVELS", "--cr", "4", "--steps", "2", "--task-steps", "2",
+                 "--crop", "16", "--task-crop", "16", "--width", "8", "-o", out)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert "LEVELS/1: p (4, 16, 16)" in err and "MSE alone" in err  # one level alone does not cut the network
+    layers = json.loads((out / "manifest.json").read_text())["layers"]
+    assert {k: (v["tensor"], v["exits"]["4"]["stride"]) for k, v in layers.items()} == {
+        "LEVELS/0": ("b", 2), "LEVELS/1": ("p", 1)}  # the 16x16 level is a small map: channels, not positions

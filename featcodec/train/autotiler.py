@@ -555,7 +555,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
         norm = built["norm"]
         task, task_text = _task_loss(data, network, config)
         log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
-            f"{', task loss through ' + task_text if task else ''}")
+            f"{', task loss through ' + task_text if task else ', task loss ' + task_text if task_text else ''}")
         prefix = data.name.lower().replace("/", "_")
         kept = _load_existing_exits(existing, data.name, built, out, config, log) if existing else {}
         for ratio, exit_modules in built["exits"].items():
@@ -685,9 +685,15 @@ def _write_extension(existing: dict, out: Path, layers_built: dict, files: dict,
 def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> tuple:
     """(weight, TailLoss) through the tail of `network` (default: the network the dump names, when
     bundled) and a description of it; (None, None) when ``config.task_weight`` is 0 or none is found."""
+    from ..onnxmodel import check_cut, load_model
+
     tail_path = network or _find_network(data.model)
     if config.task_weight <= 0 or not tail_path:
         return None, None
+    try:
+        check_cut(load_model(tail_path), data.tensor)
+    except InvalidInputError as err:  # one tensor of a multi-tensor split: the tail needs them all
+        return None, f"none ({err}): MSE alone"
     loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
     return (config.task_weight, loss), f"{Path(tail_path).name}: {text}"
 
