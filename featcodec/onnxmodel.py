@@ -256,7 +256,7 @@ def random_input(sess, seed: int = 0, high: float = 255.0,
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
         if size and len(shape) == 4:
-            spatial = (2, 3) if shape[1] in (1, 3) or shape[3] not in (1, 3) else (1, 2)
+            spatial = (1, 2) if inp.shape[3] == 3 and inp.shape[1] != 3 else (2, 3)  # NHWC or NCHW
             for axis, n in zip(spatial, size):
                 if not (isinstance(inp.shape[axis], int) and inp.shape[axis] > 0):
                     shape[axis] = n
