@@ -65,7 +65,8 @@ def main(train_path, heldout_path, extra_path, output):
             for name, value in targets:
                 for design in ("calibrated", "per sample"):
                     part = x if design == "calibrated" else x[:UNCALIBRATED_SAMPLES]
-                    part_reference = reference if design == "calibrated" else reference[:UNCALIBRATED_SAMPLES]
+                    part_reference = (reference if design == "calibrated"
+                                      else [r[:UNCALIBRATED_SAMPLES] for r in reference])
                     row = []
                     for cls in (FixedClipOnly, Lightweight):
                         codec = cls(**{name: value}, fast=True)

@@ -96,7 +96,7 @@ def main() -> None:
             calibration = np.ascontiguousarray(read_tensors(f"{calibration_dump}:/{layer}")[0].array[:16], np.float32)
             task = TaskModel(str(NETWORK), tensor.attrs["layer"], threads=2)
             reference = task.run(x)
-            detections = int((reference[..., 4] >= task.manifest.score_threshold).sum())
+            detections = int((reference[0][..., 4] >= task.manifest.score_threshold).sum())
             quality = "agreement" if detections else "psnr"
             clip = Path(dump).stem.removeprefix("video_")
             print(f"## {clip}, {layer}: {len(x)} frames {tuple(x.shape[1:])}, {detections} detections\n")

@@ -88,7 +88,7 @@ def test_agreement_matches_cocoeval_on_the_reference_detector(levels):
         layer = f["S4"].attrs["layer"]
     task = TaskModel(str(NETWORK), layer)
     decoded = featcodec.decode(featcodec.encode(x, "uniform", levels=levels, clip=[0, 1.5]))
-    reference, result = task.run(x), task.run(decoded)
+    (reference,), (result,) = task.run(x), task.run(decoded)
     assert (reference[..., 4] >= 0.3).sum() > 0
     ours, theirs = detection_agreement(reference, result), cocoeval_agreement(reference, result)
     assert abs(ours - theirs) <= 0.002, (ours, theirs)

@@ -39,7 +39,7 @@ def main() -> None:
     for model in models:
         for rate, params in (("lossless", {"lossless": True}), ("60", {"kbpi": 60.0})):
             decoded = featcodec.decode(featcodec.encode(x, "autotiler", model=model, cr=ratio, **params))
-            scores = [task.agreement(x[p], decoded[p], reference[p]) for p in parts.values()]
+            scores = [task.agreement(x[p], decoded[p], [r[p] for r in reference]) for p in parts.values()]
             print(f"| {model} | {rate} | " + " | ".join(f"{s:.3f}" for s in scores) + " |", flush=True)
 
 
