@@ -680,7 +680,7 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
     \b
     featcodec train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda 0.005 \\
         --minutes-per-phase 45 --steps 100000 -o models/learned/centernet_mbv3
-    featcodec train models/networks/mtcnn_pnet/mtcnn_pnet.onnx examples/images --layer P2 -o pnet_codec
+    featcodec train models/networks/mtcnn_pnet/mtcnn_pnet.onnx photos/ --layer P2 -o models/autotiler/pnet
     """
     from .train import require_torch
 
@@ -1006,7 +1006,7 @@ def manifest(model_path, output, task, size, resize, resize_shorter, scale, mean
     """Describe MODEL.onnx for featcodec: its task, input preprocessing, outputs and split points.
 
     `split`, `dump`, `bench` and `train` read it. What is not given is guessed from the graph;
-    see docs/manifest.md.
+    see docs/networks.md.
     """
     from .onnxmodel import describe
 
