@@ -181,11 +181,7 @@ def run_point(original: np.ndarray | list[np.ndarray], tensor: Tensor | list[Ten
     flat_original = np.concatenate([o.ravel() for o in originals])
     flat_decoded = np.concatenate([d.ravel() for d in decoded])
     single = len(originals) == 1
-    if task is None:
-        agreement = None
-    else:
-        agreement = task.agreement(originals[0] if single else originals, decoded[0] if single else decoded,
-                                   reference)
+    agreement = task.agreement(originals, decoded, reference) if task is not None else None
     layer = tensors[0].attrs.get("layer") if single else ",".join(str(t.attrs.get("layer")) for t in tensors)
     return PointResult(
         tensor=name or tensors[0].name, layer=layer,
@@ -373,8 +369,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
                     task = TaskModel(model, layers, threads=threads)
                 except InvalidInputError as err:  # e.g. one level of an FPN: the tail needs them all
                     skipped.append({"tensor": name, "method": "task metric", "point": "all", "reason": str(err)})
-            single = len(parts) == 1
-            reference = task.run(originals[0] if single else originals) if task else None
+            reference = task.run(originals) if task else None
             if task is not None:
                 heads[name] = head_ms(model, layers, threads or None)
             dump_path = split_hdf5_spec(spec)[0]
@@ -388,9 +383,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
             for method in methods:
                 for label, params in points_for(method, rates, codec_model):
                     try:
-                        results.append(run_point(originals if not single else originals[0],
-                                                 parts if not single else parts[0], method, label, params,
-                                                 calibration=calibrations if not single else calibrations[0],
+                        results.append(run_point(originals, parts, method, label, params, calibration=calibrations,
                                                  task=task, reference=reference, repeat=repeat,
                                                  threads=threads or None, name=name))
                     except (InvalidInputError, MissingModelError) as err:  # e.g. no model serves this layer

@@ -735,15 +735,11 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
 def _training_dump(model_path: str, images: list[str], layers: list[str], output: str) -> tuple[str, list[str]]:
     """OUTPUT/.data/train.h5: `layers` of `images` and of their flips, zooms and shrinks (reused when there),
     and the datasets to train on: a multi-tensor split point's tensors each get an auto-tiler."""
-    from .dump import AUGMENTATIONS
+    from .dump import AUGMENTATIONS, layer_datasets
     from .dump import dump as run_dump
     from .onnxmodel import Manifest
 
-    manifest = Manifest.for_model(model_path)
-    datasets = []
-    for layer in layers:
-        parts = manifest.resolve_layers(layer)
-        datasets += [layer] if len(parts) == 1 else [f"{layer}/{k}" for k in range(len(parts))]
+    datasets = list(layer_datasets(Manifest.for_model(model_path), layers))
     path = os.path.join(output, ".data", "train.h5")
     if os.path.exists(path):
         import h5py

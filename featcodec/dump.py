@@ -37,6 +37,7 @@ from .errors import InvalidInputError
 from .io import atomic_write
 from .onnxmodel import (
     Manifest,
+    batch_limit,
     default_preprocessing,
     expand_images,
     load_image,
@@ -107,6 +108,19 @@ def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
 
 
+def layer_datasets(manifest: Manifest, layers: list[str]) -> dict[str, str]:
+    """Dataset name → tensor for `layers`: a layer is stored under its own name, and a split point of
+    several tensors (an FPN's levels) as ``NAME/0``, ``NAME/1``, … in the split's order."""
+    datasets = {}
+    for name in dict.fromkeys(layers):
+        resolved = manifest.resolve_layers(name)
+        if len(resolved) == 1:
+            datasets[name] = resolved[0]
+        else:
+            datasets.update({f"{name}/{k}": tensor for k, tensor in enumerate(resolved)})
+    return datasets
+
+
 def dump(model_path: str, layers: list[str], images: list[str], output: str, *, batch_size: int = 4,
          force: bool = False, threads: int | None = None, compression: str = "gzip",
          augmentations: tuple[str, ...] = (), every: int = 1, max_frames: int | None = None,
@@ -116,21 +130,13 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     import h5py
 
     manifest = Manifest.for_model(model_path)
-    tensors, splits = {}, {}
-    for name in dict.fromkeys(layers):
-        resolved = manifest.resolve_layers(name)
-        if len(resolved) == 1:
-            tensors[name] = resolved[0]
-        else:  # a multi-tensor split point: one dataset per tensor, under the split's name
-            splits[name] = resolved
-            tensors.update({f"{name}/{k}": tensor for k, tensor in enumerate(resolved)})
+    tensors = layer_datasets(manifest, layers)
+    splits = {key.rpartition("/")[0] for key in tensors if key not in layers}
     model = load_model(model_path)
     model_outputs = [o.name for o in model.graph.output]
     sess = session(with_outputs(model, list(tensors.values())), threads)
     spec = manifest.preprocessing or default_preprocessing(sess)
-    fixed_batch = sess.get_inputs()[0].shape[0]
-    if isinstance(fixed_batch, int) and fixed_batch > 0:  # exported with batch 1: feed one image at a time
-        batch_size = min(batch_size, fixed_batch)
+    batch_size = batch_limit(sess, batch_size)
     for kind in augmentations:
         if kind not in AUGMENTATIONS:
             raise InvalidInputError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")

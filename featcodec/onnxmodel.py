@@ -211,6 +211,17 @@ def session(model, threads: int | None = None):
         raise BackendError(f"onnxruntime cannot load the model: {err}") from err
 
 
+def batch_limit(sess, wanted: int) -> int:
+    """`wanted`, or fewer where the session's first input has a fixed batch (networks exported with batch 1)."""
+    fixed = sess.get_inputs()[0].shape[0]
+    return min(wanted, fixed) if isinstance(fixed, int) and fixed > 0 else wanted
+
+
+def channels_last(shape) -> bool:
+    """Whether a 4-D image input's shape is (N, H, W, 3) rather than (N, 3, H, W)."""
+    return shape[3] == 3 and shape[1] != 3
+
+
 def with_outputs(model, names: list[str]):
     """A copy of `model` that also outputs the tensors `names` (float32 assumed for inner tensors)."""
     onnx = _onnx()
@@ -256,7 +267,7 @@ def random_input(sess, seed: int = 0, high: float = 255.0,
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
         if size and len(shape) == 4:
-            spatial = (1, 2) if inp.shape[3] == 3 and inp.shape[1] != 3 else (2, 3)  # NHWC or NCHW
+            spatial = (1, 2) if channels_last(inp.shape) else (2, 3)
             for axis, n in zip(spatial, size):
                 if not (isinstance(inp.shape[axis], int) and inp.shape[axis] > 0):
                     shape[axis] = n
@@ -395,7 +406,7 @@ def describe(model_path: str, *, task: str | None = None, size: tuple[int, int] 
     if len(dims) != 4:
         raise InvalidInputError(f"input {inputs[0].name} is {len(dims)}-D, not an image batch "
                                 "(N, C, H, W) or (N, H, W, C)")
-    layout = layout or ("nhwc" if dims[3] == 3 and dims[1] != 3 else "nchw")
+    layout = layout or ("nhwc" if channels_last(dims) else "nchw")
     static = (dims[2], dims[3]) if layout == "nchw" else (dims[1], dims[2])
     if size is None:
         if None in static:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InvalidInputError
-from .onnxmodel import Manifest, check_cut, extract, load_model, session
+from .onnxmodel import Manifest, batch_limit, check_cut, extract, load_model, session
 
 
 class TaskModel:
@@ -36,8 +36,7 @@ class TaskModel:
         self.outputs = task_outputs(model, self.task, self.manifest)
         check_cut(model, self.layers)
         self.session = session(extract(model, self.layers, self.outputs), threads)
-        fixed = self.session.get_inputs()[0].shape[0]
-        self.batch_size = fixed if isinstance(fixed, int) and fixed > 0 else 8  # exported with batch 1: one by one
+        self.batch_size = batch_limit(self.session, 8)
 
     def run(self, activations: np.ndarray | list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """The task outputs for (N, C, H, W) activations (one array per tensor of a multi-tensor split)."""

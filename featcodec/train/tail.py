@@ -355,19 +355,17 @@ def load_tail(model_path: str, layers: str | list[str], outputs: list[str] | Non
 
 
 def check_against_onnxruntime(model_path: str, layers: str | list[str], outputs: list[str] | None,
-                              xs: np.ndarray | list[np.ndarray]) -> float:
-    """Max |Δ| between `load_tail` and onnxruntime on the same activations, relative to the
-    largest |output| (1.0 caps it)."""
+                              xs: np.ndarray | list[np.ndarray], tail: OnnxTail | None = None) -> float:
+    """Max |Δ| between the torch tail (`tail`, or `load_tail`'s) and onnxruntime on the same
+    activations, relative to the largest |output| (1.0 caps it)."""
     from ..onnxmodel import Manifest, extract, load_model, session
 
-    model = load_model(model_path)
     tensors = Manifest.for_model(model_path).resolve_layers(layers)
-    outputs = outputs or [o.name for o in model.graph.output]
+    tail = tail or load_tail(model_path, tensors, outputs)
     xs = [xs] if isinstance(xs, np.ndarray) else list(xs)
-    reference = session(extract(model, tensors, outputs)).run(outputs, dict(zip(tensors, xs)))
-    tail = load_tail(model_path, tensors, outputs)
-    ordered = [xs[tensors.index(name)] for name in tail.input_names]
+    feeds = dict(zip(tensors, xs))
+    reference = session(extract(load_model(model_path), tensors, tail.output_names)).run(tail.output_names, feeds)
     with torch.no_grad():
-        ours = tail(*(torch.from_numpy(np.ascontiguousarray(x)) for x in ordered))
+        ours = tail(*(torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in tail.input_names))
     return max(float(np.max(np.abs(r - o.numpy())) / max(1.0, float(np.max(np.abs(r)))))
                for r, o in zip(reference, ours))

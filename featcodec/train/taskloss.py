@@ -78,7 +78,7 @@ def task_loss_for(network: str, tensor: str, sample: np.ndarray | None = None) -
     tail = load_tail(network, tensor, outputs)
     text = f"{kind} on {', '.join(tail.output_names)}"
     if sample is not None:
-        worst = check_against_onnxruntime(network, tensor, outputs, np.ascontiguousarray(sample, np.float32))
+        worst = check_against_onnxruntime(network, tensor, outputs, np.ascontiguousarray(sample, np.float32), tail)
         if worst > TAIL_TOLERANCE:
             raise InvalidInputError(f"{network}: the torch tail from {tensor} differs from onnxruntime by {worst:.2g} "
                                     "(relative): not trusted for training")
