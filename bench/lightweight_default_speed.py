@@ -7,7 +7,9 @@ samples of one call (`REUSE_MARGIN_DB`).
         > bench/results/lightweight_default_speed.md
 
 Each DUMP's S1, S2 and S4 (those it has), the first 8 samples, one `featcodec.encode` call each;
-speeds are the best of 3 runs (the machine is shared), per-sample design = reuse turned off.
+speeds are the best of 3 runs (the machine is shared), per-sample design = reuse turned off; "exact
+search" is the quantizer search level count by level count on the sorted values (`BINNED_SEARCH` off),
+the default path before `snr_search`.
 """
 
 import sys
@@ -38,14 +40,15 @@ def snr_db(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return 10 * np.log10(np.var(x, axis=axes) / np.mean((x - y) ** 2, axis=axes))
 
 
-def row(name: str, x: np.ndarray, codec, margin: float | None) -> str:
-    saved = lightweight.REUSE_MARGIN_DB
+def row(name: str, x: np.ndarray, codec, margin: float | None, binned: bool = True) -> str:
+    saved = lightweight.REUSE_MARGIN_DB, lightweight.BINNED_SEARCH
     if margin is not None:
         lightweight.REUSE_MARGIN_DB = margin
+    lightweight.BINNED_SEARCH = binned
     try:
         seconds, blob = best_time(lambda: featcodec.encode(x, codec))
     finally:
-        lightweight.REUSE_MARGIN_DB = saved
+        lightweight.REUSE_MARGIN_DB, lightweight.BINNED_SEARCH = saved
     decode_seconds, y = best_time(lambda: featcodec.decode(blob))
     info = featcodec.info(blob)
     snr = snr_db(x, y)
@@ -76,6 +79,8 @@ def main(paths: list[str]) -> None:
             print(f"## {Path(path).name}:/{layer}, {len(x)} samples {x.shape[1:]}\n")
             print("| path | encode MB/s | decode MB/s | bits/elt | mean SNR dB | samples ≥ 15 dB | tables |")
             print("|---|---|---|---|---|---|---|")
+            print(row("default, per-sample design, exact search (before)", x, Lightweight(), margin=-100.0,
+                      binned=False))
             print(row("default, per-sample design", x, Lightweight(), margin=-100.0))
             print(row(f"default, design reuse ({lightweight.REUSE_MARGIN_DB:g} dB)", x, Lightweight(), margin=None))
             print(row("calibrated once on these samples", x, Lightweight().calibrate(x), margin=None))
