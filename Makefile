@@ -157,6 +157,9 @@ bench-networks: $(PY)
 	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
 		-m autotiler,lightweight,tiling --model mtcnn_pnet_p2 --json $(BENCH_OUT)/mtcnn_pnet_p2.json --force \
 		| tee $(BENCH_OUT)/mtcnn_pnet_p2.txt
+	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
+		-m autotiler,lightweight,tiling --model mtcnn_pnet_p2 --metric models/networks/mtcnn_pnet/metric.py:proposal_f1 \
+		--json $(BENCH_OUT)/mtcnn_pnet_p2_f1.json --force | tee $(BENCH_OUT)/mtcnn_pnet_p2_f1.txt
 	cd bench && FEATCODEC_MODELS=../$(NETWORKS)/models/autotiler ../$(PY) network_bounds.py ../$(PNET) \
 		../$(NETWORKS)/models/autotiler/mtcnn_pnet_p2/.data/train.h5 ../$(NETWORKS)/pnet_test.h5 P2 mtcnn_pnet_p2 \
 		| tee ../$(BENCH_OUT)/mtcnn_pnet_p2_bounds.md

@@ -327,13 +327,17 @@ def evaluate_checks(checks: list[str], results: list[PointResult],
 
 def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", task_model: str | None = None,
               calibrate_on: str | None = None, repeat: int = 1, threads: int = 1, remote: bool = True,
-              image_dirs: list[str] = (), codec_model: str | None = None, progress=None) -> dict[str, Any]:
+              image_dirs: list[str] = (), codec_model: str | None = None, metric: str | None = None,
+              progress=None) -> dict[str, Any]:
     """Run the sweep; returns the JSON-ready report (environment, settings, results, remote inference,
     summary). `remote`: also code each dump's images (found through `image_dirs` where the dump's
     recorded paths are gone) and run the whole network: the anchor of the summary. `codec_model`: the
-    trained model of the codecs that take one (auto-tiler, learned)."""
+    trained model of the codecs that take one (auto-tiler, learned). `metric`: ``FILE.py:FUNCTION``,
+    the network's own task metric instead of the task's (`featcodec.task.load_metric`)."""
     from .io import split_hdf5_spec
-    from .task import TaskModel
+    from .task import TaskModel, load_metric
+
+    task_metric = load_metric(metric) if metric else None
 
     if methods == ["all"]:
         methods = codec_ids()
@@ -366,7 +370,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
             task = None
             if model and all(layers):
                 try:
-                    task = TaskModel(model, layers, threads=threads)
+                    task = TaskModel(model, layers, threads=threads, metric=task_metric)
                 except InvalidInputError as err:  # e.g. one level of an FPN: the tail needs them all
                     skipped.append({"tensor": name, "method": "task metric", "point": "all", "reason": str(err)})
             reference = task.run(originals) if task else None
@@ -376,7 +380,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
             if remote and task is not None and dump_path.lower().endswith((".h5", ".hdf5")):
                 key = (dump_path, model)
                 if key not in anchors:
-                    anchors[key] = _anchor(dump_path, model, image_dirs, threads, skipped, name)
+                    anchors[key] = _anchor(dump_path, model, image_dirs, threads, skipped, name, task_metric)
                 anchors[key]["tensors"].append(name)
             calibrations = [calibration_file[t.name][()] if calibration_file is not None and t.name in calibration_file
                             else None for t in parts]
@@ -399,7 +403,7 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
         "environment": environment(threads),
         "settings": {"inputs": inputs, "methods": methods, "rates": rates, "repeat": repeat,
                      "task_model": task_model, "calibrate_on": calibrate_on, "remote": remote,
-                     "codec_model": codec_model,
+                     "codec_model": codec_model, "metric": task_metric.label if task_metric else None,
                      "timing": "median of repeat runs after one warm-up, per sample, ms; remote inference: "
                                "mean per image, one run"},
         "results": [asdict(r) for r in results],
@@ -410,14 +414,14 @@ def run_bench(inputs: list[str], methods: list[str], *, rates: str = "paper", ta
     }
 
 
-def _anchor(dump_path: str, model: str, image_dirs, threads: int, skipped: list, tensor: str) -> dict:
+def _anchor(dump_path: str, model: str, image_dirs, threads: int, skipped: list, tensor: str, metric=None) -> dict:
     """Remote inference on a dump's images; an image that cannot be found skips the anchor, said why."""
     from .errors import BackendError
     from .remote import as_rows, remote_inference
 
     try:
-        rows = as_rows(remote_inference(dump_path, model, image_dirs=list(image_dirs), threads=threads or None),
-                       dump_path)
+        rows = as_rows(remote_inference(dump_path, model, image_dirs=list(image_dirs), threads=threads or None,
+                                        metric=metric), dump_path)
     except (InvalidInputError, BackendError) as err:
         skipped.append({"tensor": tensor, "method": "remote inference", "point": "all", "reason": str(err)})
         rows = []

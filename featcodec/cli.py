@@ -496,9 +496,13 @@ def calibrate(input_spec, method, output, layout, force, extra_params, **options
                    "BD-rate is taken against.")
 @click.option("--model", "codec_model", help="The trained model the auto-tiler and learned codecs use (default: "
               "theirs for the reference detector): a model you trained for your own network's layer.")
+@click.option("--metric", metavar="FILE.py:FUNCTION",
+              help="The network's own task metric instead of the task's: FUNCTION(reference, result) over the "
+                   "task outputs on original and on decoded activations (lists of (N, …) arrays), a score that "
+                   "rises with quality (docs/networks.md).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, json_path, csv_path, plot_path, from_json,
-          checks, image_dirs, remote, codec_model, force):
+          checks, image_dirs, remote, codec_model, metric, force):
     """Sweep codecs over rate points on INPUT tensors; report rate, distortion, accuracy and latency, beside
     remote inference (the dump's images coded with x265 / JPEG, the whole network run on them).
 
@@ -523,7 +527,7 @@ def bench(inputs, methods, rates, task_model, calibrate_on, repeat, threads, jso
             report = run_bench(list(inputs), [m.strip() for m in methods.split(",") if m.strip()], rates=rates,
                                task_model=task_model, calibrate_on=calibrate_on, repeat=repeat, threads=threads,
                                remote=remote, image_dirs=list(image_dirs), codec_model=codec_model,
-                               progress=progress)
+                               metric=metric, progress=progress)
         finally:
             progress.stop()
     report["checks"] = evaluate_checks(list(checks), [_point(r) for r in report["results"]], report["summary"])
@@ -612,6 +616,8 @@ def _print_bench(report) -> None:
             click.echo("\t".join(cols))
             for row in body:
                 click.echo("\t".join(row))
+    if report.get("settings", {}).get("metric"):
+        click.echo(f"agreement: {report['settings']['metric']}")
     for line in beats_image(report["summary"]):
         click.echo(line)
     for item in report["skipped"]:
@@ -664,9 +670,15 @@ def _print_bench(report) -> None:
                    "auto-tiler's task stage).")
 @click.option("--base", default="centernet_mbv3", show_default=True,
               help="With --rate-lambda: the auto-tiler model whose exit the learned codec starts from.")
+@click.option("--from-learned", "start", metavar="NAME",
+              help="With --rate-lambda: start from this learned model's encoder and decoder (trained from the same "
+                   "--base exit) instead of the exit's.")
+@click.option("--encoder", "encoder_kind", type=click.Choice(["exit", "light"]), default="exit", show_default=True,
+              help="With --rate-lambda: the exit's encoders, or a light one for the device (depthwise-separable "
+                   "convolutions), distilled from them for 10 min first.")
 def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
           task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates,
-          rate_lambda, base):
+          rate_lambda, base, start, encoder_kind):
     """Train auto-tilers (or, with --rate-lambda, the learned codec) on activation dumps and export them to
     ONNX (needs featcodec[train]).
 
@@ -696,9 +708,11 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
         raise click.UsageError("images go with MODEL.onnx; a dump is trained on alone")
     if rate_lambda is not None:
         _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, crop,
-                       task_weight, network, width, lr, max_samples, seed, rate_lambda, base,
+                       task_weight, network, width, lr, max_samples, seed, rate_lambda, base, start, encoder_kind,
                        conflicting=extend or core or finetune_decoders or hevc_rates or layer_minutes)
         return
+    if start or encoder_kind != "exit":
+        raise click.UsageError("--from-learned and --encoder go with --rate-lambda")
     from .train.autotiler import TrainingConfig, train_autotiler, train_compatibility
     from .train.autotiler import finetune_decoders as finetune
 
@@ -761,7 +775,7 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
 
 
 def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batch, crop, task_weight, network, width,
-                   lr, max_samples, seed, lam, base, conflicting) -> None:
+                   lr, max_samples, seed, lam, base, start, encoder_kind, conflicting) -> None:
     from .train.learned import RateConfig, train_learned
 
     if conflicting:
@@ -774,7 +788,7 @@ def _train_learned(dump_path, layers, output, name, ratios, steps, minutes, batc
         for layer in layers:
             config = RateConfig(base=base, ratio=ratios[0], lam=lam, minutes=minutes or 45.0, steps=steps,
                                 batch=batch, crop=crop, lr=lr / 4, task_weight=task_weight, width=width,
-                                seed=seed, max_samples=max_samples)
+                                seed=seed, max_samples=max_samples, start=start, encoder=encoder_kind)
             manifest = train_learned(dump_path, layer, output, name=name or Path(output).name, config=config,
                                      network=network, log=bar.log, progress=bar)
     finally:

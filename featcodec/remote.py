@@ -196,10 +196,11 @@ def _locate(name: str, source: str | None, folders: list[Path]) -> str | None:
 class WholeNetwork:
     """The whole network from its input to the task output, with the task metric of `TaskModel`."""
 
-    def __init__(self, model_path: str, threads: int | None = None, spec: dict | None = None):
+    def __init__(self, model_path: str, threads: int | None = None, spec: dict | None = None, metric=None):
         from .task import guess_task, task_outputs
 
         self.manifest = Manifest.for_model(model_path)
+        self.metric = metric
         model = load_model(model_path)
         self.task = self.manifest.task or guess_task(model)
         self.outputs = task_outputs(model, self.task, self.manifest)
@@ -218,19 +219,20 @@ class WholeNetwork:
     def agreement(self, reference: list[np.ndarray], result: list[np.ndarray]) -> float:
         from .task import agreement
 
-        return agreement(self.task, reference, result, self.manifest.score_threshold)
+        return agreement(self.task, reference, result, self.manifest.score_threshold, self.metric)
 
 
 def remote_inference(dump_path: str, model_path: str, *, image_dirs: list[str] = (),
                      codecs: tuple[str, ...] = IMAGE_CODECS, threads: int | None = None,
-                     progress=None) -> list[ImagePoint]:
-    """The rate / agreement points of sending the dump's images instead of its activations."""
+                     progress=None, metric=None) -> list[ImagePoint]:
+    """The rate / agreement points of sending the dump's images instead of its activations (`metric`:
+    the network's own task metric, `featcodec.task.load_metric`)."""
     import h5py
 
     with h5py.File(dump_path, "r") as f:
         recorded = f.attrs.get("preprocessing")
     spec = json.loads(recorded) if recorded else None
-    network = WholeNetwork(model_path, threads, spec)
+    network = WholeNetwork(model_path, threads, spec, metric)
     images = [resize_for_input(rgb, network.spec) for rgb in dump_images(dump_path, image_dirs)]
     reference = network.run(images)
     points = []

@@ -11,14 +11,25 @@ the decoded ones; the two results are compared, so no human labels are needed:
 * dense outputs (maps: segmentation, text or face probability, any other task): **R² agreement**,
   1 − Σ(decoded − original)² / Σ(original − its mean)² per output, clipped at 0, averaged over the
   outputs; 1.0 is unchanged, 0 no better than the outputs' mean.
+* any network's own metric (its decoder and post-processing, e.g. a detector's box F1): a Python
+  function ``metric(reference, result) -> float`` over the two lists of outputs, loaded from a file
+  the user names (`load_metric`, ``bench --metric FILE.py:FUNCTION``): never from a model folder, so
+  benchmarking someone's dump runs no code that came with it.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Callable
 
 import numpy as np
 
 from .errors import InvalidInputError
 from .onnxmodel import Manifest, batch_limit, check_cut, extract, load_model, session
+
+Metric = Callable[[list[np.ndarray], list[np.ndarray]], float]
 
 
 class TaskModel:
@@ -27,8 +38,10 @@ class TaskModel:
     `layer` may be a tensor name or a split-point alias from the model's manifest.
     """
 
-    def __init__(self, model_path: str, layer: str | list[str], threads: int | None = None):
+    def __init__(self, model_path: str, layer: str | list[str], threads: int | None = None,
+                 metric: Metric | None = None):
         self.manifest = Manifest.for_model(model_path)
+        self.metric = metric
         self.layers = self.manifest.resolve_layers(layer)
         self.layer = self.layers[0]
         model = load_model(model_path)
@@ -52,18 +65,64 @@ class TaskModel:
     def agreement(self, original, decoded, reference: list[np.ndarray] | None = None) -> float:
         """The task metric of `decoded` against `original` activations (1.0 = no change)."""
         reference = self.run(original) if reference is None else reference
-        return agreement(self.task, reference, self.run(decoded), self.manifest.score_threshold)
+        return agreement(self.task, reference, self.run(decoded), self.manifest.score_threshold, self.metric)
 
     @property
     def metric_name(self) -> str:
-        return METRIC_NAMES[self.task]
+        return metric_name(self.task, self.metric)
 
 
 METRIC_NAMES = {"detection": "mAP@0.5 agreement", "classification": "top-1 agreement", "dense": "R² agreement"}
 
 
-def agreement(task: str, reference: list[np.ndarray], result: list[np.ndarray], score_threshold: float = 0.3) -> float:
-    """The task metric of outputs `result` against `reference` (lists, one array per output)."""
+def metric_name(task: str, metric: Metric | None = None) -> str:
+    return getattr(metric, "label", "custom metric") if metric is not None else METRIC_NAMES[task]
+
+
+def load_metric(spec: str) -> Metric:
+    """The function FUNCTION of the Python file FILE, from ``FILE.py:FUNCTION``: a network's own task
+    metric, called as ``metric(reference, result)`` with the task outputs (lists of (N, …) arrays, in the
+    manifest's output order) on the original and on the decoded activations; it returns a score that
+    rises with quality (1.0 = unchanged), a finite number.
+
+    >>> load_metric("missing.py:f")
+    Traceback (most recent call last):
+    featcodec.errors.InvalidInputError: --metric missing.py:f: no such file missing.py
+    """
+    path, _, name = spec.rpartition(":")
+    if not path or not name.isidentifier():
+        raise InvalidInputError(f"--metric must be FILE.py:FUNCTION, got {spec!r}")
+    if not os.path.isfile(path):
+        raise InvalidInputError(f"--metric {spec}: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"featcodec_metric_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: any error it raises is reported in one line
+        raise InvalidInputError(f"--metric {spec}: {path} failed to load: {type(err).__name__}: {err}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise InvalidInputError(f"--metric {spec}: {path} defines no function {name}")
+
+    def metric(reference: list[np.ndarray], result: list[np.ndarray]) -> float:
+        try:
+            value = float(function(reference, result))
+        except Exception as err:
+            raise InvalidInputError(f"--metric {spec} failed: {type(err).__name__}: {err}") from None
+        if not math.isfinite(value):
+            raise InvalidInputError(f"--metric {spec} returned {value}, not a finite score")
+        return value
+
+    metric.label = f"{name} ({os.path.basename(path)})"
+    return metric
+
+
+def agreement(task: str, reference: list[np.ndarray], result: list[np.ndarray], score_threshold: float = 0.3,
+              metric: Metric | None = None) -> float:
+    """The task metric of outputs `result` against `reference` (lists, one array per output); `metric`:
+    the network's own, instead of the task's."""
+    if metric is not None:
+        return metric(reference, result)
     if task == "detection":
         return detection_agreement(reference[0], result[0], score_threshold)
     if task == "classification":

@@ -381,6 +381,8 @@ def test_train_cli_bad_inputs(cli, tmp_path):
     assert result.returncode != 0 and "give one of --extend, --core and --finetune-decoders" in result.stderr.decode()
     result = cli("train", DEMO, "--layer", "S2", "--hevc-rates", "60", "-o", tmp_path / "m")
     assert result.returncode != 0 and "--hevc-rates goes with --finetune-decoders" in result.stderr.decode()
+    result = cli("train", DEMO, "--layer", "S2", "--encoder", "light", "-o", tmp_path / "m")
+    assert result.returncode != 0 and "--from-learned and --encoder go with --rate-lambda" in result.stderr.decode()
     for bad in ("60,fast", "0", "inf"):
         result = cli("train", DEMO, "--layer", "S2", "--finetune-decoders", "--hevc-rates", bad, "-o", tmp_path / "m")
         assert result.returncode != 0 and "--hevc-rates" in result.stderr.decode()

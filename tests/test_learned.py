@@ -179,3 +179,31 @@ def test_a_light_encoder_is_distilled_then_trained(tiny_learned, tmp_path, monke
     shutil.copytree(tmp_path / "light", folder / "light", ignore=shutil.ignore_patterns(".checkpoints"))
     monkeypatch.setenv("FEATCODEC_MODELS", str(folder))
     assert featcodec.decode(featcodec.encode(maps[:1], "learned", model="light")).shape == maps[:1].shape
+
+
+def test_training_can_start_from_a_learned_model(tiny_learned, tmp_path, monkeypatch):
+    """--from-learned: the learned model's encoder and decoder are the start (no step run: the same codec)."""
+    from featcodec.train.learned import RateConfig, train_learned
+
+    models, _, maps = tiny_learned
+    config = RateConfig(base="tinytiler", ratio=16, lam=0.01, steps=0, every=3, batch=2, crop=16, width=8,
+                        valid_fraction=0.25, start="tinyrate")
+    manifest = train_learned(str(models.parent / "dump.h5"), "small", str(tmp_path / "again"), name="again",
+                             config=config, log=lambda line: None)
+    assert manifest["layers"]["small"]["start"] == "tinytiler small CR16, through learned tinyrate"
+    with pytest.raises(InvalidInputError, match="no learned model 'nothing'"):
+        train_learned(str(models.parent / "dump.h5"), "small", str(tmp_path / "none"), name="none",
+                      config=RateConfig(base="tinytiler", ratio=16, steps=0, width=8, valid_fraction=0.25,
+                                        start="nothing"), log=lambda line: None)
+    folder = tmp_path / "models"
+    shutil.copytree(tmp_path / "again", folder / "again", ignore=shutil.ignore_patterns(".checkpoints"))
+    shutil.copytree(models / "tinyrate", folder / "tinyrate", ignore=shutil.ignore_patterns(".checkpoints"))
+    monkeypatch.setenv("FEATCODEC_MODELS", str(folder))
+    for part in ("latent", "decoded"):
+        original, restarted = Learned(model="tinyrate"), Learned(model="again")
+        if part == "latent":
+            np.testing.assert_allclose(restarted.latent(maps[0])[1], original.latent(maps[0])[1], atol=1e-5)
+        else:
+            payload, info = original.encode(maps[0])
+            np.testing.assert_allclose(restarted.decode(payload, maps[0].shape, info),
+                                       original.decode(payload, maps[0].shape, info), rtol=1e-4, atol=1e-4)

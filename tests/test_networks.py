@@ -218,3 +218,49 @@ def test_training_on_a_multi_tensor_split_gives_each_tensor_an_exit(cli, tmp_pat
     layers = json.loads((out / "manifest.json").read_text())["layers"]
     assert {k: (v["tensor"], v["exits"]["4"]["stride"]) for k, v in layers.items()} == {
         "LEVELS/0": ("b", 2), "LEVELS/1": ("p", 1)}  # the 16x16 level is a small map: channels, not positions
+
+
+def test_a_networks_own_metric_is_loaded_from_the_file_the_user_names(tmp_path):
+    from featcodec.task import load_metric
+
+    (tmp_path / "m.py").write_text(
+        "import numpy as np\n"
+        "def same_argmax(reference, result):\n"
+        "    return float(np.mean(reference[0].argmax(1) == result[0].argmax(1)))\n"
+        "def broken(reference, result):\n    return 1 / 0\n"
+        "def nan(reference, result):\n    return float('nan')\n")
+    (tmp_path / "bad.py").write_text("raise RuntimeError('boom')\n")
+    metric = load_metric(f"{tmp_path / 'm.py'}:same_argmax")
+    a = np.zeros((2, 3, 4, 4), np.float32)
+    b = a.copy()
+    a[:, 1], b[:, 2] = 1, 1
+    assert metric([a], [a]) == 1.0 and metric([a], [b]) == 0.0 and metric.label == "same_argmax (m.py)"
+    for spec, message in ((f"{tmp_path / 'm.py'}", "must be FILE.py:FUNCTION"),
+                          (f"{tmp_path / 'gone.py'}:f", "no such file"),
+                          (f"{tmp_path / 'm.py'}:missing", "defines no function missing"),
+                          (f"{tmp_path / 'bad.py'}:f", "failed to load: RuntimeError: boom")):
+        with pytest.raises(InvalidInputError, match=message):
+            load_metric(spec)
+    with pytest.raises(InvalidInputError, match="failed: ZeroDivisionError"):
+        load_metric(f"{tmp_path / 'm.py'}:broken")([a], [a])
+    with pytest.raises(InvalidInputError, match="not a finite score"):
+        load_metric(f"{tmp_path / 'm.py'}:nan")([a], [a])
+
+
+def test_bench_scores_with_the_networks_own_metric(cli, tmp_path):
+    """P-Net's proposal F1 (the bundled metric.py) in place of R²: stricter, 1.0 when nothing changes."""
+    photos = [IMAGES / name for name in sorted(p.name for p in IMAGES.glob("*.jpg"))[:2]]
+    cli("dump", PNET, *photos, "--layer", "P2", "-o", tmp_path / "d.h5", check=True)
+    metric = ROOT / "models" / "networks" / "mtcnn_pnet" / "metric.py"
+    reports = {}
+    for name, extra in (("r2", []), ("f1", ["--metric", f"{metric}:proposal_f1"])):
+        result = cli("bench", f"{tmp_path / 'd.h5'}:/P2", "-m", "raw,uniform", "--rates", "quick", "--no-remote",
+                     "--json", tmp_path / f"{name}.json", *extra)
+        assert result.returncode == 0, result.stderr.decode()
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["f1"]["settings"]["metric"] == "proposal_f1 (metric.py)"
+    assert "agreement: proposal_f1 (metric.py)" in result.stdout.decode()
+    r2, f1 = ({(r["method"], r["point"]): r["agreement"] for r in reports[k]["results"]} for k in ("r2", "f1"))
+    assert f1[("raw", "default")] == 1.0
+    lossy = [k for k in f1 if k[0] == "uniform"]
+    assert lossy and all(f1[k] < r2[k] for k in lossy)  # each moved proposal counts

@@ -466,15 +466,16 @@ def load_onnx_weights(module, path: Path) -> None:
     # torch's exporter names PReLU slopes by node number ("onnx::PRelu_45"), in graph order
     slopes = sorted((k for k in weights if k.startswith("onnx::PRelu_")), key=lambda k: int(k.rsplit("_", 1)[1]))
     slope_keys = [f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.PReLU)]
-    state = {}
-    for key, value in module.state_dict().items():
+    # each tensor once, by its first name (a module reachable twice, as a Chain's body, is exported once)
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    for key, value in tensors.items():
         source = weights.get(key)
         if source is None and key in slope_keys and len(slopes) == len(slope_keys):
             source = weights[slopes[slope_keys.index(key)]]
         if source is None or source.size != value.numel():
             raise ValueError(f"{path.name} holds no weight of shape {tuple(value.shape)} for {key}")
-        state[key] = torch.from_numpy(source.reshape(value.shape).copy())
-    module.load_state_dict(state)
+        with torch.no_grad():
+            value.copy_(torch.from_numpy(source.reshape(value.shape).copy()))
     module.eval()
     x = torch.rand(1, module.body[0].in_channels, 32, 32)
     with torch.no_grad():

@@ -182,6 +182,7 @@ class RateConfig:
     task_weight: float = 1.0
     mse_weight: float = 0.5  # the features' normalised MSE: keeps the decoder close to the layer off the task
     encoder: str = "exit"  # "exit": the auto-tiler's encoders; "light": a `LightEncoder` distilled from them
+    start: str | None = None  # a learned model whose encoder and decoder for the layer start instead of the exit's
     distill_minutes: float = 10.0
     width: int = 64
     every: int = 100
@@ -224,6 +225,22 @@ def _build(data: LayerData, folder: Path, entry: dict, exit_: dict, width: int):
     decoder = Decoder(exit_["latent_channels"], c, done, width, Normalise(data.mean, data.std), data.nonnegative)
     load_onnx_weights(decoder, folder / exit_["decoder"][0])
     return Chain(encoders), decoder
+
+
+def _load_learned(encoder, decoder, name: str, layer: str, exit_: dict) -> None:
+    """Load learned model `name`'s encoder and decoder for `layer` (trained from the same exit)."""
+    from ..codecs.learned import available_models
+
+    folder = available_models().get(name)
+    if folder is None:
+        raise InvalidInputError(f"no learned model {name!r} to start from")
+    entry = json.loads((folder / "manifest.json").read_text())["layers"].get(layer)
+    if entry is None or (entry["stride"], entry["latent_channels"]) != (exit_["stride"], exit_["latent_channels"]):
+        raise InvalidInputError(f"learned model {name!r} has no {layer} of the base exit's shape to start from")
+    if entry.get("encoder_kind", "the auto-tiler's encoders") != "the auto-tiler's encoders":
+        raise InvalidInputError(f"learned model {name!r} has a light encoder: start from one with the exit's")
+    load_onnx_weights(encoder, folder / entry["encoder"])
+    load_onnx_weights(decoder, folder / entry["decoder"])
 
 
 def _objective(encoder, decoder, prior, task, x, steps, hard: bool, config: RateConfig, latents_per_sample: int):
@@ -275,6 +292,9 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
         raise InvalidInputError(f"{dump}:{layer} is {data.tensor} {(c, h, w)}, the base exit serves "
                                 f"{entry['tensor']} {tuple(entry['shape'])}")
     encoder, decoder = _build(data, folder, entry, exit_, config.width)
+    if config.start:
+        _load_learned(encoder, decoder, config.start, data.name, exit_)
+        log(f"  {data.name}: starting from learned model {config.start!r}")
     stride, k = exit_["stride"], exit_["latent_channels"]
     if config.encoder not in ("exit", "light"):
         raise InvalidInputError(f"encoder must be exit or light, got {config.encoder!r}")
@@ -376,7 +396,8 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     manifest["layers"][data.name] = {
         "tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
         "encoder": enc_file, "decoder": dec_file, "stride": stride, "latent_channels": k,
-        "start": f"{config.base} {data.name} CR{config.ratio}",
+        "start": f"{config.base} {data.name} CR{config.ratio}"
+                 + (f", through learned {config.start}" if config.start else ""),
         "encoder_kind": "the auto-tiler's encoders" if config.encoder == "exit" else "light (distilled)"}
     manifest["files"].update({f: {"sha256": digest, "bytes": (out / f).stat().st_size} for f, digest in files.items()})
     manifest["files"] = dict(sorted(manifest["files"].items()))
