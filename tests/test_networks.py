@@ -264,3 +264,17 @@ def test_bench_scores_with_the_networks_own_metric(cli, tmp_path):
     assert f1[("raw", "default")] == 1.0
     lossy = [k for k in f1 if k[0] == "uniform"]
     assert lossy and all(f1[k] < r2[k] for k in lossy)  # each moved proposal counts
+
+
+def test_the_yolox_example_metric_scores_boxes_that_move():
+    from featcodec.task import load_metric
+
+    metric = load_metric(f"{ROOT / 'examples' / 'metrics' / 'yolox_f1.py'}:detection_f1")
+    out = np.zeros((1, 3549, 6), np.float32)
+    out[0, :, 2:4] = -3.0  # tiny boxes of low score everywhere
+    out[0, [100, 2000], 4:6] = 0.9  # two confident detections (stride 8 and 16 cells)
+    out[0, [100, 2000], 2:4] = 1.0
+    assert metric([out], [out.copy()]) == 1.0
+    moved = out.copy()
+    moved[0, 2000, 0] += 3.0  # three cells right: no overlap left
+    assert metric([out], [moved]) == 0.5  # one TP, one FP, one FN
