@@ -134,6 +134,12 @@ def test_binned_distribution_gives_the_mse_and_entropy_of_quantizers_of_every_le
     n_levels = np.array([[2], [5], [16]])
     lo, hi = np.array([[-1.0, -3.0], [-2.0, -6.0], [-4.0, -9.0]]), np.array([[1.5, 3.0], [2.0, 5.0], [4.0, 8.0]])
     mse, entropy = binned.mse(lo, hi, n_levels), binned.entropy(lo, hi, n_levels)
+    points = np.array([-50.0, -1.0, -1.0, 0.0, 0.5, 2.0, 99.0])  # below all, repeated, above all
+    counts, sums = dist.sums_below(points)  # segment sums, no prefix sum yet
+    assert "sum1" not in dist.__dict__
+    assert list(counts) == [int(np.sum(values < p)) for p in points]
+    np.testing.assert_allclose(sums, [values[values < p].sum() for p in points], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dist.sums_below(points)[1], dist.sum1[counts], rtol=1e-9, atol=1e-9)
     for r, n in enumerate(n_levels[:, 0]):
         for k in range(2):
             thresholds, levels = uniform_quantizer(lo[r, k], hi[r, k], n)

@@ -752,7 +752,7 @@ class BinnedDistribution:
         # each table with its slope per bin (0 past the last edge, where positions are clipped to)
         self.tables = {name: (table, np.append(np.diff(table), 0.0)) for name, table in
                        (("count", count), ("gap", gap))}
-        self.sum1, self.sum2 = dist.total, dist.square_sum
+        self.total, self.square_sum = dist.total, dist.square_sum
 
     def _positions(self, lo, hi, n_levels):
         """Where the thresholds of uniform quantizers on [lo, hi] (R, K) of `n_levels` (R, 1) levels
@@ -773,12 +773,13 @@ class BinnedDistribution:
         (R, 1) times the order-0 entropy of their cells in bits when given: (R, K)."""
         position, step = self._positions(lo, hi, n_levels)
         used = _USED[n_levels[:, 0]]  # (R, MAX_LEVELS - 1)
-        outer = self.sum2 - 2 * hi * self.sum1 + hi * hi * self.size  # Σ (x - hi)²
+        outer = self.square_sum - 2 * hi * self.total + hi * hi * self.size  # Σ (x - hi)²
         error = outer - 2 * step * np.matmul(self._at("gap", position), used[..., None])[..., 0]
         mse = np.maximum(error, 0.0) / self.size
         return mse if weight is None else mse + weight * self._entropy(position, used)
 
     def mse(self, lo: np.ndarray, hi: np.ndarray, n_levels: np.ndarray) -> np.ndarray:
+        """`cost` without the entropy: the MSE alone."""
         return self.cost(lo, hi, n_levels)
 
     def entropy(self, lo: np.ndarray, hi: np.ndarray, n_levels: np.ndarray) -> np.ndarray:
