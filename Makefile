@@ -137,12 +137,14 @@ data/video_%.h5: examples/video/%.mp4
 # training phases and about 1.5 min of x265 coding, about 1 h 56 in all on 2 CPU cores (each step's wall
 # time measured: bench/results/autotiler_annealed_rebuild.md). The first three steps resume from
 # checkpoints (the model folder's .checkpoints; delete them to start over); the last two train their
-# decoders again each time they run. With the learned codec's 45 min below, about 2 h 41 in all.
+# decoders again each time they run. With the learned codec's 45 min and its light encoder's 18 below,
+# about 2 h 59 in all.
 HEVC_RATES := 15,30,60,120,240,lossless
 # The learned codec (rate-aware; docs/learned.md): S2's CR16 auto-tiler exit trained further for 45 min
 # with the latent's bits in the loss at λ per Kbit (the latent step sets the rate at run time, within
 # the range this λ leaves); the weights kept are those of least validation loss. It resumes from its
-# checkpoint.
+# checkpoint. Then the default model: a light encoder (depthwise-separable, 65 kB) distilled from that
+# model's encoder for 10 min and trained with its decoder for 8 more (bench/results/learned_selection.md).
 RATE_LAMBDA := 0.005
 # Another network, the way a user would take it: MTCNN P-Net's P2 (16x113x151), an auto-tiler trained
 # from the network and the photos of examples/images_more (with their variants; the last 10 % for
@@ -178,6 +180,9 @@ models: $(PY) data/autotiler_train.h5
 		--hevc-rates $(HEVC_RATES) -o models/autotiler/centernet_mbv3 --minutes-per-phase 6
 	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda $(RATE_LAMBDA) --steps 100000 \
 		-o models/learned/centernet_mbv3 --minutes-per-phase 45
+	time $(FEATCODEC) train data/autotiler_train.h5 --layer S2 --cr 16 --rate-lambda $(RATE_LAMBDA) --steps 100000 \
+		--from-learned centernet_mbv3 --encoder light -o models/learned/centernet_mbv3_light \
+		--name centernet_mbv3_light --minutes-per-phase 8
 
 # The learned codec's model-selection and test dumps: the training dump's validation split (the
 # photos `train` validates on), and every 8th frame of the bundled clips, at most 12 each, which no

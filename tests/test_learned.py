@@ -147,15 +147,24 @@ def test_channel_prior_bits_follow_the_histogram():
     assert float(y.grad.abs().sum()) > 0  # the rate reaches the encoder
 
 
-def test_the_shipped_model_codes_the_reference_layer():
-    if "centernet_mbv3" not in available_models():
-        pytest.skip("no shipped learned-codec model")
+@pytest.mark.parametrize("model", ["centernet_mbv3_light", "centernet_mbv3"])
+def test_the_shipped_models_code_the_reference_layer(model):
+    """The default (light encoder) and the model older files name: both ship."""
+    assert model in available_models()
     with h5py.File(DEMO) as f:
         x = f["S2"][:1]
-    blob = featcodec.encode(x, "learned", kbpi=60)
+    blob = featcodec.encode(x, "learned", kbpi=60, model=model)
     kbits = featcodec.info(blob)["payload_bytes"] * 8 / 1000
     assert abs(kbits - 60) <= 6
     assert featcodec.decode(blob).shape == x.shape
+    assert featcodec.info(blob)["codec"]["model"] == model
+
+
+def test_the_light_encoder_is_the_cheaper_one():
+    light, exit_ = (json.loads((available_models()[m] / "manifest.json").read_text())
+                    for m in ("centernet_mbv3_light", "centernet_mbv3"))
+    assert light["layers"]["S2"]["encoder_kind"] == "light (distilled)"
+    assert light["files"]["s2_enc.onnx"]["bytes"] < exit_["files"]["s2_enc.onnx"]["bytes"] / 10
 
 
 def test_a_light_encoder_is_distilled_then_trained(tiny_learned, tmp_path, monkeypatch):

@@ -32,7 +32,10 @@ from ..video import RateWarning
 from .autotiler import model_folders
 from .base import Codec, Param, side_ints, side_numbers
 
-DEFAULT_MODEL = "centernet_mbv3"
+# The light encoder's model: on the validation photos it chose, fewer bits than the exit-encoder one
+# at every agreement (bench/results/learned_selection.md) for a fraction of its device time;
+# centernet_mbv3 stays for the files coded with it.
+DEFAULT_MODEL = "centernet_mbv3_light"
 MANIFEST_FORMAT = 1
 MIN_STEP = 1 / 15  # 16 symbols: the coder's alphabet
 MAX_STEP = 1 / 2  # 3 symbols

@@ -55,7 +55,11 @@ CASES = {
     "autotiler_v1": dict(method="autotiler", cr=4, lossless=True, preset="fast", source="S2", crop=(0, 40, 32, 32),
                          channels=72),
     # The learned codec: its latent symbols, coded by the compiled kernel (version 7), are in the bytes.
-    "learned_v1": dict(method="learned", step=1 / 7, source="S2", crop=(0, 40, 32, 32), channels=72),
+    "learned_v1": dict(method="learned", step=1 / 7, model="centernet_mbv3", source="S2", crop=(0, 40, 32, 32),
+                       channels=72),
+    # The light encoder's model (the default since), the same crop.
+    "learned_light_v1": dict(method="learned", step=1 / 7, model="centernet_mbv3_light", source="S2",
+                             crop=(0, 40, 32, 32), channels=72),
 }
 DEMO_DUMP = Path(__file__).parents[2] / "examples" / "reference_demo.h5"
 
