@@ -176,6 +176,34 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def pooled_f1(pairs, iou, threshold: float = 0.5) -> float:
+    """F1 = 2 TP / (2 TP + FP + FN) pooled over images, each image's boxes matched greedily one to one,
+    the pairs of highest IoU first, each at IoU ≥ `threshold`; 1.0 when no image has a box. `pairs`
+    yields (reference boxes, result boxes) per image, `iou(a, b)` their (n, m) IoU matrix: the core of a
+    network's own detection metric for ``bench --metric`` (``examples/metrics/``).
+
+    >>> boxes = np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    >>> pooled_f1([(boxes, boxes + [0, 0, 1, 1]), (boxes[:1], boxes[:0])], box_iou)
+    0.8
+    """
+    tp = fp = fn = 0
+    for reference, result in pairs:
+        matched = 0
+        if len(reference) and len(result):
+            overlap = iou(reference, result)
+            used_reference, used_result = set(), set()
+            for flat in np.argsort(-overlap, axis=None, kind="stable"):
+                r, t = divmod(int(flat), overlap.shape[1])
+                if overlap[r, t] < threshold:
+                    break
+                if r not in used_reference and t not in used_result:
+                    used_reference.add(r)
+                    used_result.add(t)
+                    matched += 1
+        tp, fp, fn = tp + matched, fp + len(result) - matched, fn + len(reference) - matched
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
 def average_precision(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> float:
     """COCO-style 101-point interpolated AP from per-prediction scores and true-positive flags."""
     order = np.argsort(-scores, kind="stable")

@@ -13,6 +13,8 @@ Another YOLOX: set INPUT_SIZE, and the thresholds its own post-processing uses.
 
 import numpy as np
 
+from featcodec.task import pooled_f1
+
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
 SCORE = 0.1
@@ -22,11 +24,8 @@ MATCH_IOU = 0.5
 
 def detection_f1(reference: list[np.ndarray], result: list[np.ndarray]) -> float:
     """Pooled detection F1 of `result` against `reference`, each [(N, anchors, 5 + classes)]."""
-    tp = fp = fn = 0
-    for ref, res in zip(reference[0], result[0]):
-        t, p, n = _match(_detections(ref), _detections(res))
-        tp, fp, fn = tp + t, fp + p, fn + n
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    pairs = ((_detections(ref), _detections(res)) for ref, res in zip(reference[0], result[0]))
+    return pooled_f1(pairs, _iou, MATCH_IOU)
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -65,18 +64,3 @@ def _detections(out: np.ndarray) -> np.ndarray:
         rest = order[1:]
         order = rest[_iou(boxes[order[:1]], boxes[rest], plus_one=True)[0] <= NMS_IOU]
     return boxes[chosen]
-
-
-def _match(reference: np.ndarray, result: np.ndarray) -> tuple[int, int, int]:
-    """(TP, FP, FN) of a greedy one-to-one matching at IoU ≥ MATCH_IOU, best pairs first."""
-    iou = _iou(reference, result)
-    used_ref, used_res, tp = set(), set(), 0
-    for flat in np.argsort(-iou, axis=None):
-        r, t = divmod(int(flat), iou.shape[1])
-        if iou[r, t] < MATCH_IOU:
-            break
-        if r not in used_ref and t not in used_res:
-            used_ref.add(r)
-            used_res.add(t)
-            tp += 1
-    return tp, len(result) - tp, len(reference) - tp

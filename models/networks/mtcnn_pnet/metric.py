@@ -5,7 +5,7 @@ probability ≥ 0.6, 12-pixel boxes at stride 2 in the pyramid level's pixels, N
 box regression); the proposals on decoded activations are matched greedily one-to-one to those on the
 original activations at IoU ≥ 0.5, and F1 = 2 TP / (2 TP + FP + FN) pools every image. It is much
 stricter than R² agreement: P-Net is a high-recall first stage with about 46 proposals per photo, and
-each one that moves, appears or vanishes counts.
+each one that moves, appears or vanishes counts (`featcodec.task.pooled_f1` matches them).
 
     featcodec bench pnet_test.h5:/P2 --metric models/networks/mtcnn_pnet/metric.py:proposal_f1
 
@@ -14,6 +14,8 @@ The same metric as `shared/networks/mtcnn_pnet/split.py`, which follows facenet-
 """
 
 import numpy as np
+
+from featcodec.task import pooled_f1
 
 SCALE = 0.6  # the first pyramid level of facenet-pytorch's MTCNN (min_face_size 20: 12 / 20)
 PROBABILITY = 0.6  # facenet-pytorch's thresholds[0]
@@ -24,11 +26,9 @@ MATCH_IOU = 0.5
 def proposal_f1(reference: list[np.ndarray], result: list[np.ndarray]) -> float:
     """Pooled proposal F1 of `result` against `reference`: the P-Net outputs (N, 4, h, w) box
     regression and (N, 2, h, w) face probabilities, in either order."""
-    tp = fp = fn = 0
-    for ref_prob, ref_reg, prob, reg in zip(*_maps(reference), *_maps(result)):
-        t, p, n = _match(_proposals(ref_prob, ref_reg), _proposals(prob, reg))
-        tp, fp, fn = tp + t, fp + p, fn + n
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    pairs = ((_proposals(ref_prob, ref_reg), _proposals(prob, reg))
+             for ref_prob, ref_reg, prob, reg in zip(*_maps(reference), *_maps(result)))
+    return pooled_f1(pairs, _iou, MATCH_IOU)
 
 
 def _maps(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,20 +63,3 @@ def _proposals(prob: np.ndarray, reg: np.ndarray) -> np.ndarray:
     boxes, shift = boxes[keep], reg[:, ys[keep], xs[keep]].T
     sides = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
     return boxes + shift * sides
-
-
-def _match(reference: np.ndarray, result: np.ndarray) -> tuple[int, int, int]:
-    """(TP, FP, FN) of a greedy one-to-one matching at IoU ≥ MATCH_IOU, best pairs first."""
-    if len(reference) == 0 or len(result) == 0:
-        return 0, len(result), len(reference)
-    iou = _iou(reference, result)
-    used_ref, used_res, tp = set(), set(), 0
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        r, t = divmod(int(flat), iou.shape[1])
-        if iou[r, t] < MATCH_IOU:
-            break
-        if r not in used_ref and t not in used_res:
-            used_ref.add(r)
-            used_res.add(t)
-            tp += 1
-    return tp, len(result) - tp, len(reference) - tp
