@@ -1005,14 +1005,18 @@ def _floats(text: str | None):
               "to cut the graph.")
 @click.option("--detections-output", help="Detection: the output of (N, K, 6) boxes x1,y1,x2,y2,score,class.")
 @click.option("--score-threshold", default=0.3, show_default=True, help="Detection: boxes kept as ground truth.")
-@click.option("--loss", type=click.Choice(["centernet", "kl", "nmse"]),
-              help="Training loss through the tail (default: kl for classifiers, nmse otherwise).")
+@click.option("--loss", type=click.Choice(["centernet", "kl", "nmse", "threshold"]),
+              help="Training loss through the tail (default: kl for classifiers, nmse otherwise; threshold with "
+              "--loss-threshold).")
 @click.option("--loss-output", "loss_outputs", multiple=True,
               help="Outputs (or inner tensors, such as a detector's raw heads) the training loss compares "
               "(repeatable; default: the model's outputs).")
+@click.option("--loss-threshold", metavar="OUTPUT[:CHANNEL]=VALUE",
+              help="Threshold loss: the score map the post-processing thresholds and its threshold, e.g. prob:1=0.6 "
+              "(nmse plus the map's keep/drop decisions and the boxes where it keeps; docs/networks.md).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing manifest.")
 def manifest(model_path, output, task, size, resize, resize_shorter, scale, mean, std, color, layout, pad_value,
-             pad_position, splits, detections_output, score_threshold, loss, loss_outputs, force):
+             pad_position, splits, detections_output, score_threshold, loss, loss_outputs, loss_threshold, force):
     """Describe MODEL.onnx for featcodec: its task, input preprocessing, outputs and split points.
 
     `split`, `dump`, `bench` and `train` read it. What is not given is guessed from the graph;
@@ -1029,11 +1033,25 @@ def manifest(model_path, output, task, size, resize, resize_shorter, scale, mean
         if not name or not tensors:
             raise click.BadParameter(f"{text!r} is not NAME=TENSOR[,TENSOR…]", param_hint="--split")
         points[name] = tensors.split(",")
+    threshold = None
+    if loss_threshold:
+        score, _, value = loss_threshold.rpartition("=")
+        score, _, channel = score.partition(":")
+        try:
+            threshold = {"score": score, "channel": int(channel or 0), "threshold": float(value)}
+        except ValueError:
+            raise click.BadParameter(f"{loss_threshold!r} is not OUTPUT[:CHANNEL]=VALUE",
+                                     param_hint="--loss-threshold") from None
+        if not score:
+            raise click.BadParameter(f"{loss_threshold!r} names no output", param_hint="--loss-threshold")
+    elif loss == "threshold":
+        raise click.BadParameter("--loss threshold needs --loss-threshold OUTPUT[:CHANNEL]=VALUE", param_hint="--loss")
     described = describe(model_path, task=task, size=None if sizes is None else (int(sizes[0]), int(sizes[-1])),
                          resize=resize, mean=_floats(mean), std=_floats(std), scale=scale, color=color, layout=layout,
                          pad_value=pad_value, pad_position=pad_position, resize_shorter=resize_shorter,
                          split_points=points, detections_output=detections_output,
-                         score_threshold=score_threshold, loss=loss, loss_outputs=list(loss_outputs) or None)
+                         score_threshold=score_threshold, loss=loss, loss_outputs=list(loss_outputs) or None,
+                         loss_threshold=threshold)
     output = output or os.path.splitext(model_path)[0] + ".json"
     write_bytes(output, (json.dumps(described, indent=1) + "\n").encode(), force)
     pre = described["preprocessing"]

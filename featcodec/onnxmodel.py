@@ -385,7 +385,8 @@ def describe(model_path: str, *, task: str | None = None, size: tuple[int, int] 
              layout: str | None = None, pad_value: int = 0, pad_position: str = "center",
              resize_shorter: int | None = None, split_points: dict[str, list[str]] | None = None,
              detections_output: str | None = None, score_threshold: float = 0.3,
-             loss: str | None = None, loss_outputs: list[str] | None = None) -> dict[str, Any]:
+             loss: str | None = None, loss_outputs: list[str] | None = None,
+             loss_threshold: dict | None = None) -> dict[str, Any]:
     """A manifest for `model_path`: what the options say, the rest guessed from the graph (the input,
     its layout and static size, the outputs and from them the task); each split point is checked to
     cut the graph. `featcodec manifest` writes it.
@@ -442,9 +443,15 @@ def describe(model_path: str, *, task: str | None = None, size: tuple[int, int] 
         if detections_output and detections_output not in outputs:
             raise InvalidInputError(f"{detections_output!r} is not an output of the model ({', '.join(outputs)})")
         manifest.update(detections_output=detections_output or outputs[0], score_threshold=float(score_threshold))
+    if loss_threshold:  # {"score": output, "channel": c, "threshold": t}: the threshold loss
+        loss = loss or "threshold"
+        if loss != "threshold":
+            raise InvalidInputError(f"a loss threshold is for the threshold loss, not {loss}")
     if loss or loss_outputs:
-        unknown = [o for o in loss_outputs or [] if o not in tensor_names(model)]
+        unknown = [o for o in [*(loss_outputs or []), *([loss_threshold["score"]] if loss_threshold else [])]
+                   if o not in tensor_names(model)]
         if unknown:
             raise InvalidInputError(f"model has no tensor {unknown[0]!r}")
         manifest["training_loss"] = {k: v for k, v in (("kind", loss), ("outputs", loss_outputs)) if v}
+        manifest["training_loss"].update(loss_threshold or {})
     return manifest

@@ -54,6 +54,10 @@ def test_manifest_cli_guesses_what_it_is_not_told(cli, tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     again = cli("manifest", tmp_path / "pnet.onnx", "--size", "231,308")
     assert again.returncode == 1 and "exists" in again.stderr.decode()
+    cli("manifest", tmp_path / "pnet.onnx", "--size", "231,308", "--loss-threshold", "prob:1=0.6", "-o",
+        tmp_path / "thr.json", check=True)
+    assert json.loads((tmp_path / "thr.json").read_text())["training_loss"] == {
+        "kind": "threshold", "score": "prob", "channel": 1, "threshold": 0.6}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,6 +67,10 @@ def test_manifest_cli_guesses_what_it_is_not_told(cli, tmp_path):
     (["--size", "64", "--split", "oops"], "NAME=TENSOR"),
     (["--size", "64", "--mean", "a,b"], "comma-separated list of numbers"),
     (["--size", "64", "--loss-output", "nope"], "no tensor 'nope'"),
+    (["--size", "64", "--loss", "threshold"], "needs --loss-threshold"),
+    (["--size", "64", "--loss-threshold", "nope=0.6"], "no tensor 'nope'"),
+    (["--size", "64", "--loss-threshold", "prob:one=0.6"], "OUTPUT[:CHANNEL]=VALUE"),
+    (["--size", "64", "--loss", "kl", "--loss-threshold", "prob:1=0.6"], "not kl"),
 ])
 def test_manifest_cli_refuses_bad_descriptions(cli, tmp_path, args, message):
     shutil.copy(PNET, tmp_path / "pnet.onnx")
@@ -214,7 +222,10 @@ def test_training_on_a_multi_tensor_split_gives_each_tensor_an_exit(cli, tmp_pat
                  "--crop", "16", "--task-crop", "16", "--width", "8", "-o", out)
     err = result.stderr.decode()
     assert result.returncode == 0, err
-    assert "LEVELS/1: p (4, 16, 16)" in err and "MSE alone" in err  # one level alone does not cut the network
+    assert "LEVELS/1: p (4, 16, 16)" in err and "MSE alone, then with the split's other tensors" in err
+    # then both levels' exits together through the tail, which needs them both
+    assert "LEVELS: LEVELS/0, LEVELS/1 together, task loss through fpn.onnx: nmse on y" in err
+    assert "LEVELS CR4 joint: 2 steps" in err
     layers = json.loads((out / "manifest.json").read_text())["layers"]
     assert {k: (v["tensor"], v["exits"]["4"]["stride"]) for k, v in layers.items()} == {
         "LEVELS/0": ("b", 2), "LEVELS/1": ("p", 1)}  # the 16x16 level is a small map: channels, not positions
@@ -278,3 +289,21 @@ def test_the_yolox_example_metric_scores_boxes_that_move():
     moved = out.copy()
     moved[0, 2000, 0] += 3.0  # three cells right: no overlap left
     assert metric([out], [moved]) == 0.5  # one TP, one FP, one FN
+
+
+def test_the_text_detector_example_metric_scores_text_boxes():
+    pytest.importorskip("scipy")
+    from featcodec.task import load_metric
+
+    metric = load_metric(f"{ROOT / 'examples' / 'metrics' / 'ppocr_text_f1.py'}:text_box_f1")
+    prob = np.zeros((1, 1, 64, 96), np.float32)
+    prob[0, 0, 10:20, 10:50] = 0.9  # two text lines
+    prob[0, 0, 40:48, 20:70] = 0.8
+    prob[0, 0, 30:32, 80:82] = 0.9  # a speck: too small to be a box
+    assert metric([prob], [prob.copy()]) == 1.0
+    faint = prob.copy()
+    faint[0, 0, 40:48, 20:70] = 0.4  # above the binary threshold, below the box threshold: dropped
+    assert metric([prob], [faint]) == pytest.approx(2 / 3)  # one TP, one FN
+    moved = prob.copy()
+    moved[0, 0, 10:20] = np.roll(prob[0, 0, 10:20], 45, axis=1)  # the first line moves right, off itself
+    assert metric([prob], [moved]) == 0.5

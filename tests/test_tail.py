@@ -128,3 +128,36 @@ def test_bundled_network_tails_match_onnxruntime(network, split, size):
     feeds = {session(path).get_inputs()[0].name: np.random.default_rng(2).random(size, np.float32) * 255}
     activations = session(with_outputs(load_model(path), tensors)).run(tensors, feeds)
     assert check_against_onnxruntime(str(path), split, None, activations) < 1e-4
+
+
+def test_threshold_loss_weighs_what_the_post_processing_decides():
+    """Two decodings with the same squared error: one moves cells far below the threshold, the other
+    pushes kept cells under it and shifts their boxes. NMSE cannot tell them apart; the threshold loss
+    charges the second far more."""
+    from featcodec.train.taskloss import TailLoss
+
+    class Identity(torch.nn.Module):
+        output_names = ["prob", "reg"]
+
+        def forward(self, prob, reg):
+            return [prob, reg]
+
+    rng = np.random.default_rng(0)
+    prob = torch.tensor(rng.uniform(0, 0.3, (1, 2, 16, 16)), dtype=torch.float32)
+    prob[0, 1, 4:6, 4:6] = 0.7  # four kept cells
+    reg = torch.tensor(rng.normal(0, 1, (1, 4, 16, 16)), dtype=torch.float32)
+    harmless, harmful = prob.clone(), prob.clone()
+    harmless[0, 1, 10:12, 10:12] -= 0.2  # far below 0.6: still dropped
+    harmful[0, 1, 4:6, 4:6] -= 0.2  # 0.5: dropped now
+    nmse = TailLoss(Identity(), "nmse")
+    threshold = TailLoss(Identity(), "threshold", threshold={"score": "prob", "channel": 1, "threshold": 0.6})
+    target = [prob, reg]
+    assert float(nmse((harmless, reg), target)) == pytest.approx(float(nmse((harmful, reg), target)))
+    assert float(threshold((harmful, reg), target)) > 5 * float(threshold((harmless, reg), target))
+    moved = reg.clone()
+    moved[0, :, 4:6, 4:6] += 1  # the kept cells' boxes move
+    far = reg.clone()
+    far[0, :, 12:14, 12:14] += 1  # dropped cells' boxes: nobody reads them
+    assert float(threshold((prob, moved), target)) > 2 * float(threshold((prob, far), target))
+    with pytest.raises(InvalidInputError, match="not one of the compared outputs"):
+        TailLoss(Identity(), "threshold", threshold={"score": "nope", "threshold": 0.5})

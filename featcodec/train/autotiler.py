@@ -198,6 +198,8 @@ class LayerData:
     nonnegative: bool
     samples: int
     shape: tuple[int, int, int]  # a sample's (C, H, W) as dumped; the maps above are padded to PAD_MULTIPLE
+    split: str | None = None  # the multi-tensor split point this tensor is a part of (dump's attributes)
+    part: int | None = None
 
     @classmethod
     def load(cls, path: str, dataset: str, valid_fraction: float, max_samples: int | None = None) -> LayerData:
@@ -219,12 +221,14 @@ class LayerData:
                 data[i] = np.pad(node[i], ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
             tensor = str(node.attrs.get("layer", dataset))
             model = node.attrs.get("model")
+            split, part = node.attrs.get("split"), node.attrs.get("part")
         n_valid = max(1, int(round(count * valid_fraction)))
         train, valid = data[:-n_valid], data[-n_valid:]
         mean = train.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
         std = (train.std(axis=(0, 2, 3), dtype=np.float64) + 1e-6).astype(np.float32)
         return cls(dataset.strip("/"), tensor, str(model) if model is not None else None, train, valid, mean, std,
-                   bool(train.min() >= 0), count, (int(c), int(h), int(w)))
+                   bool(train.min() >= 0), count, (int(c), int(h), int(w)),
+                   None if split is None else str(split), None if part is None else int(part))
 
     def validation(self, count: int):
         """(inputs, targets) of the first `count` validation maps: the maps themselves."""
@@ -306,6 +310,40 @@ def code_latents(encoders: list, maps: np.ndarray, rates: tuple, copies: int) ->
     return out, unreachable
 
 
+class SplitData:
+    """A multi-tensor split's parts together (`LayerData`, in the tail's input order), for training
+    their exits jointly through the tail: a batch is whole maps of the same samples, the inputs as
+    padded for the encoders, the targets in their real shapes, as the tail takes them."""
+
+    def __init__(self, parts: list[LayerData]):
+        self.parts = parts
+
+    def _maps(self, arrays: list[np.ndarray], index):
+        inputs = [torch.from_numpy(np.ascontiguousarray(a[index])) for a in arrays]
+        return inputs, [x[..., : p.shape[1], : p.shape[2]] for x, p in zip(inputs, self.parts)]
+
+    def batch(self, rng: np.random.Generator, size: int, crop: int):
+        return self._maps([p.train for p in self.parts], rng.integers(len(self.parts[0].train), size=size))
+
+    def validation(self, count: int):
+        return self._maps([p.valid for p in self.parts], slice(0, count))
+
+
+class SplitNorm:
+    """The parts' normalised values in one row per sample, so a split's MSE is one mean."""
+
+    def __init__(self, norms: list):
+        self.norms = norms
+
+    def __call__(self, xs):
+        return torch.cat([norm(x).flatten(1) for norm, x in zip(self.norms, xs)], 1)
+
+
+def _rows(batch, rows: slice):
+    """`rows` of a batch: a tensor, or a list of tensors (a split's parts)."""
+    return [x[rows] for x in batch] if isinstance(batch, list) else batch[rows]
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -324,9 +362,9 @@ def _validate(forward, norm, task, valid) -> tuple[float, float]:
     totals, nmses = [], []
     inputs, targets = valid
     with torch.no_grad():
-        for i in range(0, len(inputs), 2):
-            x = targets[i : i + 2]
-            decoded = forward(inputs[i : i + 2])
+        for i in range(0, len(inputs[0] if isinstance(inputs, list) else inputs), 2):
+            x = _rows(targets, slice(i, i + 2))
+            decoded = forward(_rows(inputs, slice(i, i + 2)))
             nmse = float(torch.mean((norm(decoded) - norm(x)) ** 2))
             total = nmse + (float(task[1](decoded, task[1].target(x))) * task[0] if task else 0.0)
             totals.append(total)
@@ -540,7 +578,11 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
 
     `network`: the ONNX network the dump came from, for the task loss (default: the model the
     dump names, looked for beside featcodec's reference models; no task loss if not found).
-    `extend`: `output` holds a model; keep its exits, train the missing ones (module docstring)."""
+    `extend`: `output` holds a model; keep its exits, train the missing ones (module docstring).
+
+    The tensors of a multi-tensor split (an FPN's levels) each get an auto-tiler trained on MSE,
+    as no one of them alone feeds the tail; then each exit's encoders and decoders of all the parts
+    are trained together with the loss through the tail (`_train_split`)."""
     config = config or TrainingConfig()
     existing = _existing_model(Path(output), name) if extend else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -548,13 +590,16 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
     checkpoints = out / ".checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    manifest_layers, files, phases = {}, {}, []
+    manifest_layers, files, phases, splits = {}, {}, [], {}
     for layer_index, layer in enumerate(layers):
         data = LayerData.load(dump, layer, config.valid_fraction, config.max_samples)
         c, h, w = data.shape
         built = _phase_modules(data, config)
         norm = built["norm"]
         task, task_text = _task_loss(data, network, config)
+        joint = task is None and data.split is not None and _split_network(data, network, config)
+        if joint:
+            task_text = f"MSE alone, then with the split's other tensors through {Path(joint).name}"
         log(f"{data.name}: {data.tensor} {(c, h, w)}, {len(data.train)} training / {len(data.valid)} validation maps"
             f"{', task loss through ' + task_text if task else ', task loss ' + task_text if task_text else ''}")
         prefix = data.name.lower().replace("/", "_")
@@ -563,16 +608,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
             if ratio in kept:
                 continue
             encoder, decoder = exit_modules["encoder"], exit_modules["decoder"]
-            cascade = exit_modules["cascade_on"]
-            first = built["exits"][cascade]["encoder"] if cascade else None
-            if first is not None:
-                first.eval()
-                for p in first.parameters():
-                    p.requires_grad_(False)
-                chain = lambda x, first=first, encoder=encoder: encoder(first(x))  # noqa: E731
-            else:
-                chain = encoder
-            forward = lambda x, chain=chain, decoder=decoder: decoder(hevc_proxy(chain(x), config.noise))  # noqa: E731
+            forward, first = _exit_forward(built, ratio, config.noise)
             sample = data.spread(24)
             with torch.no_grad():
                 inputs = first(sample) if first is not None else sample
@@ -580,29 +616,20 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
             phases += _staged_phases(f"{data.name} CR{ratio}", checkpoints / f"{prefix}_cr{ratio}", encoder, decoder,
                                      [encoder, decoder], forward, data, norm, task, config.for_layer(data.name),
                                      config.seed + 10 * layer_index + ratio, log, progress)
-
-        entry = {"tensor": data.tensor, "shape": [int(c), int(h), int(w)], "nonnegative": data.nonnegative,
-                 "structure": "dedicated (one encoder per layer; higher ratios cascade on the CR"
-                              f"{min(config.ratios)} encoder, frozen)", "exits": {}}
-        for ratio, exit_modules in built["exits"].items():
-            if ratio in kept:  # exported already: the files stay as they are
-                entry["exits"][str(ratio)] = kept[ratio]
-                for f in (*kept[ratio]["encoder"], *kept[ratio]["decoder"]):
-                    files[f] = existing["files"][f]["sha256"]
-                continue
-            cascade = exit_modules["cascade_on"]
-            enc_file = f"{prefix}_enc{ratio}.onnx"
-            dec_file = f"{prefix}_dec{ratio}.onnx"
-            enc_in = built["exits"][cascade]["latent"] if cascade else c
-            files[enc_file] = export_onnx(exit_modules["encoder"], enc_in, out / enc_file)
-            files[dec_file] = export_onnx(exit_modules["decoder"], exit_modules["latent"], out / dec_file)
-            encoders = ([f"{prefix}_enc{cascade}.onnx"] if cascade else []) + [enc_file]
-            latent, steps = exit_modules["latent"], exit_modules["steps"]
-            entry["exits"][str(ratio)] = {
-                "encoder": encoders, "decoder": [dec_file], "stride": 2 ** steps, "latent_channels": latent,
-                "ratio": c * h * w / (latent * (h // 2 ** steps) * (w // 2 ** steps))}
-        manifest_layers[data.name] = entry
+        layer_entry = {"data": data.name, "tensor": data.tensor, "shape": data.shape,
+                       "nonnegative": data.nonnegative, "built": built, "kept": kept, "prefix": prefix}
+        if joint:  # exported once the split's parts are trained together
+            splits.setdefault((data.split, joint), []).append((data.part, layer, layer_entry))
+        else:
+            manifest_layers[data.name] = _export_layer(layer_entry, config, out, files, existing)
         del data, built, task
+
+    for (split, tail_network), parts in splits.items():
+        parts.sort(key=lambda part: part[0])
+        phases += _train_split(dump, split, tail_network, [(layer, entry) for _, layer, entry in parts], config,
+                               checkpoints, log, progress)
+        for _, _, entry in parts:
+            manifest_layers[entry["data"]] = _export_layer(entry, config, out, files, existing)
 
     if existing:
         return _write_extension(existing, out, manifest_layers, files, config, dump, layers, phases, started)
@@ -620,6 +647,96 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _exit_forward(built: dict, ratio: int, noise: float) -> tuple[Callable, nn.Module | None]:
+    """(x → decoded map through the exit's bottleneck and the HEVC proxy, the frozen encoder the
+    exit cascades on, or None)."""
+    exit_modules = built["exits"][ratio]
+    encoder, decoder = exit_modules["encoder"], exit_modules["decoder"]
+    cascade = exit_modules["cascade_on"]
+    first = built["exits"][cascade]["encoder"] if cascade else None
+    if first is not None:
+        first.eval()
+        for p in first.parameters():
+            p.requires_grad_(False)
+        chain = lambda x: encoder(first(x))  # noqa: E731
+    else:
+        chain = encoder
+    return (lambda x: decoder(hevc_proxy(chain(x), noise))), first
+
+
+def _export_layer(layer: dict, config: TrainingConfig, out: Path, files: dict, existing: dict | None) -> dict:
+    """Export a trained layer's exits (`layer`: what the training loop kept of it) to ONNX; its
+    manifest entry. Exits kept from an existing model stay as their files are."""
+    c, h, w = layer["shape"]
+    built, kept, prefix = layer["built"], layer["kept"], layer["prefix"]
+    entry = {"tensor": layer["tensor"], "shape": [int(c), int(h), int(w)], "nonnegative": layer["nonnegative"],
+             "structure": "dedicated (one encoder per layer; higher ratios cascade on the CR"
+                          f"{min(config.ratios)} encoder, frozen)", "exits": {}}
+    for ratio, exit_modules in built["exits"].items():
+        if ratio in kept:  # exported already: the files stay as they are
+            entry["exits"][str(ratio)] = kept[ratio]
+            for f in (*kept[ratio]["encoder"], *kept[ratio]["decoder"]):
+                files[f] = existing["files"][f]["sha256"]
+            continue
+        cascade = exit_modules["cascade_on"]
+        enc_file = f"{prefix}_enc{ratio}.onnx"
+        dec_file = f"{prefix}_dec{ratio}.onnx"
+        enc_in = built["exits"][cascade]["latent"] if cascade else c
+        files[enc_file] = export_onnx(exit_modules["encoder"], enc_in, out / enc_file)
+        files[dec_file] = export_onnx(exit_modules["decoder"], exit_modules["latent"], out / dec_file)
+        encoders = ([f"{prefix}_enc{cascade}.onnx"] if cascade else []) + [enc_file]
+        latent, steps = exit_modules["latent"], exit_modules["steps"]
+        entry["exits"][str(ratio)] = {
+            "encoder": encoders, "decoder": [dec_file], "stride": 2 ** steps, "latent_channels": latent,
+            "ratio": c * h * w / (latent * (h // 2 ** steps) * (w // 2 ** steps))}
+    return entry
+
+
+def _train_split(dump: str, split: str, network: str, parts: list[tuple[str, dict]], config: TrainingConfig,
+                 checkpoints: Path, log: Callable[[str], None], progress) -> list[PhaseResult]:
+    """Each exit of a multi-tensor split's parts (`parts`: dataset and what the training loop kept,
+    in the split's order) trained together through the tail from all of them: MSE over every part
+    plus the task loss on their decodings, on whole maps, at the task stage's rate and length.
+    Checkpointed per exit (``<split>_cr<ratio>_joint.pt``)."""
+    datas = [LayerData.load(dump, layer, config.valid_fraction, config.max_samples) for layer, _ in parts]
+    loss, text = task_loss_for(network, [d.tensor for d in datas], [d.valid[:2, :, : d.shape[1], : d.shape[2]]
+                                                                  for d in datas])
+    order = [[d.tensor for d in datas].index(name) for name in loss.tail.input_names]
+    datas = [datas[i] for i in order]
+    entries = [parts[i][1] for i in order]
+    log(f"{split}: {', '.join(d.name for d in datas)} together, task loss through {Path(network).name}: {text}")
+    data = SplitData(datas)
+    norm = SplitNorm([e["built"]["norm"] for e in entries])
+    results = []
+    for ratio in sorted(config.ratios):
+        if any(ratio in e["kept"] for e in entries):
+            continue
+        forwards = [_exit_forward(e["built"], ratio, config.noise)[0] for e in entries]
+
+        def forward(xs, forwards=forwards, datas=datas):
+            return [f(x)[..., : d.shape[1], : d.shape[2]] for f, x, d in zip(forwards, xs, datas)]
+
+        modules = [e["built"]["exits"][ratio][k] for e in entries for k in ("encoder", "decoder")]
+        name = f"{split} CR{ratio} joint"
+        checkpoint = checkpoints / f"{split.lower().replace('/', '_')}_cr{ratio}_joint.pt"
+        if checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            for m, state in zip(modules, saved["modules"]):
+                m.load_state_dict(state)
+            result = PhaseResult(**saved["result"])
+            log(f"  {name}: resumed from {checkpoint.name}")
+        else:
+            result = train_phase(name, modules, forward, data, norm, steps=config.task_steps, lr=config.lr / 4,
+                                 batch=config.batch, crop=config.task_crop, seed=config.seed + ratio,
+                                 task=(config.task_weight, loss), minutes=config.for_layer(split).minutes_per_phase,
+                                 progress=progress)
+            torch.save({"modules": [m.state_dict() for m in modules], "result": asdict(result)}, checkpoint)
+        results.append(result)
+        log(f"  {name}: {result.steps} steps in {result.seconds:.0f} s, validation loss {result.valid_loss:.4f} "
+            f"(normalised MSE {result.valid_nmse:.4f})")
+    return results
 
 
 def _phase_records(phases: list) -> list[dict]:
@@ -697,6 +814,13 @@ def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> 
         return None, f"none ({err}): MSE alone"
     loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
     return (config.task_weight, loss), f"{Path(tail_path).name}: {text}"
+
+
+def _split_network(data: LayerData, network: str | None, config: TrainingConfig) -> str | None:
+    """The network whose tail a multi-tensor split's parts train through together, or None."""
+    if config.task_weight <= 0 or config.task_steps <= 0:
+        return None
+    return network or _find_network(data.model)
 
 
 def _find_network(model_name: str | None) -> str | None:

@@ -9,6 +9,12 @@ The kind follows the network's manifest (``training_loss``; see docs/manifest.md
   et al.), ×T² so its gradients keep their scale; the default for ``classification``.
 * ``nmse``: every other output set (detector heads, dense maps): squared error of each output
   over its variance on the batch, summed over outputs; the default otherwise.
+* ``threshold``: ``nmse`` plus the decision a thresholded score map makes (a face or text
+  probability kept where it reaches ``threshold``, as a network's post-processing keeps it): a
+  logistic loss on (score − threshold) / ``margin`` against the reference's side of the threshold,
+  and the other same-sized outputs' (box regressions') squared error where the reference keeps a
+  cell, both over the number of kept cells. NMSE spends its effort on the bulk of the map, far from
+  the threshold, where a change costs the post-processing nothing.
 
 `task_loss_for` builds one and checks its tail against onnxruntime first.
 """
@@ -23,7 +29,7 @@ from . import require_torch
 torch = require_torch()
 F = torch.nn.functional
 
-KINDS = ("centernet", "kl", "nmse")
+KINDS = ("centernet", "kl", "nmse", "threshold")
 TAIL_TOLERANCE = 1e-3  # relative max |Δ| to onnxruntime a tail must meet before it trains anything
 
 
@@ -31,17 +37,31 @@ class TailLoss:
     """`kind`'s loss through `tail`: ``target(x)`` once per batch (no gradient), then
     ``loss(decoded, target)``."""
 
-    def __init__(self, tail, kind: str = "nmse", temperature: float = 2.0):
+    def __init__(self, tail, kind: str = "nmse", temperature: float = 2.0, threshold: dict | None = None):
         if kind not in KINDS:
             raise InvalidInputError(f"unknown training loss {kind!r} (known: {', '.join(KINDS)})")
         self.tail, self.kind, self.temperature = tail, kind, temperature
+        if kind == "threshold":
+            names = list(tail.output_names)
+            score = (threshold or {}).get("score", names[0])
+            if score not in names:
+                raise InvalidInputError(f"threshold loss: {score!r} is not one of the compared outputs "
+                                        f"({', '.join(names)})")
+            self.score = names.index(score)
+            self.channel = int(threshold.get("channel", 0))
+            self.threshold = float(threshold["threshold"])
+            self.margin = float(threshold.get("margin", 0.05))
+
+    def _run(self, x):
+        """The tail on `x`: one tensor, or a multi-tensor split's tensors in the tail's input order."""
+        return self.tail(*x) if isinstance(x, (list, tuple)) else self.tail(x)
 
     def target(self, x):
         with torch.no_grad():
-            return self.tail(x)
+            return self._run(x)
 
     def __call__(self, decoded, target):
-        outputs = self.tail(decoded)
+        outputs = self._run(decoded)
         if self.kind == "centernet":
             return _centernet(outputs, target)
         if self.kind == "kl":
@@ -49,7 +69,24 @@ class TailLoss:
             logits, reference = outputs[0].flatten(1), target[0].flatten(1)
             return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(reference / t, 1), reduction="batchmean",
                             log_target=True) * t * t
-        return sum(torch.mean((o - r) ** 2) / (torch.var(r) + 1e-6) for o, r in zip(outputs, target))
+        nmse = sum(torch.mean((o - r) ** 2) / (torch.var(r) + 1e-6) for o, r in zip(outputs, target))
+        if self.kind == "threshold":
+            return nmse + self._decisions(outputs, target)
+        return nmse
+
+    def _decisions(self, outputs, target):
+        """The thresholded score map's decisions and, where the reference keeps a cell, the other
+        outputs of its size (per cell quantities such as box offsets), per kept cell."""
+        score = outputs[self.score][:, self.channel]
+        kept = (target[self.score][:, self.channel] >= self.threshold).float()
+        count = kept.sum() + 1
+        loss = F.binary_cross_entropy_with_logits((score - self.threshold) / self.margin, kept,
+                                                  reduction="sum") / count
+        for i, (o, r) in enumerate(zip(outputs, target)):
+            if i != self.score and o.shape[-2:] == score.shape[-2:]:
+                error = ((o - r) ** 2).mean(1) / (torch.var(r) + 1e-6)
+                loss = loss + torch.sum(error * kept) / count
+        return loss
 
 
 def _centernet(outputs, target):
@@ -63,9 +100,11 @@ def _centernet(outputs, target):
     return heat_loss + 0.5 * wh_loss
 
 
-def task_loss_for(network: str, tensor: str, sample: np.ndarray | None = None) -> tuple[TailLoss, str]:
-    """(loss, one-line description) through `network`'s tail from `tensor`, of the kind its manifest
-    or task says; with `sample` activations, the tail is first checked against onnxruntime."""
+def task_loss_for(network: str, tensor: str | list[str], sample=None) -> tuple[TailLoss, str]:
+    """(loss, one-line description) through `network`'s tail from `tensor` (or a multi-tensor
+    split's tensors, which the loss then takes as a list in the tail's `input_names` order), of
+    the kind its manifest or task says; with `sample` activations (one array per tensor), the
+    tail is first checked against onnxruntime."""
     from ..onnxmodel import Manifest, load_model
     from ..task import guess_task
     from .tail import check_against_onnxruntime, load_tail
@@ -76,11 +115,20 @@ def task_loss_for(network: str, tensor: str, sample: np.ndarray | None = None) -
     kind = spec.get("kind") or ("kl" if task == "classification" else "nmse")
     outputs = spec.get("outputs") or None
     tail = load_tail(network, tensor, outputs)
-    text = f"{kind} on {', '.join(tail.output_names)}"
+    names = ", ".join(tail.output_names)
+    text = f"{kind} on {names}"
+    if kind == "threshold":
+        if "threshold" not in spec:
+            raise InvalidInputError(f"{network}: the threshold loss needs training_loss.threshold (the score "
+                                    "above which the post-processing keeps a cell)")
+        score = f"{spec.get('score', tail.output_names[0])}[{int(spec.get('channel', 0))}]"
+        text = f"threshold on {score} ≥ {spec['threshold']} + nmse on {names}"
     if sample is not None:
-        worst = check_against_onnxruntime(network, tensor, outputs, np.ascontiguousarray(sample, np.float32), tail)
+        samples = [sample] if isinstance(sample, np.ndarray) else list(sample)
+        worst = check_against_onnxruntime(network, tensor, outputs,
+                                          [np.ascontiguousarray(s, np.float32) for s in samples], tail)
         if worst > TAIL_TOLERANCE:
             raise InvalidInputError(f"{network}: the torch tail from {tensor} differs from onnxruntime by {worst:.2g} "
                                     "(relative): not trusted for training")
         text += f" (tail max |Δ| to onnxruntime {worst:.1g})"
-    return TailLoss(tail, kind, float(spec.get("temperature", 2.0))), text
+    return TailLoss(tail, kind, float(spec.get("temperature", 2.0)), spec), text
