@@ -32,13 +32,7 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def build(weights_path: str) -> onnx.ModelProto:
     with h5py.File(weights_path, "r") as f:
         config = json.loads(f.attrs["model_config"])["config"]
-        group = f["model_weights"]
-        weights = {}
-        for layer in group:
-            found = {}
-            group[layer].visititems(lambda name, obj, found=found: found.__setitem__(name.split("/")[-1].split(":")[0],
-                                                                                  obj[()]) if isinstance(obj, h5py.Dataset) else None)
-            weights[layer] = found
+        weights = _weights(f)
     inits, nodes = [], []
 
     def init(name, array):
@@ -101,8 +95,7 @@ def numpy_forward(weights_path: str, x: np.ndarray) -> np.ndarray:
     """The same network in plain numpy (NHWC, as Keras computes it), for `--check`."""
     with h5py.File(weights_path, "r") as f:
         config = json.loads(f.attrs["model_config"])["config"]
-        g = f["model_weights"]
-        w = {layer: {k.split("/")[-1].split(":")[0]: v[()] for k, v in _datasets(g[layer])} for layer in g}
+        w = _weights(f)
     t = {"input_1": np.einsum("nchw,c->nhw", x, GRAY)[..., None]}
 
     def conv(a, kernel, stride, padding):
@@ -152,10 +145,15 @@ def numpy_forward(weights_path: str, x: np.ndarray) -> np.ndarray:
     return t[config["layers"][-1]["name"]]
 
 
-def _datasets(group):
-    found = []
-    group.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
-    return found
+def _weights(f: h5py.File) -> dict[str, dict[str, np.ndarray]]:
+    """Layer → {"kernel" | "bias" | "gamma" | …: array} of a Keras 2 HDF5 model file."""
+    weights = {}
+    for layer, group in f["model_weights"].items():
+        found = []
+        group.visititems(lambda name, obj, found=found: found.append((name, obj)) if isinstance(obj, h5py.Dataset)
+                         else None)
+        weights[layer] = {name.split("/")[-1].split(":")[0]: obj[()] for name, obj in found}
+    return weights
 
 
 def main() -> None:
