@@ -137,7 +137,8 @@ def test_train_from_a_network_and_photos(cli, tmp_path):
     err = result.stderr.decode()
     assert result.returncode == 0, err
     assert "12 maps of P2 (12, 16, 113, 151)" in err  # 3 photos and their flips, zooms and shrinks
-    assert "nmse on prob, reg (tail max |Δ| to onnxruntime" in err
+    # the manifest's threshold loss: P-Net keeps cells whose face probability reaches 0.6
+    assert "threshold on prob[1] ≥ 0.6 + nmse on prob, reg (tail max |Δ| to onnxruntime" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layers"]["P2"]["shape"] == [16, 113, 151]  # the map as dumped, not as padded for training
     x = np.random.default_rng(0).random((1, 16, 113, 151), np.float32)
