@@ -161,3 +161,39 @@ def test_threshold_loss_weighs_what_the_post_processing_decides():
     assert float(threshold((prob, moved), target)) > 2 * float(threshold((prob, far), target))
     with pytest.raises(InvalidInputError, match="not one of the compared outputs"):
         TailLoss(Identity(), "threshold", threshold={"score": "nope", "threshold": 0.5})
+
+
+def test_a_graph_exported_for_batch_one_runs_per_sample(tmp_path):
+    """YOLOX's export bakes batch 1 into its reshapes: (1, C, H, W) → (1, H·W, C). Run on a batch, such a
+    tail would mix the samples' anchors; it runs one sample at a time and matches onnxruntime."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["y"], perm=[0, 2, 1])]
+    graph = helper.make_graph(nodes, "batch1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 3])],
+                              [numpy_helper.from_array(np.array([1, 3, 16], np.int64), "shape")])
+    path = tmp_path / "batch1.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    tail = load_tail(str(path), "x", ["y"])
+    x = np.random.default_rng(0).standard_normal((3, 3, 4, 4)).astype(np.float32)
+    assert tail.one_at_a_time
+    (y,) = tail(torch.from_numpy(x))
+    assert tuple(y.shape) == (3, 16, 3)
+    assert check_against_onnxruntime(str(path), "x", ["y"], x, tail) < 1e-6
+
+
+def test_the_loss_crops_padded_maps_to_the_tails_size():
+    """Training pads maps to a multiple of 8 (15 → 16); the tail of a fixed-size network takes only 15."""
+    from featcodec.train.taskloss import TailLoss
+
+    class FixedSize(torch.nn.Module):
+        output_names = ["y"]
+
+        def forward(self, x):
+            assert x.shape[-2:] == (15, 15)
+            return [x.mean((2, 3))]
+
+    x = torch.randn(2, 4, 16, 16)
+    loss = TailLoss(FixedSize(), "nmse", shapes=[(15, 15)])
+    assert float(loss(x, loss.target(x))) == 0.0
+    assert float(loss(x + torch.randn_like(x), loss.target(x))) > 0

@@ -701,11 +701,12 @@ def _train_split(dump: str, split: str, network: str, parts: list[tuple[str, dic
     plus the task loss on their decodings, on whole maps, at the task stage's rate and length.
     Checkpointed per exit (``<split>_cr<ratio>_joint.pt``)."""
     datas = [LayerData.load(dump, layer, config.valid_fraction, config.max_samples) for layer, _ in parts]
-    loss, text = task_loss_for(network, [d.tensor for d in datas], [d.valid[:2, :, : d.shape[1], : d.shape[2]]
-                                                                  for d in datas])
+    loss, text = task_loss_for(network, [d.tensor for d in datas], [d.valid[:2] for d in datas],
+                               [d.shape[1:] for d in datas])
     order = [[d.tensor for d in datas].index(name) for name in loss.tail.input_names]
     datas = [datas[i] for i in order]
     entries = [parts[i][1] for i in order]
+    loss.shapes = [d.shape[1:] for d in datas]  # in the order the loss takes the maps
     log(f"{split}: {', '.join(d.name for d in datas)} together, task loss through {Path(network).name}: {text}")
     data = SplitData(datas)
     norm = SplitNorm([e["built"]["norm"] for e in entries])
@@ -812,7 +813,7 @@ def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> 
         check_cut(load_model(tail_path), data.tensor)
     except InvalidInputError as err:  # one tensor of a multi-tensor split: the tail needs them all
         return None, f"none ({err}): MSE alone"
-    loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
+    loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]])
     return (config.task_weight, loss), f"{Path(tail_path).name}: {text}"
 
 

@@ -317,7 +317,7 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     tail_path = network or _find_network(data.model)
     task = None
     if config.task_weight > 0 and tail_path:
-        task, text = task_loss_for(tail_path, data.tensor, data.valid[:2])
+        task, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]])
         log(f"  task loss through {Path(tail_path).name}: {text}")
     prior = ChannelPrior(k)
     with torch.no_grad():

@@ -135,6 +135,9 @@ class OnnxTail(torch.nn.Module):
         self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in self.constants]
         self.input_name = self.input_names[0]
+        # a graph exported for batch 1 may bake the 1 into its reshapes: such a tail runs per sample
+        self.one_at_a_time = any(i.type.tensor_type.shape.dim[:1] and i.type.tensor_type.shape.dim[0].dim_value == 1
+                                 for i in graph.input if i.name in self.input_names)
         self.output_names = outputs or [o.name for o in graph.output]
         self._tensors = {}
         for k, (name, value) in enumerate(self.constants.items()):
@@ -161,6 +164,9 @@ class OnnxTail(torch.nn.Module):
         if len(xs) != len(self.input_names):
             raise ValueError(f"the tail takes {len(self.input_names)} tensors ({', '.join(self.input_names)}), "
                              f"got {len(xs)}")
+        if self.one_at_a_time and len(xs[0]) > 1:
+            runs = [self.forward(*(x[i : i + 1] for x in xs)) for i in range(len(xs[0]))]
+            return [torch.cat(parts) for parts in zip(*runs)]
         env = dict(zip(self.input_names, xs))
         for op, inputs, outputs, attrs in self.nodes:
             args = [self._value(env, i) if i else None for i in inputs]
@@ -364,7 +370,12 @@ def check_against_onnxruntime(model_path: str, layers: str | list[str], outputs:
     tail = tail or load_tail(model_path, tensors, outputs)
     xs = [xs] if isinstance(xs, np.ndarray) else list(xs)
     feeds = dict(zip(tensors, xs))
-    reference = session(extract(load_model(model_path), tensors, tail.output_names)).run(tail.output_names, feeds)
+    run = session(extract(load_model(model_path), tensors, tail.output_names)).run
+    if tail.one_at_a_time:  # the graph takes batches of 1 only
+        runs = [run(tail.output_names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(xs[0]))]
+        reference = [np.concatenate(parts) for parts in zip(*runs)]
+    else:
+        reference = run(tail.output_names, feeds)
     with torch.no_grad():
         ours = tail(*(torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in tail.input_names))
     return max(float(np.max(np.abs(r - o.numpy())) / max(1.0, float(np.max(np.abs(r)))))

@@ -37,10 +37,12 @@ class TailLoss:
     """`kind`'s loss through `tail`: ``target(x)`` once per batch (no gradient), then
     ``loss(decoded, target)``."""
 
-    def __init__(self, tail, kind: str = "nmse", temperature: float = 2.0, threshold: dict | None = None):
+    def __init__(self, tail, kind: str = "nmse", temperature: float = 2.0, threshold: dict | None = None,
+                 shapes: list[tuple[int, int]] | None = None):
         if kind not in KINDS:
             raise InvalidInputError(f"unknown training loss {kind!r} (known: {', '.join(KINDS)})")
         self.tail, self.kind, self.temperature = tail, kind, temperature
+        self.shapes = shapes  # each input's (H, W): maps padded for training are cropped back for the tail
         if kind == "threshold":
             names = list(tail.output_names)
             score = (threshold or {}).get("score", names[0])
@@ -54,7 +56,10 @@ class TailLoss:
 
     def _run(self, x):
         """The tail on `x`: one tensor, or a multi-tensor split's tensors in the tail's input order."""
-        return self.tail(*x) if isinstance(x, (list, tuple)) else self.tail(x)
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if self.shapes:
+            xs = [t[..., :h, :w] for t, (h, w) in zip(xs, self.shapes)]
+        return self.tail(*xs)
 
     def target(self, x):
         with torch.no_grad():
@@ -100,11 +105,13 @@ def _centernet(outputs, target):
     return heat_loss + 0.5 * wh_loss
 
 
-def task_loss_for(network: str, tensor: str | list[str], sample=None) -> tuple[TailLoss, str]:
+def task_loss_for(network: str, tensor: str | list[str], sample=None,
+                  shapes: list[tuple[int, int]] | None = None) -> tuple[TailLoss, str]:
     """(loss, one-line description) through `network`'s tail from `tensor` (or a multi-tensor
     split's tensors, which the loss then takes as a list in the tail's `input_names` order), of
     the kind its manifest or task says; with `sample` activations (one array per tensor), the
-    tail is first checked against onnxruntime."""
+    tail is first checked against onnxruntime. `shapes`: each tensor's real (H, W), to which the
+    loss crops maps padded for training (the tail of a fixed-size network takes no other)."""
     from ..onnxmodel import Manifest, load_model
     from ..task import guess_task
     from .tail import check_against_onnxruntime, load_tail
@@ -125,10 +132,12 @@ def task_loss_for(network: str, tensor: str | list[str], sample=None) -> tuple[T
         text = f"threshold on {score} ≥ {spec['threshold']} + nmse on {names}"
     if sample is not None:
         samples = [sample] if isinstance(sample, np.ndarray) else list(sample)
+        if shapes:
+            samples = [s[..., :h, :w] for s, (h, w) in zip(samples, shapes)]
         worst = check_against_onnxruntime(network, tensor, outputs,
                                           [np.ascontiguousarray(s, np.float32) for s in samples], tail)
         if worst > TAIL_TOLERANCE:
             raise InvalidInputError(f"{network}: the torch tail from {tensor} differs from onnxruntime by {worst:.2g} "
                                     "(relative): not trusted for training")
         text += f" (tail max |Δ| to onnxruntime {worst:.1g})"
-    return TailLoss(tail, kind, float(spec.get("temperature", 2.0)), spec), text
+    return TailLoss(tail, kind, float(spec.get("temperature", 2.0)), spec, shapes), text
