@@ -30,6 +30,7 @@ torch = require_torch()
 F = torch.nn.functional
 
 KINDS = ("centernet", "kl", "nmse", "threshold")
+DECISION_MARGINS = 4  # threshold loss: cells within this many margins of the threshold (or wrong) count
 TAIL_TOLERANCE = 1e-3  # relative max |Δ| to onnxruntime a tail must meet before it trains anything
 
 
@@ -85,8 +86,11 @@ class TailLoss:
         score = outputs[self.score][:, self.channel]
         kept = (target[self.score][:, self.channel] >= self.threshold).float()
         count = kept.sum() + 1
-        loss = F.binary_cross_entropy_with_logits((score - self.threshold) / self.margin, kept,
-                                                  reduction="sum") / count
+        z = (score - self.threshold) / self.margin
+        # cells further than DECISION_MARGINS margins on their right side are left out: on a sparse map
+        # (text in a photo) the many cells far below the threshold would otherwise outweigh the few near it
+        near = (z * (2 * kept - 1) < DECISION_MARGINS).float()
+        loss = torch.sum(F.binary_cross_entropy_with_logits(z, kept, reduction="none") * near) / count
         for i, (o, r) in enumerate(zip(outputs, target)):
             if i != self.score and o.shape[-2:] == score.shape[-2:]:
                 error = ((o - r) ** 2).mean(1) / (torch.var(r) + 1e-6)
