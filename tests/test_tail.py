@@ -119,6 +119,8 @@ def test_unsupported_operator_is_named(tmp_path):
 
 @pytest.mark.parametrize("network, split, size", [
     ("mtcnn_pnet", "prelu2", (1, 3, 96, 128)),
+    ("fer_minixception", "add_2", (2, 3, 64, 64)),
+    ("fer_minixception", "add_3", (2, 3, 64, 64)),
 ])
 def test_bundled_network_tails_match_onnxruntime(network, split, size):
     from featcodec.onnxmodel import load_model, session, with_outputs
