@@ -230,6 +230,7 @@ def test_training_on_a_multi_tensor_split_gives_each_tensor_an_exit(cli, tmp_pat
     layers = json.loads((out / "manifest.json").read_text())["layers"]
     assert {k: (v["tensor"], v["exits"]["4"]["stride"]) for k, v in layers.items()} == {
         "LEVELS/0": ("b", 2), "LEVELS/1": ("p", 1)}  # the 16x16 level is a small map: channels, not positions
+    assert layers["LEVELS/1"]["trained_with"] == ["LEVELS/0"]
 
 
 def test_a_networks_own_metric_is_loaded_from_the_file_the_user_names(tmp_path):

@@ -630,6 +630,7 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                                checkpoints, log, progress)
         for _, _, entry in parts:
             manifest_layers[entry["data"]] = _export_layer(entry, config, out, files, existing)
+            manifest_layers[entry["data"]]["trained_with"] = [e["data"] for _, _, e in parts if e is not entry]
 
     if existing:
         return _write_extension(existing, out, manifest_layers, files, config, dump, layers, phases, started)
