@@ -163,6 +163,8 @@ def test_threshold_loss_weighs_what_the_post_processing_decides():
     assert float(threshold((prob, moved), target)) > 2 * float(threshold((prob, far), target))
     with pytest.raises(InvalidInputError, match="not one of the compared outputs"):
         TailLoss(Identity(), "threshold", threshold={"score": "nope", "threshold": 0.5})
+    with pytest.raises(InvalidInputError, match="needs a threshold"):
+        TailLoss(Identity(), "threshold")
 
 
 def test_a_graph_exported_for_batch_one_runs_per_sample(tmp_path):

@@ -13,8 +13,9 @@ The kind follows the network's manifest (``training_loss``; see docs/manifest.md
   probability kept where it reaches ``threshold``, as a network's post-processing keeps it): a
   logistic loss on (score − threshold) / ``margin`` against the reference's side of the threshold,
   and the other same-sized outputs' (box regressions') squared error where the reference keeps a
-  cell, both over the number of kept cells. NMSE spends its effort on the bulk of the map, far from
-  the threshold, where a change costs the post-processing nothing.
+  cell, both over the number of kept cells; cells more than ``DECISION_MARGINS`` margins on their
+  right side are left out. NMSE spends its effort on the bulk of the map, far from the threshold,
+  where a change costs the post-processing nothing.
 
 `task_loss_for` builds one and checks its tail against onnxruntime first.
 """
@@ -45,8 +46,11 @@ class TailLoss:
         self.tail, self.kind, self.temperature = tail, kind, temperature
         self.shapes = shapes  # each input's (H, W): maps padded for training are cropped back for the tail
         if kind == "threshold":
-            names = list(tail.output_names)
-            score = (threshold or {}).get("score", names[0])
+            threshold, names = threshold or {}, list(tail.output_names)
+            if "threshold" not in threshold:
+                raise InvalidInputError("the threshold loss needs a threshold (the score above which the "
+                                        "post-processing keeps a cell)")
+            score = threshold.get("score", names[0])
             if score not in names:
                 raise InvalidInputError(f"threshold loss: {score!r} is not one of the compared outputs "
                                         f"({', '.join(names)})")
