@@ -618,19 +618,20 @@ def train_autotiler(dump: str, layers: list[str], output: str, *, name: str, con
                                      config.seed + 10 * layer_index + ratio, log, progress)
         layer_entry = {"data": data.name, "tensor": data.tensor, "shape": data.shape,
                        "nonnegative": data.nonnegative, "built": built, "kept": kept, "prefix": prefix}
-        if joint:  # exported once the split's parts are trained together
-            splits.setdefault((data.split, joint), []).append((data.part, layer, layer_entry))
+        if joint:  # exported once the split's parts are trained together, on the maps loaded here
+            layer_entry["maps"] = data
+            splits.setdefault((data.split, joint), []).append((data.part, layer_entry))
         else:
             manifest_layers[data.name] = _export_layer(layer_entry, config, out, files, existing)
         del data, built, task
 
     for (split, tail_network), parts in splits.items():
-        parts.sort(key=lambda part: part[0])
-        phases += _train_split(dump, split, tail_network, [(layer, entry) for _, layer, entry in parts], config,
-                               checkpoints, log, progress)
-        for _, _, entry in parts:
+        entries = [entry for _, entry in sorted(parts, key=lambda part: part[0])]
+        phases += _train_split(split, tail_network, entries, config, checkpoints, log, progress)
+        for entry in entries:
             manifest_layers[entry["data"]] = _export_layer(entry, config, out, files, existing)
-            manifest_layers[entry["data"]]["trained_with"] = [e["data"] for _, _, e in parts if e is not entry]
+            manifest_layers[entry["data"]]["trained_with"] = [e["data"] for e in entries if e is not entry]
+            del entry["maps"]
 
     if existing:
         return _write_extension(existing, out, manifest_layers, files, config, dump, layers, phases, started)
@@ -695,18 +696,18 @@ def _export_layer(layer: dict, config: TrainingConfig, out: Path, files: dict, e
     return entry
 
 
-def _train_split(dump: str, split: str, network: str, parts: list[tuple[str, dict]], config: TrainingConfig,
-                 checkpoints: Path, log: Callable[[str], None], progress) -> list[PhaseResult]:
-    """Each exit of a multi-tensor split's parts (`parts`: dataset and what the training loop kept,
-    in the split's order) trained together through the tail from all of them: MSE over every part
-    plus the task loss on their decodings, on whole maps, at the task stage's rate and length.
-    Checkpointed per exit (``<split>_cr<ratio>_joint.pt``)."""
-    datas = [LayerData.load(dump, layer, config.valid_fraction, config.max_samples) for layer, _ in parts]
+def _train_split(split: str, network: str, parts: list[dict], config: TrainingConfig, checkpoints: Path,
+                 log: Callable[[str], None], progress) -> list[PhaseResult]:
+    """Each exit of a multi-tensor split's parts (`parts`: what the training loop kept of each, its
+    maps included, in the split's order) trained together through the tail from all of them: MSE
+    over every part plus the task loss on their decodings, on whole maps, at the task stage's rate
+    and length. Checkpointed per exit (``<split>_cr<ratio>_joint.pt``)."""
+    datas = [part["maps"] for part in parts]
     loss, text = task_loss_for(network, [d.tensor for d in datas], [d.valid[:2] for d in datas],
                                [d.shape[1:] for d in datas])
     order = [[d.tensor for d in datas].index(name) for name in loss.tail.input_names]
     datas = [datas[i] for i in order]
-    entries = [parts[i][1] for i in order]
+    entries = [parts[i] for i in order]
     loss.shapes = [d.shape[1:] for d in datas]  # in the order the loss takes the maps
     log(f"{split}: {', '.join(d.name for d in datas)} together, task loss through {Path(network).name}: {text}")
     data = SplitData(datas)
