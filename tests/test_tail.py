@@ -201,3 +201,29 @@ def test_the_loss_crops_padded_maps_to_the_tails_size():
     loss = TailLoss(FixedSize(), "nmse", shapes=[(15, 15)])
     assert float(loss(x, loss.target(x))) == 0.0
     assert float(loss(x + torch.randn_like(x), loss.target(x))) > 0
+
+
+def test_calibrated_nmse_stays_bounded_on_a_batch_without_signal():
+    """A text detector's crop without text: its probability map is flat, the batch's variance near 0,
+    and a small error reads as a huge NMSE. Calibrated on whole training maps, the loss keeps the
+    training maps' scale: the same error costs the same on any batch."""
+    from featcodec.train.taskloss import TailLoss
+
+    class Identity(torch.nn.Module):
+        output_names = ["prob"]
+        input_names = ["x"]
+
+        def forward(self, x):
+            return [x]
+
+    training_maps = torch.rand(6, 1, 16, 16)
+    flat = torch.full((2, 1, 16, 16), 0.01)
+    error = torch.full_like(flat, 0.01)
+    batch_scaled = TailLoss(Identity(), "nmse")
+    assert float(batch_scaled(flat + error, batch_scaled.target(flat))) > 50
+    calibrated = TailLoss(Identity(), "nmse")
+    calibrated.calibrate(training_maps)
+    assert calibrated.variances == [pytest.approx(float(torch.var(training_maps)))]
+    on_flat = float(calibrated(flat + error, calibrated.target(flat)))
+    on_busy = float(calibrated(training_maps[:2] + 0.01, calibrated.target(training_maps[:2])))
+    assert on_flat < 0.01 and on_flat == pytest.approx(on_busy, rel=1e-4)

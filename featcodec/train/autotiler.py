@@ -60,6 +60,7 @@ F = torch.nn.functional
 NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
 GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
 VALID_MAPS = 8  # whole validation maps a phase's early stopping reads
+CALIBRATION_MAPS = 8  # whole training maps the task loss takes its outputs' variances on
 
 
 def _conv(cin, cout, k=3, stride=1):
@@ -704,11 +705,10 @@ def _train_split(split: str, network: str, parts: list[dict], config: TrainingCo
     and length. Checkpointed per exit (``<split>_cr<ratio>_joint.pt``)."""
     datas = [part["maps"] for part in parts]
     loss, text = task_loss_for(network, [d.tensor for d in datas], [d.valid[:2] for d in datas],
-                               [d.shape[1:] for d in datas])
+                               [d.shape[1:] for d in datas], calibration=[d.spread(CALIBRATION_MAPS) for d in datas])
     order = [[d.tensor for d in datas].index(name) for name in loss.tail.input_names]
     datas = [datas[i] for i in order]
     entries = [parts[i] for i in order]
-    loss.shapes = [d.shape[1:] for d in datas]  # in the order the loss takes the maps
     log(f"{split}: {', '.join(d.name for d in datas)} together, task loss through {Path(network).name}: {text}")
     data = SplitData(datas)
     norm = SplitNorm([e["built"]["norm"] for e in entries])
@@ -815,7 +815,8 @@ def _task_loss(data: LayerData, network: str | None, config: TrainingConfig) -> 
         check_cut(load_model(tail_path), data.tensor)
     except InvalidInputError as err:  # one tensor of a multi-tensor split: the tail needs them all
         return None, f"none ({err}): MSE alone"
-    loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]])
+    loss, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]],
+                               calibration=data.spread(CALIBRATION_MAPS))
     return (config.task_weight, loss), f"{Path(tail_path).name}: {text}"
 
 

@@ -40,6 +40,7 @@ from .autotiler import (
     Decoder,
     Encoder,
     LayerData,
+    CALIBRATION_MAPS,
     Normalise,
     _find_network,
     export_onnx,
@@ -317,7 +318,8 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
     tail_path = network or _find_network(data.model)
     task = None
     if config.task_weight > 0 and tail_path:
-        task, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]])
+        task, text = task_loss_for(tail_path, data.tensor, data.valid[:2], [data.shape[1:]],
+                                   calibration=data.spread(CALIBRATION_MAPS))
         log(f"  task loss through {Path(tail_path).name}: {text}")
     prior = ChannelPrior(k)
     with torch.no_grad():

@@ -8,7 +8,10 @@ The kind follows the network's manifest (``training_loss``; see docs/manifest.md
 * ``kl``: classifiers: KL divergence of the softened class distributions (temperature T, Hinton
   et al.), ×T² so its gradients keep their scale; the default for ``classification``.
 * ``nmse``: every other output set (detector heads, dense maps): squared error of each output
-  over its variance on the batch, summed over outputs; the default otherwise.
+  over its variance, summed over outputs; the default otherwise. The variance is the reference
+  outputs' on whole training maps once `calibrate` has seen some (the trainers call it), else the
+  batch's: on a sparse map (a text detector's crop without text) the batch's is near zero and the
+  loss explodes.
 * ``threshold``: ``nmse`` plus the decision a thresholded score map makes (a face or text
   probability kept where it reaches ``threshold``, as a network's post-processing keeps it): a
   logistic loss on (score − threshold) / ``margin`` against the reference's side of the threshold,
@@ -45,6 +48,7 @@ class TailLoss:
             raise InvalidInputError(f"unknown training loss {kind!r} (known: {', '.join(KINDS)})")
         self.tail, self.kind, self.temperature = tail, kind, temperature
         self.shapes = shapes  # each input's (H, W): maps padded for training are cropped back for the tail
+        self.variances = None  # each output's variance on whole training maps (`calibrate`)
         if kind == "threshold":
             threshold, names = threshold or {}, list(tail.output_names)
             if "threshold" not in threshold:
@@ -70,6 +74,16 @@ class TailLoss:
         with torch.no_grad():
             return self._run(x)
 
+    def calibrate(self, maps, batch: int = 2) -> None:
+        """Normalise each output's error by its variance over the tail's outputs on `maps` (whole
+        training maps: one tensor, or a split's tensors as a list), not by a batch's."""
+        parts = list(maps) if isinstance(maps, (list, tuple)) else [maps]
+        outputs = [self.target([p[i : i + batch] for p in parts]) for i in range(0, len(parts[0]), batch)]
+        self.variances = [float(torch.var(torch.cat([o[k] for o in outputs]))) for k in range(len(outputs[0]))]
+
+    def _variance(self, k: int, reference):
+        return self.variances[k] if self.variances is not None else torch.var(reference)
+
     def __call__(self, decoded, target):
         outputs = self._run(decoded)
         if self.kind == "centernet":
@@ -79,7 +93,8 @@ class TailLoss:
             logits, reference = outputs[0].flatten(1), target[0].flatten(1)
             return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(reference / t, 1), reduction="batchmean",
                             log_target=True) * t * t
-        nmse = sum(torch.mean((o - r) ** 2) / (torch.var(r) + 1e-6) for o, r in zip(outputs, target))
+        nmse = sum(torch.mean((o - r) ** 2) / (self._variance(k, r) + 1e-6)
+                   for k, (o, r) in enumerate(zip(outputs, target)))
         if self.kind == "threshold":
             return nmse + self._decisions(outputs, target)
         return nmse
@@ -97,7 +112,7 @@ class TailLoss:
         loss = torch.sum(F.binary_cross_entropy_with_logits(z, kept, reduction="none") * near) / count
         for i, (o, r) in enumerate(zip(outputs, target)):
             if i != self.score and o.shape[-2:] == score.shape[-2:]:
-                error = ((o - r) ** 2).mean(1) / (torch.var(r) + 1e-6)
+                error = ((o - r) ** 2).mean(1) / (self._variance(i, r) + 1e-6)
                 loss = loss + torch.sum(error * kept) / count
         return loss
 
@@ -114,12 +129,14 @@ def _centernet(outputs, target):
 
 
 def task_loss_for(network: str, tensor: str | list[str], sample=None,
-                  shapes: list[tuple[int, int]] | None = None) -> tuple[TailLoss, str]:
+                  shapes: list[tuple[int, int]] | None = None, calibration=None) -> tuple[TailLoss, str]:
     """(loss, one-line description) through `network`'s tail from `tensor` (or a multi-tensor
     split's tensors, which the loss then takes as a list in the tail's `input_names` order), of
     the kind its manifest or task says; with `sample` activations (one array per tensor), the
     tail is first checked against onnxruntime. `shapes`: each tensor's real (H, W), to which the
-    loss crops maps padded for training (the tail of a fixed-size network takes no other)."""
+    loss crops maps padded for training (the tail of a fixed-size network takes no other).
+    `calibration`: whole training maps (a tensor, or a list per tensor in `tensor`'s order) on which
+    the outputs' variances are taken (`TailLoss.calibrate`)."""
     from ..onnxmodel import Manifest, load_model
     from ..task import guess_task
     from .tail import check_against_onnxruntime, load_tail
@@ -148,4 +165,10 @@ def task_loss_for(network: str, tensor: str | list[str], sample=None,
             raise InvalidInputError(f"{network}: the torch tail from {tensor} differs from onnxruntime by {worst:.2g} "
                                     "(relative): not trusted for training")
         text += f" (tail max |Δ| to onnxruntime {worst:.1g})"
-    return TailLoss(tail, kind, float(spec.get("temperature", 2.0)), spec, shapes), text
+    # the loss takes a split's maps in the tail's input order
+    order = [0] if isinstance(tensor, str) else [list(tensor).index(name) for name in tail.input_names]
+    loss = TailLoss(tail, kind, float(spec.get("temperature", 2.0)), spec,
+                    [shapes[i] for i in order] if shapes else None)
+    if calibration is not None:
+        loss.calibrate(calibration if isinstance(tensor, str) else [calibration[i] for i in order])
+    return loss, text
