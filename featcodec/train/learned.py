@@ -36,11 +36,11 @@ from ..codecs.learned import MAX_STEP, MIN_STEP
 from ..errors import InvalidInputError
 from . import require_torch
 from .autotiler import (
+    CALIBRATION_MAPS,
     GRAD_CLIP,
     Decoder,
     Encoder,
     LayerData,
-    CALIBRATION_MAPS,
     Normalise,
     _find_network,
     export_onnx,
