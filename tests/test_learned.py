@@ -1,6 +1,7 @@
 """The learned codec: rate-aware training smoke test, the step as rate control, Kbpi targets, model checks."""
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -188,6 +189,20 @@ def test_a_light_encoder_is_distilled_then_trained(tiny_learned, tmp_path, monke
     shutil.copytree(tmp_path / "light", folder / "light", ignore=shutil.ignore_patterns(".checkpoints"))
     monkeypatch.setenv("FEATCODEC_MODELS", str(folder))
     assert featcodec.decode(featcodec.encode(maps[:1], "learned", model="light")).shape == maps[:1].shape
+
+    # and training goes on from it (a new loss, more minutes): no distillation, the same codec at step 0
+    monkeypatch.setenv("FEATCODEC_MODELS", os.pathsep.join([str(folder), str(models)]))
+    again = RateConfig(base="tinytiler", ratio=16, lam=0.01, steps=0, batch=2, crop=16, width=8,
+                       valid_fraction=0.25, encoder="light", start="light")
+    manifest = train_learned(str(models.parent / "dump.h5"), "small", str(folder / "more"), name="more",
+                             config=again, log=lambda line: None)
+    assert manifest["training"]["small"]["distilled"] == {"from": "light"}
+    np.testing.assert_allclose(Learned(model="more").latent(maps[0])[1], Learned(model="light").latent(maps[0])[1],
+                               atol=1e-5)
+    with pytest.raises(InvalidInputError, match="has a light encoder: train it with --encoder light"):
+        train_learned(str(models.parent / "dump.h5"), "small", str(tmp_path / "exit"), name="exit",
+                      config=RateConfig(base="tinytiler", ratio=16, steps=0, width=8, valid_fraction=0.25,
+                                        start="light"), log=lambda line: None)
 
 
 def test_training_can_start_from_a_learned_model(tiny_learned, tmp_path, monkeypatch):

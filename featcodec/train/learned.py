@@ -228,8 +228,10 @@ def _build(data: LayerData, folder: Path, entry: dict, exit_: dict, width: int):
     return Chain(encoders), decoder
 
 
-def _load_learned(encoder, decoder, name: str, layer: str, exit_: dict) -> None:
-    """Load learned model `name`'s encoder and decoder for `layer` (trained from the same exit)."""
+def _load_learned(encoder, decoder, name: str, layer: str, exit_: dict, light=None) -> bool:
+    """Load learned model `name`'s encoder and decoder for `layer` (trained from the same exit); its
+    encoder goes into `light` if it is a light one (so training goes on from it), else into `encoder`.
+    Returns whether it was light."""
     from ..codecs.learned import available_models
 
     folder = available_models().get(name)
@@ -238,10 +240,12 @@ def _load_learned(encoder, decoder, name: str, layer: str, exit_: dict) -> None:
     entry = json.loads((folder / "manifest.json").read_text())["layers"].get(layer)
     if entry is None or (entry["stride"], entry["latent_channels"]) != (exit_["stride"], exit_["latent_channels"]):
         raise InvalidInputError(f"learned model {name!r} has no {layer} of the base exit's shape to start from")
-    if entry.get("encoder_kind", "the auto-tiler's encoders") != "the auto-tiler's encoders":
-        raise InvalidInputError(f"learned model {name!r} has a light encoder: start from one with the exit's")
-    load_onnx_weights(encoder, folder / entry["encoder"])
+    is_light = entry.get("encoder_kind", "the auto-tiler's encoders") != "the auto-tiler's encoders"
+    if is_light and light is None:
+        raise InvalidInputError(f"learned model {name!r} has a light encoder: train it with --encoder light")
+    load_onnx_weights(light if is_light else encoder, folder / entry["encoder"])
     load_onnx_weights(decoder, folder / entry["decoder"])
+    return is_light
 
 
 def _objective(encoder, decoder, prior, task, x, steps, hard: bool, config: RateConfig, latents_per_sample: int):
@@ -293,19 +297,23 @@ def train_learned(dump: str, layer: str, output: str, *, name: str, config: Rate
         raise InvalidInputError(f"{dump}:{layer} is {data.tensor} {(c, h, w)}, the base exit serves "
                                 f"{entry['tensor']} {tuple(entry['shape'])}")
     encoder, decoder = _build(data, folder, entry, exit_, config.width)
-    if config.start:
-        _load_learned(encoder, decoder, config.start, data.name, exit_)
-        log(f"  {data.name}: starting from learned model {config.start!r}")
     stride, k = exit_["stride"], exit_["latent_channels"]
     if config.encoder not in ("exit", "light"):
         raise InvalidInputError(f"encoder must be exit or light, got {config.encoder!r}")
+    light = LightEncoder(c, k, int(round(math.log2(stride))), config.width,
+                         Normalise(data.mean, data.std)) if config.encoder == "light" else None
+    started_light = False
+    if config.start:
+        started_light = _load_learned(encoder, decoder, config.start, data.name, exit_, light)
+        log(f"  {data.name}: starting from learned model {config.start!r}")
     distilled = None
     prefix = data.name.lower().replace("/", "_")
-    if config.encoder == "light":
-        teacher, encoder = encoder, LightEncoder(c, k, int(round(math.log2(stride))), config.width,
-                                                 Normalise(data.mean, data.std))
+    if light is not None:
+        teacher, encoder = encoder, light
         light_checkpoint = checkpoints / f"{prefix}_light_distilled.pt"
-        if light_checkpoint.exists():
+        if started_light:
+            distilled = {"from": config.start}
+        elif light_checkpoint.exists():
             saved = torch.load(light_checkpoint, weights_only=False)
             encoder.load_state_dict(saved["encoder"])
             distilled = saved["record"]
