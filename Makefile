@@ -150,7 +150,8 @@ RATE_LAMBDA := 0.005
 # Another network, the way a user would take it: MTCNN P-Net's P2 (16x113x151), an auto-tiler trained
 # from the network and the photos of examples/images_more (with their variants; the last 10 % for
 # validation) in under 30 min, then measured on examples/images, which it never saw, beside
-# lightweight, tiling and remote inference; then the same for fer's mini-Xception classifier at its
+# lightweight, tiling and remote inference, and its CR4 exit trained 15 min more for bits (the learned
+# codec); then the same for fer's mini-Xception classifier at its
 # 15x15 and 8x8 layers (about 6 min of training).
 NETWORKS := data/networks
 bench-networks: $(PY)
@@ -167,6 +168,13 @@ bench-networks: $(PY)
 	cd bench && FEATCODEC_MODELS=../$(NETWORKS)/models/autotiler ../$(PY) network_bounds.py ../$(PNET) \
 		../$(NETWORKS)/models/autotiler/mtcnn_pnet_p2/.data/train.h5 ../$(NETWORKS)/pnet_test.h5 P2 mtcnn_pnet_p2 \
 		| tee ../$(BENCH_OUT)/mtcnn_pnet_p2_bounds.md
+	time FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) train \
+		$(NETWORKS)/models/autotiler/mtcnn_pnet_p2/.data/train.h5 --layer P2 --cr 4 --rate-lambda 0.003 \
+		--base mtcnn_pnet_p2 --network $(PNET) --minutes-per-phase 15 --steps 100000 \
+		-o $(NETWORKS)/models/learned/mtcnn_pnet_p2_learned
+	FEATCODEC_MODELS=$(NETWORKS)/models/learned $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
+		-m learned --model mtcnn_pnet_p2_learned --metric models/networks/mtcnn_pnet/metric.py:proposal_f1 \
+		--json $(BENCH_OUT)/mtcnn_pnet_p2_learned_f1.json --force | tee $(BENCH_OUT)/mtcnn_pnet_p2_learned_f1.txt
 	time $(FEATCODEC) train $(FER) examples/images_more --layer L15 --layer L8 --minutes-per-phase 2 \
 		-o $(NETWORKS)/models/autotiler/fer_minixception
 	$(FEATCODEC) dump $(FER) examples/images --augment flip --augment zoom --augment shrink --layer L15 --layer L8 \
