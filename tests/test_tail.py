@@ -227,3 +227,25 @@ def test_calibrated_nmse_stays_bounded_on_a_batch_without_signal():
     on_flat = float(calibrated(flat + error, calibrated.target(flat)))
     on_busy = float(calibrated(training_maps[:2] + 0.01, calibrated.target(training_maps[:2])))
     assert on_flat < 0.01 and on_flat == pytest.approx(on_busy, rel=1e-4)
+
+
+def test_centernet_decision_term_charges_swapped_detections_more_than_a_safe_peak():
+    """Agreement ranks each class's detections by score: a kept box (0.32) decoded under an invented
+    one (a 0.2 bump risen to 0.31) costs a lost box; the top peak decoded at 0.80 instead of 0.95 costs
+    nothing. The heatmap's weighted error charges the second more; the decision term turns that round."""
+    from featcodec.train.taskloss import _centernet
+
+    heat = torch.full((1, 16, 16, 2), 0.01)
+    heat[0, 4, 4, 0] = 0.95  # a sure detection
+    heat[0, 10, 10, 1] = 0.32  # kept, just
+    heat[0, 12, 4, 1] = 0.20  # a local maximum below the threshold
+    wh = torch.zeros(1, 16, 16, 2)
+    safe, swapped = heat.clone(), heat.clone()
+    safe[0, 4, 4, 0] = 0.80
+    swapped[0, 10, 10, 1], swapped[0, 12, 4, 1] = 0.27, 0.31
+
+    def loss(decoded, weight):
+        return float(_centernet([decoded, wh], [heat, wh], decision_weight=weight))
+
+    assert loss(heat, 0) == 0 and loss(safe, 0) > loss(swapped, 0)
+    assert loss(swapped, 1) - loss(heat, 1) > 3 * (loss(safe, 1) - loss(heat, 1))

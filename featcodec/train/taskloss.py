@@ -1,10 +1,13 @@
 """Losses through a network's tail: distillation against the network's own outputs on the original
 activations, so a codec for any split of any network trains on what the network does with it.
 
-The kind follows the network's manifest (``training_loss``; see docs/manifest.md), else its task:
+The kind follows the network's manifest (``training_loss``; see docs/networks.md), else its task:
 
 * ``centernet``: CenterNet's heatmaps (error weighted towards the peaks) and box sizes at the peaks;
-  the reference detector's manifest names it with its head outputs.
+  the reference detector's manifest names it with its head outputs. ``decision_weight`` adds the
+  ``threshold`` loss's decision term on its detections (local maxima of either map) at the
+  manifest's score threshold (off by default: on the reference detector it did not lift agreement's
+  top, bench/results/learned_selection.md).
 * ``kl``: classifiers: KL divergence of the softened class distributions (temperature T, Hinton
   et al.), ×T² so its gradients keep their scale; the default for ``classification``.
 * ``nmse``: every other output set (detector heads, dense maps): squared error of each output
@@ -35,6 +38,7 @@ F = torch.nn.functional
 
 KINDS = ("centernet", "kl", "nmse", "threshold")
 DECISION_MARGINS = 4  # threshold loss: cells within this many margins of the threshold (or wrong) count
+PEAK_FLOOR = 0.1  # centernet: a local maximum below this is no detection that could outrank a kept one
 TAIL_TOLERANCE = 1e-3  # relative max |Δ| to onnxruntime a tail must meet before it trains anything
 
 
@@ -49,6 +53,11 @@ class TailLoss:
         self.tail, self.kind, self.temperature = tail, kind, temperature
         self.shapes = shapes  # each input's (H, W): maps padded for training are cropped back for the tail
         self.variances = None  # each output's variance on whole training maps (`calibrate`)
+        if kind == "centernet":  # the detections' score threshold, by which agreement keeps boxes
+            spec = threshold or {}
+            self.threshold = float(spec.get("threshold", 0.3))
+            self.margin = float(spec.get("margin", 0.05))
+            self.decision_weight = float(spec.get("decision_weight", 0.0))
         if kind == "threshold":
             threshold, names = threshold or {}, list(tail.output_names)
             if "threshold" not in threshold:
@@ -87,7 +96,7 @@ class TailLoss:
     def __call__(self, decoded, target):
         outputs = self._run(decoded)
         if self.kind == "centernet":
-            return _centernet(outputs, target)
+            return _centernet(outputs, target, self.threshold, self.margin, self.decision_weight)
         if self.kind == "kl":
             t = self.temperature
             logits, reference = outputs[0].flatten(1), target[0].flatten(1)
@@ -117,15 +126,34 @@ class TailLoss:
         return loss
 
 
-def _centernet(outputs, target):
-    """Relative error of the heatmaps (weighted towards the peaks) and of the box maps at the peaks."""
+def _centernet(outputs, target, threshold: float = 0.3, margin: float = 0.05, decision_weight: float = 0.0):
+    """Relative error of the heatmaps (weighted towards the peaks) and of the box maps at the peaks;
+    with `decision_weight`, plus that × the threshold loss's decision term on the detections: every
+    cell that is a local maximum of its class (CenterNet's 3×3 max-pool) on either map, ≥ PEAK_FLOOR."""
     heat, wh = outputs
     heat_ref, wh_ref = target
     weight = 1 + 20 * heat_ref
     heat_loss = torch.sum((heat - heat_ref) ** 2 * weight) / (torch.sum(heat_ref ** 2 * weight) + 1e-6)
     peaks = (heat_ref.amax(dim=-1, keepdim=True) > 0.1).float()
     wh_loss = torch.sum(torch.abs(wh - wh_ref) * peaks) / (torch.sum(torch.abs(wh_ref) * peaks) + 1e-3)
-    return heat_loss + 0.5 * wh_loss
+    if not decision_weight:
+        return heat_loss + 0.5 * wh_loss
+    # agreement ranks each class's detections by score over all images: a kept box decoded at 0.28
+    # behind an invented one at 0.31 costs as much as a lost box, a kept one at 0.95 decoded at 0.8
+    # nothing; the squared error above weighs the high peaks most
+    detections = (_local_maxima(heat_ref) | _local_maxima(heat.detach())).float()
+    kept = (heat_ref >= threshold).float()
+    z = (heat - threshold) / margin
+    near = (z * (2 * kept - 1) < DECISION_MARGINS).float()
+    decisions = F.binary_cross_entropy_with_logits(z, kept, reduction="none") * detections * near
+    return heat_loss + 0.5 * wh_loss + decision_weight * torch.sum(decisions) / (torch.sum(kept * detections) + 1)
+
+
+def _local_maxima(heat):
+    """Cells of an (N, H, W, classes) heatmap that CenterNet's 3×3 max-pool keeps, at least PEAK_FLOOR."""
+    nchw = heat.permute(0, 3, 1, 2)
+    kept = (nchw == F.max_pool2d(nchw, 3, 1, 1)) & (nchw >= PEAK_FLOOR)
+    return kept.permute(0, 2, 3, 1)
 
 
 def task_loss_for(network: str, tensor: str | list[str], sample=None,
@@ -149,6 +177,9 @@ def task_loss_for(network: str, tensor: str | list[str], sample=None,
     tail = load_tail(network, tensor, outputs)
     names = ", ".join(tail.output_names)
     text = f"{kind} on {names}"
+    if kind == "centernet" and spec.get("decision_weight"):
+        spec = {"threshold": manifest.score_threshold, **spec}
+        text += f" + {spec['decision_weight']:g} × decisions at {spec['threshold']}"
     if kind == "threshold":
         if "threshold" not in spec:
             raise InvalidInputError(f"{network}: the threshold loss needs training_loss.threshold (the score "
