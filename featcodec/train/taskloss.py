@@ -114,11 +114,7 @@ class TailLoss:
         score = outputs[self.score][:, self.channel]
         kept = (target[self.score][:, self.channel] >= self.threshold).float()
         count = kept.sum() + 1
-        z = (score - self.threshold) / self.margin
-        # cells further than DECISION_MARGINS margins on their right side are left out: on a sparse map
-        # (text in a photo) the many cells far below the threshold would otherwise outweigh the few near it
-        near = (z * (2 * kept - 1) < DECISION_MARGINS).float()
-        loss = torch.sum(F.binary_cross_entropy_with_logits(z, kept, reduction="none") * near) / count
+        loss = torch.sum(_decision_loss(score, kept, self.threshold, self.margin)) / count
         for i, (o, r) in enumerate(zip(outputs, target)):
             if i != self.score and o.shape[-2:] == score.shape[-2:]:
                 error = ((o - r) ** 2).mean(1) / (self._variance(i, r) + 1e-6)
@@ -143,10 +139,18 @@ def _centernet(outputs, target, threshold: float = 0.3, margin: float = 0.05, de
     # nothing; the squared error above weighs the high peaks most
     detections = (_local_maxima(heat_ref) | _local_maxima(heat.detach())).float()
     kept = (heat_ref >= threshold).float()
-    z = (heat - threshold) / margin
+    decisions = torch.sum(_decision_loss(heat, kept, threshold, margin) * detections)
+    return heat_loss + 0.5 * wh_loss + decision_weight * decisions / (torch.sum(kept * detections) + 1)
+
+
+def _decision_loss(score, kept, threshold: float, margin: float):
+    """Per cell: the logistic loss of (score − threshold) / margin against the reference's decision
+    `kept` (0/1), zero where the score is more than DECISION_MARGINS margins on its right side."""
+    z = (score - threshold) / margin
+    # on a sparse map (text in a photo) the many cells far below the threshold would otherwise outweigh
+    # the few near it
     near = (z * (2 * kept - 1) < DECISION_MARGINS).float()
-    decisions = F.binary_cross_entropy_with_logits(z, kept, reduction="none") * detections * near
-    return heat_loss + 0.5 * wh_loss + decision_weight * torch.sum(decisions) / (torch.sum(kept * detections) + 1)
+    return F.binary_cross_entropy_with_logits(z, kept, reduction="none") * near
 
 
 def _local_maxima(heat):
