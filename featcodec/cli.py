@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__, api
 from .codecs.base import Codec, Param
 from .container import FLAG_STREAMED, MAGIC, Bitstream, StreamCut
+from .dump import MAX_RANDOM_CROPS, TRAINING_DUMP_BYTES
 from .errors import FeatcodecError, InvalidInputError
 from .io import (
     atomic_write,
@@ -652,6 +653,10 @@ def _print_bench(report) -> None:
               help="ONNX network for the task loss (default: the model the dump names, if bundled).")
 @click.option("--width", default=64, show_default=True, help="Channels of the hidden layers.")
 @click.option("--lr", default=2e-3, show_default=True, help="Adam peak learning rate (cosine-decayed to 1/20 of it).")
+@click.option("--random-crops", type=click.IntRange(0), metavar="N",
+              help="From MODEL.onnx: random crops dumped per photo besides its flip, zoom and shrink (default: "
+                   f"as many as keep the dump under {TRAINING_DUMP_BYTES / 1e9:.0f} GB of maps, at most "
+                   f"{MAX_RANDOM_CROPS}).")
 @click.option("--max-samples", type=int, help="Use only the first N samples of the dump.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--extend", is_flag=True, help="OUTPUT holds a model: keep its exits (loaded from its ONNX files), "
@@ -677,13 +682,13 @@ def _print_bench(report) -> None:
               help="With --rate-lambda: the exit's encoders, or a light one for the device (depthwise-separable "
                    "convolutions), distilled from them for 10 min first.")
 def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_phase, layer_minutes, batch, crop,
-          task_crop, task_weight, network, width, lr, max_samples, seed, extend, core, finetune_decoders, hevc_rates,
-          rate_lambda, base, start, encoder_kind):
+          task_crop, task_weight, network, width, lr, random_crops, max_samples, seed, extend, core, finetune_decoders,
+          hevc_rates, rate_lambda, base, start, encoder_kind):
     """Train auto-tilers (or, with --rate-lambda, the learned codec) on activation dumps and export them to
     ONNX (needs featcodec[train]).
 
     From a network and photos (or videos) in one step: `train MODEL.onnx IMAGES… --layer TENSOR -o DIR`
-    dumps the layers of the images and of their flipped, zoomed and shrunk copies into DIR/.data (kept,
+    dumps the layers of the images, of their flipped, zoomed and shrunk copies and of random crops into DIR/.data (kept,
     so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest says which);
     each phase then runs 7 minutes unless --minutes-per-phase says otherwise (2 exits: under 30 min).
 
@@ -702,10 +707,12 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
         if not sources[1:]:
             raise click.UsageError("training from a network needs photos or videos after MODEL.onnx")
         network = network or dump_path
-        dump_path, layers = _training_dump(dump_path, list(sources[1:]), list(layers), output)
+        dump_path, layers = _training_dump(dump_path, list(sources[1:]), list(layers), output, random_crops)
         minutes_per_phase = minutes_per_phase or 7.0
     elif len(sources) > 1:
         raise click.UsageError("images go with MODEL.onnx; a dump is trained on alone")
+    elif random_crops is not None:
+        raise click.UsageError("--random-crops goes with MODEL.onnx and photos")
     if rate_lambda is not None:
         _train_learned(dump_path, layers, output, name, ratios, steps, minutes_per_phase, batch, crop,
                        task_weight, network, width, lr, max_samples, seed, rate_lambda, base, start, encoder_kind,
@@ -746,10 +753,12 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
                f"{training_seconds(manifest) / 60:.1f} min of training in all", err=True)
 
 
-def _training_dump(model_path: str, images: list[str], layers: list[str], output: str) -> tuple[str, list[str]]:
-    """OUTPUT/.data/train.h5: `layers` of `images` and of their flips, zooms and shrinks (reused when there),
-    and the datasets to train on: a multi-tensor split point's tensors each get an auto-tiler."""
-    from .dump import AUGMENTATIONS, layer_datasets
+def _training_dump(model_path: str, images: list[str], layers: list[str], output: str,
+                   random_crops: int | None) -> tuple[str, list[str]]:
+    """OUTPUT/.data/train.h5: `layers` of `images`, of their flips, zooms and shrinks and of random crops
+    (reused when there), and the datasets to train on: a multi-tensor split point's tensors each get an
+    auto-tiler."""
+    from .dump import AUGMENTATIONS, layer_datasets, random_crops_within
     from .dump import dump as run_dump
     from .onnxmodel import Manifest
 
@@ -762,15 +771,19 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
             if all(name in f for name in datasets):
                 click.echo(f"{path}: reused", err=True)
                 return path, datasets
+    if random_crops is None:
+        random_crops = random_crops_within(model_path, layers, images, TRAINING_DUMP_BYTES, len(AUGMENTATIONS),
+                                           MAX_RANDOM_CROPS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = _progress_callback("dumping")
     try:
         summary = run_dump(model_path, layers, images, path, force=True, compression="lzf",
-                           augmentations=AUGMENTATIONS, progress=progress)
+                           augmentations=AUGMENTATIONS, random_crops=random_crops, progress=progress)
     finally:
         progress.stop()
-    click.echo(f"{path}: {summary.images} maps of {', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}",
-               err=True)
+    crops = f"{random_crops} random crop{'s' * (random_crops != 1)} per photo"
+    click.echo(f"{path}: {summary.images} maps ({crops}) of "
+               f"{', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}", err=True)
     return path, datasets
 
 
@@ -1071,11 +1084,14 @@ def manifest(model_path, output, task, size, resize, resize_shorter, scale, mean
               help="HDF5 compression of the stored activations (lzf and none are faster).")
 @click.option("--augment", "augmentations", multiple=True, type=click.Choice(["flip", "zoom", "shrink"]),
               help="Also dump variants of every image (repeatable), for training data.")
+@click.option("--random-crops", default=0, show_default=True, type=click.IntRange(0),
+              help="Also dump N random crops of every photo (35-90 % of each side, half of them mirrored).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1),
               help="Videos: keep every K-th frame.")
 @click.option("--max-frames", type=click.IntRange(1), help="Videos: at most N frames from each.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-def dump(model_path, images, layers, output, batch_size, compression, augmentations, every, max_frames, force):
+def dump(model_path, images, layers, output, batch_size, compression, augmentations, random_crops, every, max_frames,
+         force):
     """Run MODEL.onnx on IMAGES (photos, videos, folders, globs) and store layer activations in HDF5.
 
     A video (.mp4, .avi, …) gives its frames in order (every K-th, at most N), each one sample,
@@ -1088,7 +1104,8 @@ def dump(model_path, images, layers, output, batch_size, compression, augmentati
     progress = _progress_callback("dumping")
     try:
         summary = run_dump(model_path, list(layers), list(images), output, batch_size=batch_size, force=force,
-                           compression=compression, augmentations=tuple(augmentations), every=every,
+                           compression=compression, augmentations=tuple(augmentations),
+                           random_crops=random_crops, every=every,
                            max_frames=max_frames, progress=progress)
     finally:
         progress.stop()

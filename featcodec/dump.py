@@ -94,8 +94,24 @@ def video_frames(path: str, every: int = 1, max_frames: int | None = None):
         reader.close()
 
 
+RANDOM_CROP = "crop"  # "crop3": the fourth random crop of a photo (`augment`)
+# `train MODEL.onnx PHOTOS`: random crops per photo up to this many bytes of float32 maps in all (the trainer
+# holds them in memory), at most MAX_RANDOM_CROPS: 200 photos overfit a bottleneck, and crops at other
+# scales are new inputs to the network where a flip is half a new one.
+TRAINING_DUMP_BYTES = 4e9
+MAX_RANDOM_CROPS = 12
+
+
 def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
-    """A variant of an image for training data: mirrored, zoomed in (centre crop of 3/4) or shrunk to 2/3."""
+    """A variant of an image for training data: mirrored, zoomed in (centre crop of 3/4), shrunk to 2/3,
+    or ``cropK``: the K-th random crop (a window of 35-90 % of each side, mirrored half the time), drawn
+    from K and the image's size alone, so that the same name gives the same pixels again (remote
+    inference remakes a dump's images from their names).
+
+    >>> image = np.zeros((100, 200, 3), np.uint8)
+    >>> augment(image, "crop0").shape, augment(image, "crop1").shape, augment(image, "crop0").shape
+    ((50, 95, 3), (43, 93, 3), (50, 95, 3))
+    """
     from PIL import Image
 
     h, w = rgb.shape[:2]
@@ -105,7 +121,41 @@ def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(rgb[h // 8 : h - h // 8, w // 8 : w - w // 8])
     if kind == "shrink":
         return np.asarray(Image.fromarray(rgb).resize((max(1, 2 * w // 3), max(1, 2 * h // 3)), Image.BILINEAR))
-    raise ValueError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
+    if kind.startswith(RANDOM_CROP) and kind[len(RANDOM_CROP):].isdigit():
+        rng = np.random.default_rng([int(kind[len(RANDOM_CROP):]), h, w])
+        ch, cw = (max(1, round(side * rng.uniform(0.35, 0.9))) for side in (h, w))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        window = rgb[top : top + ch, left : left + cw]
+        return np.ascontiguousarray(window[:, ::-1] if rng.random() < 0.5 else window)
+    raise ValueError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)} or {RANDOM_CROP}K")
+
+
+def random_crops_within(model_path: str, layers: list[str], images: list[str], budget: float, fixed_variants: int,
+                        most: int) -> int:
+    """How many random crops per photo keep a dump of `layers` of `images` (each photo with its
+    `fixed_variants` besides, and every frame of the videos) under `budget` bytes of float32 maps, at
+    most `most`; the bytes of one sample are measured on the first photo."""
+    import imageio_ffmpeg
+
+    paths = expand_images(images, VIDEO_SUFFIXES)
+    photos = [p for p in paths if not is_video(p)]
+    if not photos:
+        return 0
+    frames = 0
+    for path in paths:
+        if is_video(path):
+            try:
+                frames += imageio_ffmpeg.count_frames_and_secs(path)[0]
+            except (OSError, RuntimeError) as err:
+                raise InvalidInputError(f"cannot read video {path}: {err}") from None
+    manifest = Manifest.for_model(model_path)
+    tensors = list(layer_datasets(manifest, layers).values())
+    sess = session(with_outputs(load_model(model_path), tensors))
+    spec = manifest.preprocessing or default_preprocessing(sess)
+    maps = sess.run(tensors, {spec["input"]: preprocess(load_image(photos[0]), spec)[None]})
+    sample = sum(int(np.prod(m.shape[1:])) * 4 for m in maps)
+    crops = int(budget // sample - frames) // len(photos) - 1 - fixed_variants
+    return max(0, min(most, crops))
 
 
 def layer_datasets(manifest: Manifest, layers: list[str]) -> dict[str, str]:
@@ -123,10 +173,11 @@ def layer_datasets(manifest: Manifest, layers: list[str]) -> dict[str, str]:
 
 def dump(model_path: str, layers: list[str], images: list[str], output: str, *, batch_size: int = 4,
          force: bool = False, threads: int | None = None, compression: str = "gzip",
-         augmentations: tuple[str, ...] = (), every: int = 1, max_frames: int | None = None,
-         progress: Callable[[int, int], None] | None = None) -> DumpSummary:
+         augmentations: tuple[str, ...] = (), random_crops: int = 0, every: int = 1,
+         max_frames: int | None = None, progress: Callable[[int, int], None] | None = None) -> DumpSummary:
     """Run `model_path` on `images` (photos and videos) and write the activations of `layers` to
-    HDF5 `output`; a video contributes every `every`-th frame, at most `max_frames`."""
+    HDF5 `output`; a photo also contributes its `augmentations` and `random_crops` random crops, a
+    video every `every`-th frame, at most `max_frames`."""
     import h5py
 
     manifest = Manifest.for_model(model_path)
@@ -142,9 +193,12 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
             raise InvalidInputError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)}")
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InvalidInputError("--every and --max-frames must be at least 1")
+    if random_crops < 0:
+        raise InvalidInputError("--random-crops must be 0 or more")
+    variants = (*augmentations, *(f"{RANDOM_CROP}{k}" for k in range(random_crops)))
     paths = expand_images(images, VIDEO_SUFFIXES)
     fps: dict[str, float] = {}
-    total = len([p for p in paths if not is_video(p)]) * (1 + len(augmentations))  # frames are counted as read
+    total = len([p for p in paths if not is_video(p)]) * (1 + len(variants))  # frames are counted as read
 
     def inputs():
         """(name, frame index or -1, RGB image, source path) in order: photos with their variants (image-major, so
@@ -158,7 +212,7 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
                     yield f"{name}#frame={index}", index, rgb, os.path.abspath(path)
                 continue
             rgb = load_image(path)
-            for kind in ("", *augmentations):
+            for kind in ("", *variants):
                 variant = augment(rgb, kind) if kind else rgb
                 yield name + (f"#{kind}" if kind else ""), -1, variant, os.path.abspath(path)
 

@@ -154,6 +154,13 @@ def test_dump_augmentations_keep_images_together(tmp_path):
     np.testing.assert_array_equal(augment(image, "flip"), image[:, ::-1])
     np.testing.assert_array_equal(augment(image, "zoom"), image[2:14, 3:21])
     assert augment(image, "shrink").shape == (10, 16, 3)
+    # random crops: the same name gives the same window again (remote inference remakes them), another a new one
+    crops = [augment(image, f"crop{k}") for k in range(4)]
+    np.testing.assert_array_equal(crops[0], augment(image, "crop0"))
+    assert len({c.tobytes() for c in crops}) == 4
+    assert all(6 <= c.shape[0] <= 15 and 8 <= c.shape[1] <= 22 for c in crops)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(image, "cropped")
     images = [str(IMAGES / "darknet_dog.jpg"), str(IMAGES / "skimage_coffee.jpg")]
     dump(str(REFERENCE), ["S4"], images, str(tmp_path / "aug.h5"), augmentations=("flip",), compression="none")
     with h5py.File(tmp_path / "aug.h5") as f:

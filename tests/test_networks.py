@@ -133,10 +133,11 @@ def test_train_from_a_network_and_photos(cli, tmp_path):
         shutil.copy(IMAGES / name, photos / name)
     out = tmp_path / "models" / "autotiler" / "pnet"
     result = cli("train", PNET, photos, "--layer", "P2", "--cr", "4", "--steps", "2", "--task-steps", "2",
-                 "--crop", "16", "--task-crop", "16", "--width", "8", "-o", out)
+                 "--crop", "16", "--task-crop", "16", "--width", "8", "--random-crops", "1", "-o", out)
     err = result.stderr.decode()
     assert result.returncode == 0, err
-    assert "12 maps of P2 (12, 16, 113, 151)" in err  # 3 photos and their flips, zooms and shrinks
+    # 3 photos, their flips, zooms and shrinks and one random crop each
+    assert "15 maps (1 random crop per photo) of P2 (15, 16, 113, 151)" in err
     # the manifest's threshold loss: P-Net keeps cells whose face probability reaches 0.6
     assert "threshold on prob[1] ≥ 0.6 + nmse on prob, reg (tail max |Δ| to onnxruntime" in err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -162,6 +163,19 @@ def test_train_from_a_network_needs_photos(cli, tmp_path):
     pytest.importorskip("torch")
     result = cli("train", PNET, "--layer", "P2", "-o", tmp_path / "m")
     assert result.returncode == 2 and "needs photos" in result.stderr.decode()
+    result = cli("train", tmp_path / "dump.h5", "--layer", "P2", "--random-crops", "2", "-o", tmp_path / "m")
+    assert result.returncode == 2 and "--random-crops goes with MODEL.onnx" in result.stderr.decode()
+
+
+def test_random_crops_fill_the_training_budget():
+    from featcodec.dump import random_crops_within
+
+    photos = [str(IMAGES / "darknet_dog.jpg"), str(IMAGES / "skimage_coffee.jpg")]
+    sample = 16 * 113 * 151 * 4  # P2's float32 map
+    # 10 maps' worth for 2 photos: each photo, its 3 variants and 1 crop
+    assert random_crops_within(str(PNET), ["P2"], photos, 10 * sample, 3, 12) == 1
+    assert random_crops_within(str(PNET), ["P2"], photos, 1000 * sample, 3, 12) == 12
+    assert random_crops_within(str(PNET), ["P2"], photos, 3 * sample, 3, 12) == 0
 
 
 def _two_level_model(folder: Path) -> Path:
