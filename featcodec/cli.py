@@ -656,7 +656,8 @@ def _print_bench(report) -> None:
 @click.option("--random-crops", type=click.IntRange(0), metavar="N",
               help="From MODEL.onnx: random crops dumped per photo besides its flip, zoom and shrink (default: "
                    f"as many as keep the dump under {TRAINING_DUMP_BYTES / 1e9:.0f} GB of maps, at most "
-                   f"{MAX_RANDOM_CROPS}).")
+                   f"{MAX_RANDOM_CROPS}; videos give every frame, or every K-th where they would take more than "
+                   "half of that).")
 @click.option("--max-samples", type=int, help="Use only the first N samples of the dump.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--extend", is_flag=True, help="OUTPUT holds a model: keep its exits (loaded from its ONNX files), "
@@ -688,8 +689,8 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
     ONNX (needs featcodec[train]).
 
     From a network and photos (or videos) in one step: `train MODEL.onnx IMAGES… --layer TENSOR -o DIR`
-    dumps the layers of the images, of their flipped, zoomed and shrunk copies and of random crops into DIR/.data (kept,
-    so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest says which);
+    dumps the layers of the images, of their flipped, zoomed and shrunk copies and of random crops into
+    DIR/.data (kept, so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest says which);
     each phase then runs 7 minutes unless --minutes-per-phase says otherwise (2 exits: under 30 min).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
@@ -758,7 +759,7 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
     """OUTPUT/.data/train.h5: `layers` of `images`, of their flips, zooms and shrinks and of random crops
     (reused when there), and the datasets to train on: a multi-tensor split point's tensors each get an
     auto-tiler."""
-    from .dump import AUGMENTATIONS, layer_datasets, random_crops_within
+    from .dump import AUGMENTATIONS, layer_datasets, training_sampling
     from .dump import dump as run_dump
     from .onnxmodel import Manifest
 
@@ -771,17 +772,18 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
             if all(name in f for name in datasets):
                 click.echo(f"{path}: reused", err=True)
                 return path, datasets
-    if random_crops is None:
-        random_crops = random_crops_within(model_path, layers, images, TRAINING_DUMP_BYTES, len(AUGMENTATIONS),
-                                           MAX_RANDOM_CROPS)
+    crops, every = training_sampling(model_path, layers, images, TRAINING_DUMP_BYTES, len(AUGMENTATIONS),
+                                     MAX_RANDOM_CROPS)
+    random_crops = crops if random_crops is None else random_crops
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = _progress_callback("dumping")
     try:
         summary = run_dump(model_path, layers, images, path, force=True, compression="lzf",
-                           augmentations=AUGMENTATIONS, random_crops=random_crops, progress=progress)
+                           augmentations=AUGMENTATIONS, random_crops=random_crops, every=every, progress=progress)
     finally:
         progress.stop()
-    crops = f"{random_crops} random crop{'s' * (random_crops != 1)} per photo"
+    crops = f"{random_crops} random crop{'s' * (random_crops != 1)} per photo" + (
+        f", one video frame in {every}" if every > 1 else "")
     click.echo(f"{path}: {summary.images} maps ({crops}) of "
                f"{', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}", err=True)
     return path, datasets

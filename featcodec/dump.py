@@ -130,32 +130,40 @@ def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown augmentation {kind!r}: use {', '.join(AUGMENTATIONS)} or {RANDOM_CROP}K")
 
 
-def random_crops_within(model_path: str, layers: list[str], images: list[str], budget: float, fixed_variants: int,
-                        most: int) -> int:
-    """How many random crops per photo keep a dump of `layers` of `images` (each photo with its
-    `fixed_variants` besides, and every frame of the videos) under `budget` bytes of float32 maps, at
-    most `most`; the bytes of one sample are measured on the first photo."""
+def training_sampling(model_path: str, layers: list[str], images: list[str], budget: float, fixed_variants: int,
+                      most_crops: int) -> tuple[int, int]:
+    """(random crops per photo, every how many video frames) that keep a dump of `layers` of `images`
+    under `budget` bytes of float32 maps: the videos' frames take at most half of it when there are
+    photos (all of it otherwise), and each photo with its `fixed_variants` and its crops, at most
+    `most_crops`, what is left. The bytes of one sample are measured on the first image."""
     import imageio_ffmpeg
 
     paths = expand_images(images, VIDEO_SUFFIXES)
     photos = [p for p in paths if not is_video(p)]
-    if not photos:
-        return 0
-    frames = 0
+    frames: dict[str, int] = {}
     for path in paths:
         if is_video(path):
             try:
-                frames += imageio_ffmpeg.count_frames_and_secs(path)[0]
+                frames[path] = imageio_ffmpeg.count_frames_and_secs(path)[0]
             except (OSError, RuntimeError) as err:
                 raise InvalidInputError(f"cannot read video {path}: {err}") from None
+    if not paths:
+        raise InvalidInputError("no images or videos given")
     manifest = Manifest.for_model(model_path)
     tensors = list(layer_datasets(manifest, layers).values())
     sess = session(with_outputs(load_model(model_path), tensors))
     spec = manifest.preprocessing or default_preprocessing(sess)
-    maps = sess.run(tensors, {spec["input"]: preprocess(load_image(photos[0]), spec)[None]})
+    first = load_image(photos[0]) if photos else next(itertools.islice(video_frames(paths[0]), 1, None))[1]
+    maps = sess.run(tensors, {spec["input"]: preprocess(first, spec)[None]})
     sample = sum(int(np.prod(m.shape[1:])) * 4 for m in maps)
-    crops = int(budget // sample - frames) // len(photos) - 1 - fixed_variants
-    return max(0, min(most, crops))
+    affordable = int(budget // sample)
+    for_frames = affordable // 2 if photos else affordable
+    every = max(1, -(-sum(frames.values()) // max(1, for_frames)))
+    kept_frames = sum(-(-n // every) for n in frames.values())
+    if not photos:
+        return 0, every
+    crops = (affordable - kept_frames) // len(photos) - 1 - fixed_variants
+    return max(0, min(most_crops, crops)), every
 
 
 def layer_datasets(manifest: Manifest, layers: list[str]) -> dict[str, str]:

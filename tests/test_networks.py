@@ -16,6 +16,7 @@ from tests.test_models import tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 PNET = ROOT / "models" / "networks" / "mtcnn_pnet" / "mtcnn_pnet.onnx"
 IMAGES = ROOT / "examples" / "images"
+CLIP = ROOT / "examples" / "video" / "opencv_tree_20s.mp4"
 
 
 def test_a_set_of_tensors_cuts_where_each_alone_does_not():
@@ -167,15 +168,20 @@ def test_train_from_a_network_needs_photos(cli, tmp_path):
     assert result.returncode == 2 and "--random-crops goes with MODEL.onnx" in result.stderr.decode()
 
 
-def test_random_crops_fill_the_training_budget():
-    from featcodec.dump import random_crops_within
+def test_random_crops_and_video_frames_fill_the_training_budget():
+    from featcodec.dump import training_sampling
 
     photos = [str(IMAGES / "darknet_dog.jpg"), str(IMAGES / "skimage_coffee.jpg")]
     sample = 16 * 113 * 151 * 4  # P2's float32 map
     # 10 maps' worth for 2 photos: each photo, its 3 variants and 1 crop
-    assert random_crops_within(str(PNET), ["P2"], photos, 10 * sample, 3, 12) == 1
-    assert random_crops_within(str(PNET), ["P2"], photos, 1000 * sample, 3, 12) == 12
-    assert random_crops_within(str(PNET), ["P2"], photos, 3 * sample, 3, 12) == 0
+    assert training_sampling(str(PNET), ["P2"], photos, 10 * sample, 3, 12) == (1, 1)
+    assert training_sampling(str(PNET), ["P2"], photos, 1000 * sample, 3, 12) == (12, 1)
+    assert training_sampling(str(PNET), ["P2"], photos, 3 * sample, 3, 12) == (0, 1)
+    # the clip's 46 frames alone may fill the budget, every 3rd one within 20 maps; beside photos half of it
+    assert training_sampling(str(PNET), ["P2"], [str(CLIP)], 1000 * sample, 3, 12) == (0, 1)
+    assert training_sampling(str(PNET), ["P2"], [str(CLIP)], 20 * sample, 3, 12) == (0, 3)
+    # 40 maps: 16 frames (every 3rd), then 12 per photo: the photo, 3 variants, 8 crops
+    assert training_sampling(str(PNET), ["P2"], [str(CLIP), *photos], 40 * sample, 3, 12) == (8, 3)
 
 
 def _two_level_model(folder: Path) -> Path:
