@@ -690,8 +690,9 @@ def train(sources, layers, output, name, ratios, steps, task_steps, minutes_per_
 
     From a network and photos (or videos) in one step: `train MODEL.onnx IMAGES… --layer TENSOR -o DIR`
     dumps the layers of the images, of their flipped, zoomed and shrunk copies and of random crops into
-    DIR/.data (kept, so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest says which);
-    each phase then runs 7 minutes unless --minutes-per-phase says otherwise (2 exits: under 30 min).
+    DIR/.data (kept, so a rerun resumes), then trains with the loss through MODEL's own tail (its manifest
+    says which); each phase then runs 7 minutes unless --minutes-per-phase says otherwise (2 exits: under
+    30 min).
 
     Resumable: each finished exit is checkpointed in OUTPUT/.checkpoints.
 

@@ -74,6 +74,21 @@ def test_the_dumps_images_are_made_again_as_the_network_saw_them(photo_dump):
     np.testing.assert_allclose(again, reference, atol=1e-3)
 
 
+def test_random_crops_are_made_again_from_their_names(tmp_path):
+    from featcodec.dump import augment
+
+    path = tmp_path / "crops.h5"
+    dump(str(MODEL), ["S4"], [str(IMAGES[0])], str(path), random_crops=2, compression="lzf")
+    with h5py.File(path) as f:
+        assert [n.decode() for n in f["images"][()]] == [IMAGES[0].name + k for k in ("", "#crop0", "#crop1")]
+        reference = f["reference/tower_0/detections"][()]
+    images = remote.dump_images(str(path))
+    np.testing.assert_array_equal(images[2], augment(images[0], "crop1"))
+    network = remote.WholeNetwork(str(MODEL))
+    (again,) = network.run([resize_for_input(rgb, network.spec) for rgb in images])
+    np.testing.assert_allclose(again, reference, atol=1e-3)
+
+
 def test_remote_inference_rates_and_agreement(photo_dump):
     points = remote.remote_inference(str(photo_dump), str(MODEL), codecs=("jpeg",))
     assert [p.point for p in points] == [f"q={q}" for q in remote.JPEG_QUALITIES]
