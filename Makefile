@@ -152,7 +152,7 @@ RATE_LAMBDA := 0.005
 # validation) in under 30 min, then measured on examples/images, which it never saw, beside
 # lightweight, tiling and remote inference, and its CR4 exit trained 15 min more for bits (the learned
 # codec); then the same for fer's mini-Xception classifier at its 15x15 and 8x8 layers (about 9 min of
-# training: its small maps train fast, so the steps, not the minutes, bound its phases).
+# training: its small maps train fast, so step limits and early stopping end most phases).
 NETWORKS := data/networks
 bench-networks: $(PY)
 	$(PY) -m pip install --quiet -e '.[train]'

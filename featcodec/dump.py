@@ -139,6 +139,8 @@ def training_sampling(model_path: str, layers: list[str], images: list[str], bud
     import imageio_ffmpeg
 
     paths = expand_images(images, VIDEO_SUFFIXES)
+    if not paths:
+        raise InvalidInputError("no images or videos given")
     photos = [p for p in paths if not is_video(p)]
     frames: dict[str, int] = {}
     for path in paths:
@@ -147,8 +149,6 @@ def training_sampling(model_path: str, layers: list[str], images: list[str], bud
                 frames[path] = imageio_ffmpeg.count_frames_and_secs(path)[0]
             except (OSError, RuntimeError) as err:
                 raise InvalidInputError(f"cannot read video {path}: {err}") from None
-    if not paths:
-        raise InvalidInputError("no images or videos given")
     manifest = Manifest.for_model(model_path)
     tensors = list(layer_datasets(manifest, layers).values())
     sess = session(with_outputs(load_model(model_path), tensors))
