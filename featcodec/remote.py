@@ -178,7 +178,10 @@ def dump_images(dump_path: str, image_dirs: list[str] = ()) -> list[np.ndarray]:
             images.append(frames[path, int(variant[6:])])
         else:
             rgb = load_image(path)
-            images.append(augment(rgb, variant) if variant else rgb)
+            try:
+                images.append(augment(rgb, variant) if variant else rgb)
+            except ValueError as err:  # a dump whose names were written by something else
+                raise InvalidInputError(f"{dump_path}: image {path} of variant {variant!r}: {err}") from None
     return images
 
 

@@ -87,6 +87,10 @@ def test_random_crops_are_made_again_from_their_names(tmp_path):
     network = remote.WholeNetwork(str(MODEL))
     (again,) = network.run([resize_for_input(rgb, network.spec) for rgb in images])
     np.testing.assert_allclose(again, reference, atol=1e-3)
+    with h5py.File(path, "a") as f:
+        f["images"][1] = IMAGES[0].name + "#cropx"  # a name no featcodec dump writes
+    with pytest.raises(InvalidInputError, match="unknown augmentation 'cropx'"):
+        remote.dump_images(str(path))
 
 
 def test_remote_inference_rates_and_agreement(photo_dump):
