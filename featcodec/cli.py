@@ -773,9 +773,9 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
             if all(name in f for name in datasets):
                 click.echo(f"{path}: reused", err=True)
                 return path, datasets
-    crops, every = training_sampling(model_path, layers, images, TRAINING_DUMP_BYTES, len(AUGMENTATIONS),
-                                     MAX_RANDOM_CROPS)
-    random_crops = crops if random_crops is None else random_crops
+    fitting_crops, every = training_sampling(model_path, layers, images, TRAINING_DUMP_BYTES, len(AUGMENTATIONS),
+                                             MAX_RANDOM_CROPS)
+    random_crops = fitting_crops if random_crops is None else random_crops
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = _progress_callback("dumping")
     try:
@@ -783,9 +783,9 @@ def _training_dump(model_path: str, images: list[str], layers: list[str], output
                            augmentations=AUGMENTATIONS, random_crops=random_crops, every=every, progress=progress)
     finally:
         progress.stop()
-    crops = f"{random_crops} random crop{'s' * (random_crops != 1)} per photo" + (
+    sampling = f"{random_crops} random crop{'s' * (random_crops != 1)} per photo" + (
         f", one video frame in {every}" if every > 1 else "")
-    click.echo(f"{path}: {summary.images} maps ({crops}) of "
+    click.echo(f"{path}: {summary.images} maps ({sampling}) of "
                f"{', '.join(f'{k} {tuple(v)}' for k, v in summary.layers.items())}", err=True)
     return path, datasets
 

@@ -149,12 +149,15 @@ def training_sampling(model_path: str, layers: list[str], images: list[str], bud
                 frames[path] = imageio_ffmpeg.count_frames_and_secs(path)[0]
             except (OSError, RuntimeError) as err:
                 raise InvalidInputError(f"cannot read video {path}: {err}") from None
-    manifest = Manifest.for_model(model_path)
-    tensors = list(layer_datasets(manifest, layers).values())
-    sess = session(with_outputs(load_model(model_path), tensors))
-    spec = manifest.preprocessing or default_preprocessing(sess)
-    first = load_image(photos[0]) if photos else next(itertools.islice(video_frames(paths[0]), 1, None))[1]
-    maps = sess.run(tensors, {spec["input"]: preprocess(first, spec)[None]})
+    tensors, _, sess, spec = _layer_session(model_path, layers)
+    if photos:
+        first = load_image(photos[0])
+    else:
+        reader = video_frames(paths[0])
+        next(reader)  # the frame rate
+        first = next(reader)[1]
+        reader.close()
+    maps = sess.run(list(tensors.values()), {spec["input"]: preprocess(first, spec)[None]})
     sample = sum(int(np.prod(m.shape[1:])) * 4 for m in maps)
     affordable = int(budget // sample)
     for_frames = affordable // 2 if photos else affordable
@@ -164,6 +167,16 @@ def training_sampling(model_path: str, layers: list[str], images: list[str], bud
         return 0, every
     crops = (affordable - kept_frames) // len(photos) - 1 - fixed_variants
     return max(0, min(most_crops, crops)), every
+
+
+def _layer_session(model_path: str, layers: list[str], threads: int | None = None):
+    """(dataset → tensor of `layers`, the model, an onnxruntime session that also outputs those
+    tensors, the preprocessing spec: the manifest's, else guessed from the graph)."""
+    manifest = Manifest.for_model(model_path)
+    tensors = layer_datasets(manifest, layers)
+    model = load_model(model_path)
+    sess = session(with_outputs(model, list(tensors.values())), threads)
+    return tensors, model, sess, manifest.preprocessing or default_preprocessing(sess)
 
 
 def layer_datasets(manifest: Manifest, layers: list[str]) -> dict[str, str]:
@@ -188,13 +201,9 @@ def dump(model_path: str, layers: list[str], images: list[str], output: str, *, 
     video every `every`-th frame, at most `max_frames`."""
     import h5py
 
-    manifest = Manifest.for_model(model_path)
-    tensors = layer_datasets(manifest, layers)
+    tensors, model, sess, spec = _layer_session(model_path, layers, threads)
     splits = {key.rpartition("/")[0] for key in tensors if key not in layers}
-    model = load_model(model_path)
     model_outputs = [o.name for o in model.graph.output]
-    sess = session(with_outputs(model, list(tensors.values())), threads)
-    spec = manifest.preprocessing or default_preprocessing(sess)
     batch_size = batch_limit(sess, batch_size)
     for kind in augmentations:
         if kind not in AUGMENTATIONS:
