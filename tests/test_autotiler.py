@@ -248,6 +248,32 @@ def test_coded_latents_crops_line_up():
     assert len(valid_inputs) == len(valid_targets) == 2
 
 
+def test_small_maps_validate_on_more_of_them():
+    """Early stopping reads 8 large maps but hundreds of a classifier's small ones, and a validation
+    weighs every map the same however they are batched."""
+    torch = pytest.importorskip("torch")
+    from featcodec.train import autotiler
+    from featcodec.train.autotiler import LayerData, Normalise, _validate, validation_maps
+
+    def data(c, h, w, n=400):
+        maps = np.zeros((n, c, h, w), np.float32)
+        return LayerData("x", "x", None, maps[:-n // 2], maps[-n // 2:], np.zeros(c, np.float32),
+                         np.ones(c, np.float32), True, n, (c, h, w))
+
+    assert validation_maps(data(72, 128, 128, 4)) == autotiler.VALID_MAPS
+    assert validation_maps(data(64, 8, 8)) == autotiler.VALID_VALUES // (64 * 8 * 8) > 200
+    targets = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 1, 4, 4).contiguous()
+    norm = Normalise(np.zeros(1), np.ones(1))
+    per_map = torch.arange(5, dtype=torch.float32) ** 2  # each map's MSE against zeros
+    for batch_values in (16, 32, 48, 10_000):  # 1 (→ 2), 2, 3 and all 5 maps per pass
+        autotiler.VALID_BATCH_VALUES, saved = batch_values, autotiler.VALID_BATCH_VALUES
+        try:
+            loss, nmse = _validate(lambda x: torch.zeros_like(x), norm, None, (targets, targets))
+        finally:
+            autotiler.VALID_BATCH_VALUES = saved
+        assert loss == nmse == pytest.approx(float(per_map.mean()))
+
+
 
 def test_learning_rate_anneals_over_the_steps_or_the_time_whichever_ends_first():
     """A phase its time ends has annealed by then, not only one its steps end."""

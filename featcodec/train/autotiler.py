@@ -59,7 +59,11 @@ F = torch.nn.functional
 
 NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame units
 GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
-VALID_MAPS = 8  # whole validation maps a phase's early stopping reads
+VALID_MAPS = 8  # whole validation maps a phase's early stopping reads, at least:
+# and as many more as hold this many values: 8 of a classifier's 64×8×8 maps are too few to stop on (its
+# task stages stopped at their first checks), where 8 of the reference detector's hold 3-8 M
+VALID_VALUES = 1_000_000
+VALID_BATCH_VALUES = 600_000  # values per forward pass of a validation
 CALIBRATION_MAPS = 8  # whole training maps the task loss takes its outputs' variances on
 
 
@@ -231,6 +235,10 @@ class LayerData:
                    bool(train.min() >= 0), count, (int(c), int(h), int(w)),
                    None if split is None else str(split), None if part is None else int(part))
 
+    @property
+    def map_values(self) -> int:
+        return int(self.valid[0].size)
+
     def validation(self, count: int):
         """(inputs, targets) of the first `count` validation maps: the maps themselves."""
         x = torch.from_numpy(np.ascontiguousarray(self.valid[:count]))
@@ -276,6 +284,10 @@ class CodedLatents:
             inputs[i] = self.train[j, :, y : y + cells, x : x + cells]
             targets[i] = self.train_targets[j // copies, :, y * s : (y + cells) * s, x * s : (x + cells) * s]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    @property
+    def map_values(self) -> int:
+        return int(self.valid_targets[0].size)
 
     def validation(self, count: int):
         return (torch.from_numpy(np.ascontiguousarray(self.valid[:count])),
@@ -326,6 +338,10 @@ class SplitData:
     def batch(self, rng: np.random.Generator, size: int, crop: int):
         return self._maps([p.train for p in self.parts], rng.integers(len(self.parts[0].train), size=size))
 
+    @property
+    def map_values(self) -> int:
+        return sum(int(p.valid[0].size) for p in self.parts)
+
     def validation(self, count: int):
         return self._maps([p.valid for p in self.parts], slice(0, count))
 
@@ -356,21 +372,31 @@ class PhaseResult:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
+def validation_maps(data) -> int:
+    """How many whole validation maps of `data` (`LayerData`, `CodedLatents` or `SplitData`) a
+    phase's early stopping reads: VALID_MAPS, or as many as hold VALID_VALUES values."""
+    return max(VALID_MAPS, VALID_VALUES // max(1, data.map_values))
+
+
 def _validate(forward, norm, task, valid) -> tuple[float, float]:
     """(total loss, normalised MSE) on whole validation maps (`valid`: inputs, targets), the same
-    noise every time."""
+    noise every time; each map weighs the same, however many a forward pass takes."""
     torch.manual_seed(0)
-    totals, nmses = [], []
+    totals, nmses, weights = [], [], []
     inputs, targets = valid
+    count = len(inputs[0] if isinstance(inputs, list) else inputs)
+    values = sum(t[0].numel() for t in (targets if isinstance(targets, list) else [targets]))
+    batch = max(2, VALID_BATCH_VALUES // max(1, values))
     with torch.no_grad():
-        for i in range(0, len(inputs[0] if isinstance(inputs, list) else inputs), 2):
-            x = _rows(targets, slice(i, i + 2))
-            decoded = forward(_rows(inputs, slice(i, i + 2)))
+        for i in range(0, count, batch):
+            x = _rows(targets, slice(i, i + batch))
+            decoded = forward(_rows(inputs, slice(i, i + batch)))
             nmse = float(torch.mean((norm(decoded) - norm(x)) ** 2))
             total = nmse + (float(task[1](decoded, task[1].target(x))) * task[0] if task else 0.0)
             totals.append(total)
             nmses.append(nmse)
-    return float(np.mean(totals)), float(np.mean(nmses))
+            weights.append(min(batch, count - i))
+    return float(np.average(totals, weights=weights)), float(np.average(nmses, weights=weights))
 
 
 def _annealed(peak: float, step: int, steps: int, seconds: float, minutes: float | None) -> float:
@@ -397,7 +423,7 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=lr)
     peak = lr
-    valid = data.validation(VALID_MAPS)
+    valid = data.validation(validation_maps(data))
     best, best_nmse, best_state, bad, history = float("inf"), float("nan"), None, 0, []
     start, loss_value, step = time.perf_counter(), float("nan"), 0
     for step in range(1, steps + 1):
@@ -840,7 +866,7 @@ def _coded_pairs(data: LayerData, encoders: list, stride: int, config: TrainingC
     at the rates in turn, so every rate is validated)."""
     started = time.perf_counter()
     train, missed = code_latents(encoders, data.train, config.hevc_rates, config.hevc_copies)
-    valid_maps = data.valid[: max(VALID_MAPS, len(config.hevc_rates))]
+    valid_maps = data.valid[: max(validation_maps(data), len(config.hevc_rates))]
     valid, valid_missed = code_latents(encoders, valid_maps, config.hevc_rates, 1)
     rates = ", ".join("lossless" if r is None else f"{r:g}" for r in config.hevc_rates)
     log(f"  coded {len(train)} training and {len(valid)} validation latents at {rates} Kbpi in "
@@ -1110,7 +1136,7 @@ def finetune_decoders(dump: str, layers: list[str], output: str, *, name: str, c
             if config.hevc_rates:
                 pairs = _coded_pairs(data, encoders, 2 ** exit_modules["steps"], config, log)
                 forward, coded = decoder, " on HEVC-coded latents"
-            before, _ = _validate(forward, built["norm"], task, pairs.validation(VALID_MAPS))
+            before, _ = _validate(forward, built["norm"], task, pairs.validation(validation_maps(pairs)))
             phase_name = f"{data.name} CR{ratio} decoder {'task' if task else 'MSE'}{coded}"
             result = train_phase(phase_name, [decoder], forward, pairs, built["norm"], steps=config.task_steps,
                                  lr=config.lr / 4, batch=config.batch, crop=config.task_crop if task else config.crop,
