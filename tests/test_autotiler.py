@@ -274,6 +274,21 @@ def test_small_maps_validate_on_more_of_them():
         assert loss == nmse == pytest.approx(float(per_map.mean()))
 
 
+def test_early_stopping_waits_for_the_learning_rate_to_come_down():
+    """A phase whose validation never improves runs half its steps before patience may end it."""
+    torch = pytest.importorskip("torch")
+    from featcodec.train.autotiler import LayerData, Normalise, train_phase
+
+    maps = np.ones((6, 1, 8, 8), np.float32)
+    data = LayerData("x", "x", None, maps[:4], maps[4:], np.zeros(1, np.float32), np.ones(1, np.float32), True, 6,
+                     (1, 8, 8))
+    module = torch.nn.Linear(1, 1)
+    flat = lambda x: x * 0 + 0 * module.weight.sum()  # noqa: E731  (a loss that never changes)
+    result = train_phase("flat", [module], flat, data, Normalise(np.zeros(1), np.ones(1)), steps=40, lr=1e-3,
+                         batch=2, crop=8, seed=0, patience=2, every=1)
+    assert result.steps == 20
+
+
 
 def test_learning_rate_anneals_over_the_steps_or_the_time_whichever_ends_first():
     """A phase its time ends has annealed by then, not only one its steps end."""
