@@ -175,8 +175,8 @@ bench-networks: $(PY)
 	FEATCODEC_MODELS=$(NETWORKS)/models/learned $(FEATCODEC) bench $(NETWORKS)/pnet_test.h5:/P2 --threads 2 \
 		-m learned --model mtcnn_pnet_p2_learned --metric models/networks/mtcnn_pnet/metric.py:proposal_f1 \
 		--json $(BENCH_OUT)/mtcnn_pnet_p2_learned_f1.json --force | tee $(BENCH_OUT)/mtcnn_pnet_p2_learned_f1.txt
-	time $(FEATCODEC) train $(FER) examples/images_more --layer L15 --layer L8 --minutes-per-phase 2 \
-		--steps 10000 --task-steps 5000 -o $(NETWORKS)/models/autotiler/fer_minixception
+	time $(FEATCODEC) train $(FER) examples/images_more --layer L15 --layer L8 --minutes-per-phase 2.5 \
+		--steps 20000 --task-steps 10000 -o $(NETWORKS)/models/autotiler/fer_minixception
 	$(FEATCODEC) dump $(FER) examples/images --augment flip --augment zoom --augment shrink --layer L15 --layer L8 \
 		-o $(NETWORKS)/fer_test.h5 --force
 	FEATCODEC_MODELS=$(NETWORKS)/models/autotiler $(FEATCODEC) bench $(NETWORKS)/fer_test.h5 --threads 2 --rates quick \
