@@ -61,7 +61,7 @@ NOISE = 4.0 / 255  # largest uniform bottleneck noise during training, in frame 
 GRAD_CLIP = 1.0  # gradient norm bound: keeps a bad batch from throwing the networks off
 VALID_MAPS = 8  # whole validation maps a phase's early stopping reads, at least:
 # and as many more as hold this many values: 8 of a classifier's 64×8×8 maps are too few to stop on (its
-# task stages stopped at their first checks), where 8 of the reference detector's hold 3-8 M
+# task stages stopped at their first checks), where 8 of the reference detector's hold 3-17 M
 VALID_VALUES = 1_000_000
 VALID_BATCH_VALUES = 600_000  # values per forward pass of a validation
 CALIBRATION_MAPS = 8  # whole training maps the task loss takes its outputs' variances on
@@ -469,7 +469,7 @@ def train_phase(name: str, modules: list, forward: Callable, data: LayerData, no
             if progress:
                 progress(name, step, steps, f"train {loss_value:.4f} valid {v:.4f} (nmse {v_nmse:.4f})")
             # the validation loss rides on the learning rate's noise until the cosine has come down: a
-            # classifier's task stage stopped at 1,300 of 10,000 steps on 0.128, where annealed it reached 0.090
+            # classifier's task stage stopped at 1,300 of 5,000 steps on 0.128; annealed, it reached 0.090
             annealing = _progress(step, steps, time.perf_counter() - start, minutes) >= 0.5
             if (bad >= patience and annealing) or out_of_time:
                 break
