@@ -97,9 +97,10 @@ def video_frames(path: str, every: int = 1, max_frames: int | None = None):
 RANDOM_CROP = "crop"  # "crop3": the fourth random crop of a photo (`augment`)
 # `train MODEL.onnx PHOTOS`: random crops per photo up to this many bytes of float32 maps in all (the trainer
 # holds them in memory), at most MAX_RANDOM_CROPS: 200 photos overfit a bottleneck, and crops at other
-# scales are new inputs to the network where a flip is half a new one.
+# scales are new inputs to the network where a flip is half a new one (on a classifier's small maps 48
+# beat 12 on validation: bench/results/fer_training_selection.md).
 TRAINING_DUMP_BYTES = 4e9
-MAX_RANDOM_CROPS = 12
+MAX_RANDOM_CROPS = 48
 
 
 def augment(rgb: np.ndarray, kind: str) -> np.ndarray:
