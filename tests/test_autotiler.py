@@ -248,7 +248,7 @@ def test_coded_latents_crops_line_up():
     assert len(valid_inputs) == len(valid_targets) == 2
 
 
-def test_small_maps_validate_on_more_of_them():
+def test_small_maps_validate_on_more_of_them(monkeypatch):
     """Early stopping reads 8 large maps but hundreds of a classifier's small ones, and a validation
     weighs every map the same however they are batched."""
     torch = pytest.importorskip("torch")
@@ -266,11 +266,8 @@ def test_small_maps_validate_on_more_of_them():
     norm = Normalise(np.zeros(1), np.ones(1))
     per_map = torch.arange(5, dtype=torch.float32) ** 2  # each map's MSE against zeros
     for batch_values in (16, 32, 48, 10_000):  # 1 (→ 2), 2, 3 and all 5 maps per pass
-        autotiler.VALID_BATCH_VALUES, saved = batch_values, autotiler.VALID_BATCH_VALUES
-        try:
-            loss, nmse = _validate(lambda x: torch.zeros_like(x), norm, None, (targets, targets))
-        finally:
-            autotiler.VALID_BATCH_VALUES = saved
+        monkeypatch.setattr(autotiler, "VALID_BATCH_VALUES", batch_values)
+        loss, nmse = _validate(lambda x: torch.zeros_like(x), norm, None, (targets, targets))
         assert loss == nmse == pytest.approx(float(per_map.mean()))
 
 

@@ -340,7 +340,7 @@ class SplitData:
 
     @property
     def map_values(self) -> int:
-        return sum(int(p.valid[0].size) for p in self.parts)
+        return sum(p.map_values for p in self.parts)
 
     def validation(self, count: int):
         return self._maps([p.valid for p in self.parts], slice(0, count))
